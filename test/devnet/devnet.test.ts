@@ -1,0 +1,98 @@
+import { existsSync } from "node:fs";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Wallet } from "ethers";
+import type { JsonRpcProvider } from "ethers";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { connectContracts } from "../../sdk/chain/contracts.js";
+import { devnetDeploymentPath, readDeployment } from "../../sdk/chain/deployment.js";
+import type { Deployment } from "../../sdk/chain/deployment.js";
+import { ChainMismatchError, ContractRevertError, RpcUnreachableError } from "../../sdk/chain/errors.js";
+import { connectDeployment, connectRpc } from "../../sdk/chain/rpc.js";
+import { withRevertDecoding } from "../../sdk/chain/revert.js";
+import { DEV_FUNDING } from "../../cli/devnet/devnet.js";
+import { runCli } from "../helpers/cli.js";
+import type { CliProcess } from "../helpers/cli.js";
+
+let home: string;
+let devnet: CliProcess;
+let printed: Deployment;
+let provider: JsonRpcProvider;
+
+beforeAll(async () => {
+  home = await mkdtemp(join(tmpdir(), "soulmesh-devnet-"));
+  devnet = runCli(["devnet", "--port", "0", "--json"], { SOULMESH_HOME: home });
+  printed = await devnet.firstJson<Deployment>();
+});
+
+afterAll(async () => {
+  provider?.destroy();
+  if (devnet.child.exitCode === null) devnet.child.kill("SIGKILL");
+  await rm(home, { recursive: true, force: true });
+});
+
+describe("soulmesh devnet", () => {
+  it("prints the deployment as JSON and writes the same one to $SOULMESH_HOME/devnet.json", async () => {
+    const written = await readDeployment(devnetDeploymentPath(home));
+    expect(written).toEqual(printed);
+    expect(written.rpcUrl).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+    expect(written.devAccounts).toHaveLength(10);
+    expect(written.pid).toBe(devnet.child.pid);
+  });
+
+  it("serves a chain another process can use with the deployment alone", async () => {
+    const deployment = await readDeployment(devnetDeploymentPath(home));
+    provider = await connectDeployment(deployment);
+    const user = new Wallet(deployment.devAccounts![1]!.privateKey, provider);
+    const c = connectContracts(deployment, user);
+
+    expect(await c.token.balanceOf(user.address)).toBe(DEV_FUNDING);
+    expect(await c.inferenceEscrow.personaRegistry()).toBe(deployment.contracts.personaRegistry);
+    await (await c.token.approve(deployment.contracts.inferenceEscrow, 25_000_000n)).wait();
+    await (await c.inferenceEscrow.deposit(25_000_000n)).wait();
+    expect(await c.inferenceEscrow.depositOf(user.address)).toBe(25_000_000n);
+
+    // Reverts cross the JSON-RPC server with their data, so they decode to typed errors.
+    const err = await withRevertDecoding(c.inferenceEscrow.requestWithdrawal(26_000_000n)).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ContractRevertError);
+    expect((err as ContractRevertError).reason).toBe("Escrow__InsufficientDeposit");
+  });
+
+  it("tells a client on the wrong chain or a dead endpoint what is wrong", async () => {
+    await expect(connectRpc(printed.rpcUrl, { expectedChainId: 1 })).rejects.toBeInstanceOf(ChainMismatchError);
+    const dead = await connectRpc("http://127.0.0.1:9", { timeoutMs: 2_000 }).catch((e: unknown) => e);
+    expect(dead).toBeInstanceOf(RpcUnreachableError);
+    expect((dead as Error).message).toContain("soulmesh devnet");
+  });
+
+  it("refuses a taken port with a clear error", async () => {
+    const port = new URL(printed.rpcUrl).port;
+    const other = await mkdtemp(join(tmpdir(), "soulmesh-devnet-"));
+    const second = runCli(["devnet", "--port", port], { SOULMESH_HOME: other });
+    expect(await second.exited()).toBe(1);
+    expect(second.stderr()).toContain(`Port ${port}`);
+    expect(second.stderr()).toContain("--port");
+    expect(existsSync(devnetDeploymentPath(other))).toBe(false);
+    await rm(other, { recursive: true, force: true });
+  });
+
+  it("answers malformed JSON-RPC with JSON-RPC errors and keeps serving", async () => {
+    const post = async (body: string) =>
+      (await fetch(printed.rpcUrl, { method: "POST", headers: { "content-type": "application/json" }, body })).json();
+    expect(await post("{not json")).toMatchObject({ error: { code: -32700 } });
+    expect(await post("[]")).toMatchObject({ error: { code: -32600 } });
+    expect(await post(JSON.stringify({ jsonrpc: "2.0", id: 1, method: 5 }))).toMatchObject({ error: { code: -32600 } });
+    expect(await post(JSON.stringify({ jsonrpc: "2.0", id: 2, method: "eth_chainId" }))).toEqual({
+      jsonrpc: "2.0",
+      id: 2,
+      result: "0x7a69",
+    });
+  });
+
+  it("stops cleanly on Ctrl-C and removes its deployment file", async () => {
+    devnet.child.kill("SIGINT");
+    expect(await devnet.exited()).toBe(0);
+    expect(existsSync(devnetDeploymentPath(home))).toBe(false);
+  });
+});
