@@ -1,5 +1,5 @@
 import { createRequire } from "node:module";
-import { configVariable, defineConfig } from "hardhat/config";
+import { defineConfig } from "hardhat/config";
 import hardhatEthers from "@nomicfoundation/hardhat-ethers";
 import hardhatTypechain from "@nomicfoundation/hardhat-typechain";
 import { DEV_ACCOUNT_COUNT, DEV_MNEMONIC } from "./sdk/chain/dev-accounts.js";
@@ -27,6 +27,13 @@ export default defineConfig({
     sources: "./contracts",
     tests: { solidity: "./contracts" },
   },
+  test: {
+    solidity: {
+      // The seed is fixed by Hardhat, so runs are reproducible; raise the budgets locally to hunt harder.
+      fuzz: { runs: 256 },
+      invariant: { runs: 128, depth: 64, failOnRevert: false },
+    },
+  },
   typechain: {
     outDir: "types/ethers-contracts",
   },
@@ -42,13 +49,6 @@ export default defineConfig({
       type: "http",
       chainType: "l1",
       url: "http://127.0.0.1:8545",
-    },
-    // Any other EVM chain: URL and deployer key come from configuration variables, never from a file.
-    custom: {
-      type: "http",
-      chainType: "l1",
-      url: configVariable("SOULMESH_RPC_URL"),
-      accounts: [configVariable("SOULMESH_DEPLOYER_KEY")],
     },
   },
 });

@@ -1,0 +1,603 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.30;
+
+import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
+import {SoulmeshFixture} from "./test/SoulmeshFixture.sol";
+import {InferenceEscrow} from "./InferenceEscrow.sol";
+import {AgentRegistry} from "./AgentRegistry.sol";
+import {PersonaRegistry} from "./PersonaRegistry.sol";
+import {MockERC1271Wallet} from "./mocks/MockERC1271Wallet.sol";
+
+contract InferenceEscrowTest is SoulmeshFixture {
+    uint256 internal personaId;
+    uint256 internal agentId;
+    uint256 internal constant ROYALTY = 200_000; // 0.20 tUSD per million tokens
+    uint128 internal constant PRICE_IN = 500_000;
+    uint128 internal constant PRICE_OUT = 1_500_000;
+    uint256 internal originalChainId;
+
+    function setUp() public override {
+        super.setUp();
+        personaId = _createPersona(creator, ROYALTY, 0);
+        agentId = _mintAgent(user, personaId);
+        _register(provider);
+        _deposit(user, 100 * USD);
+    }
+
+    // ------------------------------------------------------------- helpers
+
+    function _voucher(uint64 session, uint64 inputTokens, uint64 outputTokens)
+        internal
+        view
+        returns (InferenceEscrow.Voucher memory)
+    {
+        return InferenceEscrow.Voucher({
+            payer: user,
+            provider: provider,
+            agentId: agentId,
+            session: session,
+            inputTokens: inputTokens,
+            outputTokens: outputTokens,
+            priceInputPerMillion: PRICE_IN,
+            priceOutputPerMillion: PRICE_OUT,
+            expiry: uint64(block.timestamp + 1 hours)
+        });
+    }
+
+    function _sign(uint256 key, InferenceEscrow.Voucher memory v) internal view returns (bytes memory) {
+        (uint8 sv, bytes32 r, bytes32 s) = vm.sign(key, escrow.hashVoucher(v));
+        return abi.encodePacked(r, s, sv);
+    }
+
+    function _settle(InferenceEscrow.Voucher memory v) internal returns (InferenceEscrow.Settlement memory) {
+        bytes memory sig = _sign(userKey, v);
+        vm.prank(provider);
+        return escrow.settle(v, sig);
+    }
+
+    function _expectedCost(uint256 inputTokens, uint256 outputTokens, uint256 royalty, uint256 feeBps)
+        internal
+        pure
+        returns (uint256 providerAmount, uint256 royaltyAmount, uint256 feeAmount)
+    {
+        providerAmount = (inputTokens * PRICE_IN + outputTokens * PRICE_OUT) / 1e6;
+        royaltyAmount = ((inputTokens + outputTokens) * royalty) / 1e6;
+        feeAmount = ((providerAmount + royaltyAmount) * feeBps) / 10_000;
+    }
+
+    function _assertBalanceEqualsOwed() internal view {
+        uint256 owed = escrow.depositOf(user) + escrow.earningsOf(provider) + escrow.earningsOf(creator)
+            + escrow.earningsOf(treasury) + escrow.depositOf(stranger);
+        assertEq(token.balanceOf(address(escrow)), owed, "escrow balance == deposits + earnings");
+    }
+
+    // ------------------------------------------------------------- deposits
+
+    function test_Deposit_CreditsAndEmits() public {
+        _fundAndApprove(stranger, address(escrow), 5 * USD);
+        vm.expectEmit(true, true, true, true, address(escrow));
+        emit InferenceEscrow.Deposited(stranger, stranger, 5 * USD);
+        vm.prank(stranger);
+        escrow.deposit(5 * USD);
+        assertEq(escrow.depositOf(stranger), 5 * USD);
+        _assertBalanceEqualsOwed();
+    }
+
+    function test_DepositFor_CreditsTheAccountNotThePayer() public {
+        _fundAndApprove(stranger, address(escrow), 3 * USD);
+        vm.expectEmit(true, true, true, true, address(escrow));
+        emit InferenceEscrow.Deposited(user, stranger, 3 * USD);
+        vm.prank(stranger);
+        escrow.depositFor(user, 3 * USD);
+        assertEq(escrow.depositOf(user), 103 * USD);
+        assertEq(escrow.depositOf(stranger), 0);
+    }
+
+    function test_Deposit_RevertsWhen_ZeroAmount() public {
+        vm.expectRevert(InferenceEscrow.Escrow__ZeroAmount.selector);
+        vm.prank(user);
+        escrow.deposit(0);
+    }
+
+    function test_DepositFor_RevertsWhen_ZeroAccount() public {
+        _fundAndApprove(stranger, address(escrow), 1 * USD);
+        vm.expectRevert(InferenceEscrow.Escrow__ZeroAddress.selector);
+        vm.prank(stranger);
+        escrow.depositFor(address(0), 1 * USD);
+    }
+
+    function test_DepositWithPermit_InOneTransaction() public {
+        (address alice, uint256 aliceKey) = makeAddrAndKey("alice");
+        token.mint(alice, 7 * USD);
+        uint256 deadline = block.timestamp + 1 hours;
+        bytes32 structHash = keccak256(
+            abi.encode(
+                keccak256("Permit(address owner,address spender,uint256 value,uint256 nonce,uint256 deadline)"),
+                alice,
+                address(escrow),
+                7 * USD,
+                token.nonces(alice),
+                deadline
+            )
+        );
+        (uint8 v, bytes32 r, bytes32 s) =
+            vm.sign(aliceKey, keccak256(abi.encodePacked("\x19\x01", token.DOMAIN_SEPARATOR(), structHash)));
+        vm.prank(alice);
+        escrow.depositWithPermit(7 * USD, deadline, v, r, s);
+        assertEq(escrow.depositOf(alice), 7 * USD);
+        assertEq(token.balanceOf(alice), 0);
+    }
+
+    function test_DepositWithPermit_RevertsWithoutPermitOrAllowance() public {
+        token.mint(stranger, 1 * USD);
+        vm.prank(stranger);
+        vm.expectRevert();
+        escrow.depositWithPermit(1 * USD, block.timestamp, 27, bytes32(0), bytes32(0));
+        assertEq(escrow.depositOf(stranger), 0);
+    }
+
+    // ----------------------------------------------------------- withdrawals
+
+    function test_Withdrawal_WaitsForTheDelayToTheSecond() public {
+        vm.expectEmit(true, true, true, true, address(escrow));
+        emit InferenceEscrow.WithdrawalRequested(user, 40 * USD, block.timestamp + WITHDRAWAL_DELAY);
+        vm.prank(user);
+        uint256 availableAt = escrow.requestWithdrawal(40 * USD);
+        assertEq(availableAt, block.timestamp + WITHDRAWAL_DELAY);
+        (uint256 amount, uint256 at) = escrow.pendingWithdrawalOf(user);
+        assertEq(amount, 40 * USD);
+        assertEq(at, availableAt);
+
+        vm.warp(availableAt - 1);
+        vm.expectRevert(abi.encodeWithSelector(InferenceEscrow.Escrow__WithdrawalNotReady.selector, availableAt));
+        vm.prank(user);
+        escrow.completeWithdrawal();
+
+        vm.warp(availableAt);
+        vm.expectEmit(true, true, true, true, address(escrow));
+        emit InferenceEscrow.WithdrawalCompleted(user, 40 * USD);
+        vm.prank(user);
+        assertEq(escrow.completeWithdrawal(), 40 * USD);
+        assertEq(escrow.depositOf(user), 60 * USD);
+        assertEq(token.balanceOf(user), 40 * USD);
+        (amount, at) = escrow.pendingWithdrawalOf(user);
+        assertEq(amount + at, 0);
+        _assertBalanceEqualsOwed();
+    }
+
+    function test_Withdrawal_LeavesDepositSettleableUntilComplete() public {
+        vm.prank(user);
+        escrow.requestWithdrawal(100 * USD);
+        // A voucher accepted before the request still settles while the withdrawal waits.
+        InferenceEscrow.Settlement memory s = _settle(_voucher(1, 1_000_000, 1_000_000));
+        uint256 spent = s.providerAmount + s.royaltyAmount + s.feeAmount;
+        vm.warp(block.timestamp + WITHDRAWAL_DELAY);
+        vm.prank(user);
+        assertEq(escrow.completeWithdrawal(), 100 * USD - spent, "pays what is left");
+        assertEq(escrow.depositOf(user), 0);
+        _assertBalanceEqualsOwed();
+    }
+
+    function test_Withdrawal_OutlivesEveryVoucherAcceptedBeforeIt() public {
+        // The longest-lived voucher signed just before the request expires before the withdrawal completes.
+        InferenceEscrow.Voucher memory v = _voucher(1, 10, 10);
+        v.expiry = uint64(block.timestamp + MAX_VOUCHER_LIFETIME);
+        vm.prank(user);
+        uint256 availableAt = escrow.requestWithdrawal(1 * USD);
+        assertGt(availableAt, v.expiry);
+    }
+
+    function test_RequestWithdrawal_RevertsWhen_ZeroOrAboveDeposit() public {
+        vm.startPrank(user);
+        vm.expectRevert(InferenceEscrow.Escrow__ZeroAmount.selector);
+        escrow.requestWithdrawal(0);
+        vm.expectRevert(
+            abi.encodeWithSelector(InferenceEscrow.Escrow__InsufficientDeposit.selector, user, 101 * USD, 100 * USD)
+        );
+        escrow.requestWithdrawal(101 * USD);
+        vm.stopPrank();
+    }
+
+    function test_CancelWithdrawal() public {
+        vm.startPrank(user);
+        escrow.requestWithdrawal(1 * USD);
+        vm.expectEmit(true, true, true, true, address(escrow));
+        emit InferenceEscrow.WithdrawalCancelled(user);
+        escrow.cancelWithdrawal();
+        vm.expectRevert(abi.encodeWithSelector(InferenceEscrow.Escrow__NoWithdrawalRequested.selector, user));
+        escrow.completeWithdrawal();
+        vm.expectRevert(abi.encodeWithSelector(InferenceEscrow.Escrow__NoWithdrawalRequested.selector, user));
+        escrow.cancelWithdrawal();
+        vm.stopPrank();
+        assertEq(escrow.depositOf(user), 100 * USD);
+    }
+
+    // ------------------------------------------------------------ settlement
+
+    function test_Settle_PaysEachPartyExactlyAndEmits() public {
+        InferenceEscrow.Voucher memory v = _voucher(1, 12_345, 6_789);
+        (uint256 p, uint256 r, uint256 f) = _expectedCost(12_345, 6_789, ROYALTY, 0);
+        bytes memory sig = _sign(userKey, v);
+        vm.expectEmit(true, true, true, true, address(escrow));
+        emit InferenceEscrow.VoucherSettled(personaId, provider, agentId, user, 1, 12_345, 6_789, p, r, f);
+        vm.prank(stranger); // anyone may submit; the provider is paid
+        escrow.settle(v, sig);
+        assertEq(escrow.earningsOf(provider), p);
+        assertEq(escrow.earningsOf(creator), r);
+        assertEq(escrow.depositOf(user), 100 * USD - p - r);
+        (uint64 session, uint64 inTok, uint64 outTok) = escrow.settledOf(user, provider, agentId);
+        assertEq(uint256(session), 1);
+        assertEq(uint256(inTok), 12_345);
+        assertEq(uint256(outTok), 6_789);
+        _assertBalanceEqualsOwed();
+    }
+
+    function test_Settle_PaysOnlyTheDifferenceSinceTheLastVoucher() public {
+        _settle(_voucher(1, 1_000, 500));
+        uint256 before = escrow.earningsOf(provider);
+        InferenceEscrow.Settlement memory s = _settle(_voucher(1, 3_000, 800));
+        (uint256 pAll,,) = _expectedCost(3_000, 800, ROYALTY, 0);
+        (uint256 pFirst,,) = _expectedCost(1_000, 500, ROYALTY, 0);
+        assertEq(s.providerAmount, pAll - pFirst);
+        assertEq(uint256(s.inputTokens), 2_000);
+        assertEq(uint256(s.outputTokens), 300);
+        assertEq(escrow.earningsOf(provider), before + pAll - pFirst);
+    }
+
+    function testFuzz_Settle_SteppedCostsWhatOneSettleCosts(uint64 inputTokens, uint64 outputTokens, uint8 steps)
+        public
+    {
+        inputTokens = uint64(bound(inputTokens, 1, 1e9));
+        outputTokens = uint64(bound(outputTokens, 1, 1e9));
+        steps = uint8(bound(steps, 1, 12));
+        _deposit(user, 10_000_000 * USD);
+        uint256 depositBefore = escrow.depositOf(user);
+        for (uint256 i = 1; i <= steps; ++i) {
+            uint64 inNow = uint64((uint256(inputTokens) * i) / steps);
+            uint64 outNow = uint64((uint256(outputTokens) * i) / steps);
+            (, uint64 settledIn, uint64 settledOut) = escrow.settledOf(user, provider, agentId);
+            if (inNow == settledIn && outNow == settledOut) continue;
+            _settle(_voucher(1, inNow, outNow));
+        }
+        (uint256 p, uint256 r,) = _expectedCost(inputTokens, outputTokens, ROYALTY, 0);
+        assertEq(depositBefore - escrow.depositOf(user), p + r, "no rounding drift");
+    }
+
+    function test_Settle_RevertsWhen_SameVoucherTwice() public {
+        InferenceEscrow.Voucher memory v = _voucher(1, 100, 100);
+        bytes memory sig = _sign(userKey, v);
+        escrow.settle(v, sig);
+        bytes32 key = escrow.channelKey(user, provider, agentId);
+        uint256 deposit = escrow.depositOf(user);
+        vm.expectRevert(abi.encodeWithSelector(InferenceEscrow.Escrow__AlreadySettled.selector, key, uint64(1)));
+        escrow.settle(v, sig);
+        assertEq(escrow.depositOf(user), deposit);
+    }
+
+    function test_Settle_RevertsWhen_CumulativeTotalIsLower() public {
+        _settle(_voucher(1, 1_000, 1_000));
+        bytes32 key = escrow.channelKey(user, provider, agentId);
+        InferenceEscrow.Voucher memory lower = _voucher(1, 999, 2_000);
+        bytes memory sig = _sign(userKey, lower);
+        vm.expectRevert(
+            abi.encodeWithSelector(
+                InferenceEscrow.Escrow__CumulativeBelowSettled.selector,
+                key,
+                uint64(1_000),
+                uint64(1_000),
+                uint64(999),
+                uint64(2_000)
+            )
+        );
+        escrow.settle(lower, sig);
+    }
+
+    function test_Settle_RevertsWhen_SessionSuperseded() public {
+        InferenceEscrow.Voucher memory early = _voucher(5, 100, 100);
+        bytes memory earlySig = _sign(userKey, early);
+        _settle(_voucher(6, 100, 100));
+        bytes32 key = escrow.channelKey(user, provider, agentId);
+        vm.expectRevert(
+            abi.encodeWithSelector(InferenceEscrow.Escrow__SessionSuperseded.selector, key, uint64(6), uint64(5))
+        );
+        escrow.settle(early, earlySig);
+    }
+
+    function test_Settle_ANewSessionStartsFromZero() public {
+        _settle(_voucher(1, 1_000, 1_000));
+        InferenceEscrow.Settlement memory s = _settle(_voucher(2, 10, 10));
+        assertEq(uint256(s.inputTokens), 10);
+        assertEq(uint256(s.outputTokens), 10);
+    }
+
+    function test_Settle_RevertsWhen_EmptyVoucher() public {
+        InferenceEscrow.Voucher memory v = _voucher(1, 0, 0);
+        bytes memory sig = _sign(userKey, v);
+        vm.expectRevert(InferenceEscrow.Escrow__EmptyVoucher.selector);
+        escrow.settle(v, sig);
+    }
+
+    function test_Settle_RevertsWhen_Expired() public {
+        InferenceEscrow.Voucher memory v = _voucher(1, 100, 100);
+        bytes memory sig = _sign(userKey, v);
+        vm.warp(v.expiry + 1);
+        vm.expectRevert(abi.encodeWithSelector(InferenceEscrow.Escrow__VoucherExpired.selector, v.expiry));
+        escrow.settle(v, sig);
+        vm.warp(v.expiry); // the expiry second itself is still valid
+        escrow.settle(v, sig);
+    }
+
+    function test_Settle_RevertsWhen_ExpiryBeyondTheLongestLifetime() public {
+        InferenceEscrow.Voucher memory v = _voucher(1, 100, 100);
+        v.expiry = uint64(block.timestamp + MAX_VOUCHER_LIFETIME + 1);
+        bytes memory sig = _sign(userKey, v);
+        vm.expectRevert(
+            abi.encodeWithSelector(
+                InferenceEscrow.Escrow__ExpiryTooFar.selector, v.expiry, block.timestamp + MAX_VOUCHER_LIFETIME
+            )
+        );
+        escrow.settle(v, sig);
+    }
+
+    function test_Settle_RevertsWhen_WrongSigner() public {
+        (, uint256 otherKey) = makeAddrAndKey("mallory");
+        InferenceEscrow.Voucher memory v = _voucher(1, 100, 100);
+        bytes memory sig = _sign(otherKey, v);
+        vm.expectRevert(abi.encodeWithSelector(InferenceEscrow.Escrow__InvalidSignature.selector, user));
+        escrow.settle(v, sig);
+        assertEq(escrow.depositOf(user), 100 * USD);
+    }
+
+    function test_Settle_RevertsWhen_AFieldWasChangedAfterSigning() public {
+        InferenceEscrow.Voucher memory v = _voucher(1, 100, 100);
+        bytes memory sig = _sign(userKey, v);
+        v.priceOutputPerMillion += 1;
+        vm.expectRevert(abi.encodeWithSelector(InferenceEscrow.Escrow__InvalidSignature.selector, user));
+        escrow.settle(v, sig);
+    }
+
+    function test_Settle_RevertsWhen_SignedForAnotherChain() public {
+        InferenceEscrow.Voucher memory v = _voucher(1, 100, 100);
+        // Kept in storage: via-IR treats chainid() as constant and would re-read it after the switch.
+        originalChainId = block.chainid;
+        vm.chainId(originalChainId + 1);
+        bytes memory sig = _sign(userKey, v);
+        vm.chainId(originalChainId);
+        vm.expectRevert(abi.encodeWithSelector(InferenceEscrow.Escrow__InvalidSignature.selector, user));
+        escrow.settle(v, sig);
+    }
+
+    function test_Settle_RevertsWhen_SignedForAnotherContract() public {
+        InferenceEscrow other =
+            new InferenceEscrow(token, agents, personas, MAX_VOUCHER_LIFETIME, WITHDRAWAL_DELAY, treasury, owner);
+        InferenceEscrow.Voucher memory v = _voucher(1, 100, 100);
+        (uint8 sv, bytes32 r, bytes32 s) = vm.sign(userKey, other.hashVoucher(v));
+        vm.expectRevert(abi.encodeWithSelector(InferenceEscrow.Escrow__InvalidSignature.selector, user));
+        escrow.settle(v, abi.encodePacked(r, s, sv));
+    }
+
+    function test_Settle_RevertsWhen_SignatureMalformed() public {
+        InferenceEscrow.Voucher memory v = _voucher(1, 100, 100);
+        vm.expectRevert(abi.encodeWithSelector(InferenceEscrow.Escrow__InvalidSignature.selector, user));
+        escrow.settle(v, hex"1234");
+    }
+
+    function test_Settle_RevertsWhen_AboveThePayersDeposit() public {
+        InferenceEscrow.Voucher memory v = _voucher(1, 100_000_000, 100_000_000);
+        (uint256 p, uint256 r,) = _expectedCost(100_000_000, 100_000_000, ROYALTY, 0);
+        bytes memory sig = _sign(userKey, v);
+        vm.expectRevert(
+            abi.encodeWithSelector(InferenceEscrow.Escrow__InsufficientDeposit.selector, user, p + r, 100 * USD)
+        );
+        escrow.settle(v, sig);
+        (uint64 session,,) = escrow.settledOf(user, provider, agentId);
+        assertEq(uint256(session), 0, "nothing recorded");
+    }
+
+    function test_Settle_RevertsWhen_UnknownAgent() public {
+        InferenceEscrow.Voucher memory v = _voucher(1, 100, 100);
+        v.agentId = 999;
+        bytes memory sig = _sign(userKey, v);
+        vm.expectRevert(abi.encodeWithSelector(AgentRegistry.Agent__UnknownAgent.selector, 999));
+        escrow.settle(v, sig);
+    }
+
+    function test_Settle_AcceptsERC1271Wallets() public {
+        (address walletOwner, uint256 walletKey) = makeAddrAndKey("wallet-owner");
+        MockERC1271Wallet wallet = new MockERC1271Wallet(walletOwner);
+        token.mint(address(this), 10 * USD);
+        token.approve(address(escrow), 10 * USD);
+        escrow.depositFor(address(wallet), 10 * USD);
+        InferenceEscrow.Voucher memory v = _voucher(1, 1_000, 1_000);
+        v.payer = address(wallet);
+        (uint8 sv, bytes32 r, bytes32 s) = vm.sign(walletKey, escrow.hashVoucher(v));
+        assertTrue(escrow.isValidVoucherSignature(v, abi.encodePacked(r, s, sv)));
+        escrow.settle(v, abi.encodePacked(r, s, sv));
+        assertLt(escrow.depositOf(address(wallet)), 10 * USD);
+
+        (, uint256 otherKey) = makeAddrAndKey("not-the-owner");
+        v.session = 2;
+        (sv, r, s) = vm.sign(otherKey, escrow.hashVoucher(v));
+        vm.expectRevert(abi.encodeWithSelector(InferenceEscrow.Escrow__InvalidSignature.selector, address(wallet)));
+        escrow.settle(v, abi.encodePacked(r, s, sv));
+    }
+
+    function test_PreviewSettle_MatchesSettle() public {
+        InferenceEscrow.Voucher memory v = _voucher(1, 4_321, 1_234);
+        InferenceEscrow.Settlement memory preview = escrow.previewSettle(v);
+        InferenceEscrow.Settlement memory done = _settle(v);
+        assertEq(preview.providerAmount, done.providerAmount);
+        assertEq(preview.royaltyAmount, done.royaltyAmount);
+        assertEq(preview.feeAmount, done.feeAmount);
+        assertEq(preview.creator, creator);
+        assertEq(preview.personaId, personaId);
+    }
+
+    // --------------------------------------------------------------- batches
+
+    function test_SettleBatch_PaysTheSumOfItsVouchers() public {
+        (address user2, uint256 user2Key) = makeAddrAndKey("user2");
+        uint256 agent2 = _mintAgent(user2, personaId);
+        _deposit(user2, 50 * USD);
+        InferenceEscrow.SignedVoucher[] memory batch = new InferenceEscrow.SignedVoucher[](2);
+        batch[0] = InferenceEscrow.SignedVoucher(_voucher(1, 1_000, 2_000), "");
+        batch[0].signature = _sign(userKey, batch[0].voucher);
+        InferenceEscrow.Voucher memory v2 = _voucher(1, 3_000, 4_000);
+        (v2.payer, v2.agentId) = (user2, agent2);
+        batch[1] = InferenceEscrow.SignedVoucher(v2, _sign(user2Key, v2));
+
+        vm.prank(provider);
+        uint256 paid = escrow.settleBatch(batch);
+        (uint256 p1, uint256 r1,) = _expectedCost(1_000, 2_000, ROYALTY, 0);
+        (uint256 p2, uint256 r2,) = _expectedCost(3_000, 4_000, ROYALTY, 0);
+        assertEq(paid, p1 + r1 + p2 + r2);
+        assertEq(escrow.earningsOf(provider), p1 + p2);
+        assertEq(escrow.earningsOf(creator), r1 + r2);
+    }
+
+    function test_SettleBatch_IsAllOrNothing() public {
+        InferenceEscrow.SignedVoucher[] memory batch = new InferenceEscrow.SignedVoucher[](2);
+        batch[0] = InferenceEscrow.SignedVoucher(_voucher(1, 1_000, 2_000), "");
+        batch[0].signature = _sign(userKey, batch[0].voucher);
+        batch[1] = InferenceEscrow.SignedVoucher(_voucher(2, 1_000, 2_000), hex"00");
+        vm.expectRevert(abi.encodeWithSelector(InferenceEscrow.Escrow__InvalidSignature.selector, user));
+        escrow.settleBatch(batch);
+        assertEq(escrow.depositOf(user), 100 * USD);
+        assertEq(escrow.earningsOf(provider), 0);
+    }
+
+    function test_SettleBatch_RevertsWhen_Empty() public {
+        vm.expectRevert(InferenceEscrow.Escrow__EmptyBatch.selector);
+        escrow.settleBatch(new InferenceEscrow.SignedVoucher[](0));
+    }
+
+    // --------------------------------------------------------------- earnings
+
+    function test_WithdrawEarnings_PaysAndZeroes() public {
+        InferenceEscrow.Settlement memory s = _settle(_voucher(1, 1_000_000, 1_000_000));
+        address payout = makeAddr("payout");
+        vm.expectEmit(true, true, true, true, address(escrow));
+        emit InferenceEscrow.EarningsWithdrawn(provider, payout, s.providerAmount);
+        vm.prank(provider);
+        assertEq(escrow.withdrawEarnings(payout), s.providerAmount);
+        assertEq(token.balanceOf(payout), s.providerAmount);
+        assertEq(escrow.earningsOf(provider), 0);
+        vm.prank(creator);
+        escrow.withdrawEarnings(creator);
+        assertEq(token.balanceOf(creator), s.royaltyAmount);
+        _assertBalanceEqualsOwed();
+    }
+
+    function test_WithdrawEarnings_RevertsWhen_NothingOrZeroRecipient() public {
+        vm.expectRevert(abi.encodeWithSelector(InferenceEscrow.Escrow__NoEarnings.selector, stranger));
+        vm.prank(stranger);
+        escrow.withdrawEarnings(stranger);
+        vm.expectRevert(InferenceEscrow.Escrow__ZeroAddress.selector);
+        vm.prank(stranger);
+        escrow.withdrawEarnings(address(0));
+    }
+
+    function test_Royalty_GoesToThePersonasCurrentHolder() public {
+        address buyer = makeAddr("buyer");
+        vm.prank(creator);
+        personas.transferFrom(creator, buyer, personaId);
+        InferenceEscrow.Settlement memory s = _settle(_voucher(1, 1_000_000, 0));
+        assertEq(escrow.earningsOf(buyer), s.royaltyAmount);
+        assertEq(escrow.earningsOf(creator), 0);
+    }
+
+    function test_Royalty_ChangeAppliesOnlyAfterTheDelay() public {
+        vm.prank(creator);
+        uint256 effectiveAt = personas.scheduleRoyalty(personaId, 1_000_000);
+        // A voucher signed now settles, before its expiry, at the royalty in force when it was signed.
+        InferenceEscrow.Voucher memory v = _voucher(1, 1_000_000, 0);
+        v.expiry = uint64(block.timestamp + MAX_VOUCHER_LIFETIME);
+        bytes memory sig = _sign(userKey, v);
+        vm.warp(v.expiry);
+        assertLt(block.timestamp, effectiveAt);
+        escrow.settle(v, sig);
+        assertEq(escrow.earningsOf(creator), ROYALTY);
+
+        vm.warp(effectiveAt);
+        InferenceEscrow.Settlement memory after_ = _settle(_voucher(2, 1_000_000, 0));
+        assertEq(after_.royaltyAmount, 1_000_000);
+    }
+
+    // ---------------------------------------------------------- fee and owner
+
+    function test_ProtocolFee_ScheduledPaidOnTopToTheTreasury() public {
+        vm.expectEmit(true, true, true, true, address(escrow));
+        emit InferenceEscrow.ProtocolFeeScheduled(250, block.timestamp + ROYALTY_DELAY);
+        vm.prank(owner);
+        uint256 effectiveAt = escrow.scheduleProtocolFee(250);
+        (uint256 current, uint256 next, uint256 at) = escrow.protocolFee();
+        assertEq(current, 0);
+        assertEq(next, 250);
+        assertEq(at, effectiveAt);
+
+        InferenceEscrow.Settlement memory before_ = _settle(_voucher(1, 1_000_000, 1_000_000));
+        assertEq(before_.feeAmount, 0);
+
+        vm.warp(effectiveAt);
+        InferenceEscrow.Settlement memory s = _settle(_voucher(2, 1_000_000, 1_000_000));
+        (uint256 p, uint256 r, uint256 f) = _expectedCost(1_000_000, 1_000_000, ROYALTY, 250);
+        assertEq(s.providerAmount, p, "the provider gets exactly its price");
+        assertEq(s.royaltyAmount, r, "the creator gets exactly the royalty");
+        assertEq(s.feeAmount, f);
+        assertEq(escrow.earningsOf(treasury), f);
+        (current,,) = escrow.protocolFee();
+        assertEq(current, 250);
+        _assertBalanceEqualsOwed();
+    }
+
+    function test_ScheduleProtocolFee_RevertsWhen_AboveTenPercentOrNotOwner() public {
+        vm.expectRevert(abi.encodeWithSelector(InferenceEscrow.Escrow__FeeTooHigh.selector, 1_001));
+        vm.prank(owner);
+        escrow.scheduleProtocolFee(1_001);
+        vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, stranger));
+        vm.prank(stranger);
+        escrow.scheduleProtocolFee(10);
+    }
+
+    function test_SetTreasury_RedirectsFutureFeesOnly() public {
+        vm.prank(owner);
+        escrow.scheduleProtocolFee(1_000);
+        vm.warp(block.timestamp + ROYALTY_DELAY);
+        InferenceEscrow.Settlement memory first = _settle(_voucher(1, 1_000_000, 0));
+        address newTreasury = makeAddr("new-treasury");
+        vm.expectEmit(true, true, true, true, address(escrow));
+        emit InferenceEscrow.TreasuryChanged(treasury, newTreasury);
+        vm.prank(owner);
+        escrow.setTreasury(newTreasury);
+        InferenceEscrow.Settlement memory second = _settle(_voucher(2, 1_000_000, 0));
+        assertEq(escrow.earningsOf(treasury), first.feeAmount);
+        assertEq(escrow.earningsOf(newTreasury), second.feeAmount);
+    }
+
+    function test_SetTreasury_RevertsWhen_ZeroOrNotOwner() public {
+        vm.expectRevert(InferenceEscrow.Escrow__ZeroAddress.selector);
+        vm.prank(owner);
+        escrow.setTreasury(address(0));
+        vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, stranger));
+        vm.prank(stranger);
+        escrow.setTreasury(stranger);
+    }
+
+    function test_Constructor_RevertsWhen_DelaysNotLongerThanVoucherLifetime() public {
+        vm.expectRevert(
+            abi.encodeWithSelector(InferenceEscrow.Escrow__DelayTooShort.selector, 1 days, MAX_VOUCHER_LIFETIME)
+        );
+        new InferenceEscrow(token, agents, personas, MAX_VOUCHER_LIFETIME, 1 days, treasury, owner);
+
+        PersonaRegistry quick = new PersonaRegistry(1 hours);
+        vm.expectRevert(
+            abi.encodeWithSelector(InferenceEscrow.Escrow__DelayTooShort.selector, 1 hours, MAX_VOUCHER_LIFETIME)
+        );
+        new InferenceEscrow(token, agents, quick, MAX_VOUCHER_LIFETIME, WITHDRAWAL_DELAY, treasury, owner);
+    }
+
+    function test_Constructor_RevertsWhen_ZeroTokenOrTreasury() public {
+        vm.expectRevert(InferenceEscrow.Escrow__ZeroAddress.selector);
+        new InferenceEscrow(token, agents, personas, MAX_VOUCHER_LIFETIME, WITHDRAWAL_DELAY, address(0), owner);
+    }
+}
