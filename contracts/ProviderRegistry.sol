@@ -226,7 +226,8 @@ contract ProviderRegistry is ReentrancyGuardTransient {
     function providers(uint256 offset, uint256 limit) external view returns (address[] memory page) {
         uint256 total = _addresses.length();
         if (offset >= total) return new address[](0);
-        uint256 end = offset + limit > total ? total : offset + limit;
+        // Compared as `limit > total - offset` so that a huge limit cannot overflow.
+        uint256 end = limit > total - offset ? total : offset + limit;
         page = new address[](end - offset);
         for (uint256 i = offset; i < end; ++i) {
             page[i - offset] = _addresses.at(i);
