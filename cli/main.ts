@@ -1,4 +1,5 @@
 import { Command, CommanderError } from "commander";
+import { registerDeploy } from "./commands/deploy.js";
 import { registerDevnet } from "./commands/devnet.js";
 import { reportError } from "./output.js";
 
@@ -11,6 +12,7 @@ const program = new Command()
   .exitOverride();
 
 registerDevnet(program);
+registerDeploy(program);
 
 try {
   await program.parseAsync(process.argv);

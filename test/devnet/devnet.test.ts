@@ -90,6 +90,39 @@ describe("soulmesh devnet", () => {
     });
   });
 
+  it("deploys to a chain given by URL, with the key from SOULMESH_DEPLOYER_KEY only", async () => {
+    const other = await mkdtemp(join(tmpdir(), "soulmesh-deploy-"));
+    const key = printed.devAccounts![9]!.privateKey;
+    const deploy = runCli(
+      ["deploy", "--rpc", printed.rpcUrl, "--token", printed.contracts.token, "--fee-bps", "100", "--json"],
+      { SOULMESH_HOME: other, SOULMESH_DEPLOYER_KEY: key },
+    );
+    const result = await deploy.firstJson<Deployment & { path: string }>();
+    expect(await deploy.exited()).toBe(0);
+    expect(result.path).toBe(join(other, "deployments", "31337.json"));
+    const written = await readDeployment(result.path);
+    expect(written.contracts.token).toBe(printed.contracts.token);
+    expect(written.contracts.inferenceEscrow).not.toBe(printed.contracts.inferenceEscrow);
+    expect(written.parameters.protocolFeeBps).toBe(100);
+    const c = connectContracts(written, provider);
+    const [, nextFee] = await c.inferenceEscrow.protocolFee();
+    expect(nextFee).toBe(100n);
+    expect(await c.inferenceEscrow.token()).toBe(printed.contracts.token);
+    await rm(other, { recursive: true, force: true });
+  });
+
+  it("refuses to deploy without a key or an RPC URL, saying which variable to set", async () => {
+    const noKey = runCli(["deploy", "--rpc", printed.rpcUrl], { SOULMESH_DEPLOYER_KEY: "" });
+    expect(await noKey.exited()).toBe(1);
+    expect(noKey.stderr()).toContain("SOULMESH_DEPLOYER_KEY");
+    const noRpc = runCli(["deploy", "--json"], { SOULMESH_DEPLOYER_KEY: "0x" + "11".repeat(32), SOULMESH_RPC_URL: "" });
+    expect(await noRpc.exited()).toBe(1);
+    expect(JSON.parse(noRpc.stdout())).toMatchObject({ error: { name: "MissingConfigError" } });
+    const badKey = runCli(["deploy", "--rpc", printed.rpcUrl], { SOULMESH_DEPLOYER_KEY: "0x1234" });
+    expect(await badKey.exited()).toBe(1);
+    expect(badKey.stderr()).toContain("32-byte hex private key");
+  });
+
   it("stops cleanly on Ctrl-C and removes its deployment file", async () => {
     devnet.child.kill("SIGINT");
     expect(await devnet.exited()).toBe(0);
