@@ -419,13 +419,7 @@ contract InferenceEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
      * @return effectiveAt When `next` takes effect (zero when none is pending).
      */
     function protocolFee() external view returns (uint256 current, uint256 next, uint256 effectiveAt) {
-        Scheduled.Value memory f = _feeBps;
-        current = f.at(block.timestamp);
-        if (f.effectiveAt != 0 && block.timestamp < f.effectiveAt) {
-            (next, effectiveAt) = (f.next, f.effectiveAt);
-        } else {
-            next = current;
-        }
+        return _feeBps.state(block.timestamp);
     }
 
     /// @notice The treasury that receives protocol fees.

@@ -186,13 +186,7 @@ contract PersonaRegistry is ERC721, IPersonaRegistry {
         returns (uint256 current, uint256 next, uint256 effectiveAt)
     {
         _requirePersona(personaId);
-        Scheduled.Value memory s = _royalties[personaId];
-        current = s.at(block.timestamp);
-        if (s.effectiveAt != 0 && block.timestamp < s.effectiveAt) {
-            (next, effectiveAt) = (s.next, s.effectiveAt);
-        } else {
-            next = current;
-        }
+        return _royalties[personaId].state(block.timestamp);
     }
 
     /// @notice The number of personas minted so far.

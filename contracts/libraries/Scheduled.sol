@@ -22,6 +22,25 @@ library Scheduled {
     }
 
     /**
+     * @notice The value in force at `timestamp` and the change still pending then, if any.
+     * @return current The value in force.
+     * @return next The value scheduled to replace it (equal to `current` when none is pending).
+     * @return effectiveAt When `next` takes effect (zero when none is pending).
+     */
+    function state(Value memory self, uint256 timestamp)
+        internal
+        pure
+        returns (uint256 current, uint256 next, uint256 effectiveAt)
+    {
+        current = at(self, timestamp);
+        if (self.effectiveAt != 0 && timestamp < self.effectiveAt) {
+            (next, effectiveAt) = (self.next, self.effectiveAt);
+        } else {
+            next = current;
+        }
+    }
+
+    /**
      * @notice Schedules `value` to take effect at `effectiveAt`.
      * @dev A change that has already taken effect is folded into `current` first. A change still pending
      * is replaced: it was never in force, and the new one takes effect later than it would have.
