@@ -35,7 +35,7 @@ contract AgentRegistry is ERC721, ReentrancyGuardTransient, IAgentRegistry {
 
     /// @notice Emitted when a user adopts a persona, paying `adoptionPrice` to its holder.
     event AgentMinted(
-        uint256 indexed agentId, uint256 indexed personaId, address indexed owner, address creator, uint256 adoptionPrice
+        uint256 indexed agentId, uint256 indexed personaId, address indexed owner, address holder, uint256 adoptionPrice
     );
     /// @notice Emitted when an agent's memory head moves.
     event MemoryHeadUpdated(uint256 indexed agentId, string cid, uint64 seq, address indexed by);
@@ -70,13 +70,13 @@ contract AgentRegistry is ERC721, ReentrancyGuardTransient, IAgentRegistry {
      * @return agentId The new agent's id.
      */
     function mint(uint256 personaId, uint256 maxAdoptionPrice) public nonReentrant returns (uint256 agentId) {
-        (address creator, uint256 price) = _personas.adoptionTermsOf(personaId);
+        (address holder, uint256 price) = _personas.adoptionTermsOf(personaId);
         if (price > maxAdoptionPrice) revert Agent__AdoptionPriceAboveMax(price, maxAdoptionPrice);
         agentId = _nextId++;
         _agents[agentId].personaId = personaId;
-        emit AgentMinted(agentId, personaId, msg.sender, creator, price);
+        emit AgentMinted(agentId, personaId, msg.sender, holder, price);
         _safeMint(msg.sender, agentId);
-        if (price > 0) _paymentToken.safeTransferFrom(msg.sender, creator, price);
+        if (price > 0) _paymentToken.safeTransferFrom(msg.sender, holder, price);
     }
 
     /**

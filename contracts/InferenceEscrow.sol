@@ -88,6 +88,9 @@ contract InferenceEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
     );
     /// @notice The highest protocol fee, in basis points (10%).
     uint256 public constant MAX_FEE_BPS = 1_000;
+    /// @notice The longest withdrawal delay (voucher lifetimes are shorter still): a year keeps every date
+    /// far inside uint64.
+    uint256 public constant MAX_DELAY = 365 days;
 
     IERC20 private immutable _token;
     IAgentRegistry private immutable _agents;
@@ -163,6 +166,8 @@ contract InferenceEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
     error Escrow__FeeTooHigh(uint256 feeBps);
     /// @notice A delay is not longer than the longest voucher lifetime.
     error Escrow__DelayTooShort(uint256 delay, uint256 maxVoucherLifetime);
+    /// @notice The withdrawal delay, or the royalty delay fee changes follow, is above MAX_DELAY.
+    error Escrow__DelayTooLong(uint256 delay, uint256 maxDelay);
     /// @notice A batch must hold at least one voucher.
     error Escrow__EmptyBatch();
 
@@ -185,11 +190,13 @@ contract InferenceEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
         address owner_
     ) EIP712("Soulmesh InferenceEscrow", "1") Ownable(owner_) {
         if (address(token_) == address(0) || treasury_ == address(0)) revert Escrow__ZeroAddress();
+        if (withdrawalDelay_ > MAX_DELAY) revert Escrow__DelayTooLong(withdrawalDelay_, MAX_DELAY);
         if (withdrawalDelay_ <= maxVoucherLifetime_) {
             revert Escrow__DelayTooShort(withdrawalDelay_, maxVoucherLifetime_);
         }
         uint256 royaltyDelay = personas_.royaltyDelay();
         if (royaltyDelay <= maxVoucherLifetime_) revert Escrow__DelayTooShort(royaltyDelay, maxVoucherLifetime_);
+        if (royaltyDelay > MAX_DELAY) revert Escrow__DelayTooLong(royaltyDelay, MAX_DELAY);
         _token = token_;
         _agents = agents_;
         _personas = personas_;

@@ -7,6 +7,20 @@ import {InferenceEscrow} from "./InferenceEscrow.sol";
 import {AgentRegistry} from "./AgentRegistry.sol";
 import {PersonaRegistry} from "./PersonaRegistry.sol";
 import {MockERC1271Wallet} from "./mocks/MockERC1271Wallet.sol";
+import {IPersonaRegistry} from "./interfaces/IPersonaRegistry.sol";
+
+/// @dev Answers only what the escrow's constructor asks of a persona registry.
+contract SlowRoyaltyRegistry {
+    uint256 private immutable _delay;
+
+    constructor(uint256 delay) {
+        _delay = delay;
+    }
+
+    function royaltyDelay() external view returns (uint256) {
+        return _delay;
+    }
+}
 
 contract InferenceEscrowTest is SoulmeshFixture {
     uint256 internal personaId;
@@ -594,6 +608,21 @@ contract InferenceEscrowTest is SoulmeshFixture {
             abi.encodeWithSelector(InferenceEscrow.Escrow__DelayTooShort.selector, 1 hours, MAX_VOUCHER_LIFETIME)
         );
         new InferenceEscrow(token, agents, quick, MAX_VOUCHER_LIFETIME, WITHDRAWAL_DELAY, treasury, owner);
+    }
+
+    function test_Constructor_RevertsWhen_DelaysAboveMax() public {
+        uint256 maxDelay = escrow.MAX_DELAY();
+        vm.expectRevert(
+            abi.encodeWithSelector(InferenceEscrow.Escrow__DelayTooLong.selector, maxDelay + 1, maxDelay)
+        );
+        new InferenceEscrow(token, agents, personas, MAX_VOUCHER_LIFETIME, maxDelay + 1, treasury, owner);
+
+        // PersonaRegistry bounds its own delay; another registry might not.
+        IPersonaRegistry slow = IPersonaRegistry(address(new SlowRoyaltyRegistry(maxDelay + 1)));
+        vm.expectRevert(
+            abi.encodeWithSelector(InferenceEscrow.Escrow__DelayTooLong.selector, maxDelay + 1, maxDelay)
+        );
+        new InferenceEscrow(token, agents, slow, MAX_VOUCHER_LIFETIME, WITHDRAWAL_DELAY, treasury, owner);
     }
 
     function test_Constructor_RevertsWhen_ZeroTokenOrTreasury() public {

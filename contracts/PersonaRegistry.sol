@@ -27,6 +27,9 @@ contract PersonaRegistry is ERC721, IPersonaRegistry {
 
     uint256 private immutable _royaltyDelay;
     uint256 private _nextId = 1;
+    /// @notice The longest royalty delay: a year keeps every schedule date far inside uint64.
+    uint256 public constant MAX_DELAY = 365 days;
+
     mapping(uint256 personaId => Persona) private _personas;
     mapping(uint256 personaId => Scheduled.Value) private _royalties;
 
@@ -59,10 +62,13 @@ contract PersonaRegistry is ERC721, IPersonaRegistry {
     error Persona__RoyaltyTooHigh(uint256 royaltyPerMillion);
     /// @notice The royalty delay must be positive.
     error Persona__ZeroDelay();
+    /// @notice The royalty delay is above MAX_DELAY.
+    error Persona__DelayTooLong(uint256 delay, uint256 maxDelay);
 
     /// @param royaltyDelay_ Seconds between scheduling a royalty change and its taking effect.
     constructor(uint256 royaltyDelay_) ERC721("Soulmesh Persona", "SOULP") {
         if (royaltyDelay_ == 0) revert Persona__ZeroDelay();
+        if (royaltyDelay_ > MAX_DELAY) revert Persona__DelayTooLong(royaltyDelay_, MAX_DELAY);
         _royaltyDelay = royaltyDelay_;
     }
 

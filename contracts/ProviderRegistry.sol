@@ -40,6 +40,8 @@ contract ProviderRegistry is ReentrancyGuardTransient {
     IERC20 private immutable _stakeToken;
     uint256 private immutable _minStake;
     uint256 private immutable _unbondingDelay;
+    /// @notice The longest unbonding delay: a year keeps every release date far inside uint64.
+    uint256 public constant MAX_DELAY = 365 days;
     EnumerableSet.AddressSet private _addresses;
     mapping(address provider => Provider) private _providers;
     uint256 private _totalHeld;
@@ -92,11 +94,14 @@ contract ProviderRegistry is ReentrancyGuardTransient {
     error Provider__UnbondingNotReady(uint256 availableAt);
     /// @notice The recipient cannot be the zero address.
     error Provider__ZeroAddress();
+    /// @notice The unbonding delay is above MAX_DELAY.
+    error Provider__DelayTooLong(uint256 delay, uint256 maxDelay);
 
     /// @param stakeToken_ The token stakes are held in.
     /// @param minStake_ The stake a provider needs to be active.
     /// @param unbondingDelay_ Seconds between an unbond request and the stake's release.
     constructor(IERC20 stakeToken_, uint256 minStake_, uint256 unbondingDelay_) {
+        if (unbondingDelay_ > MAX_DELAY) revert Provider__DelayTooLong(unbondingDelay_, MAX_DELAY);
         _stakeToken = stakeToken_;
         _minStake = minStake_;
         _unbondingDelay = unbondingDelay_;

@@ -29,7 +29,8 @@ export interface Adoption {
   agentId: bigint;
   personaId: bigint;
   owner: string;
-  creator: string;
+  /** The persona's holder at adoption, who was paid the adoption price. */
+  holder: string;
   adoptionPrice: bigint;
 }
 
@@ -164,7 +165,7 @@ export async function readAdoptions(
       agentId: log.args.agentId,
       personaId: log.args.personaId,
       owner: log.args.owner,
-      creator: log.args.creator,
+      holder: log.args.holder,
       adoptionPrice: log.args.adoptionPrice,
     })),
   );
