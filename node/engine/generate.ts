@@ -1,0 +1,299 @@
+import {
+  resolveChatWrapper,
+  type ChatHistoryItem,
+  type ChatWrapper,
+  type LlamaContextSequence,
+  type LlamaModel,
+  type Token,
+} from "node-llama-cpp";
+import { InvalidRequestError } from "./errors.js";
+
+/** One message of a chat prompt. */
+export interface ChatMessage {
+  role: "system" | "user" | "assistant";
+  content: string;
+}
+
+/**
+ * What to generate from: a chat, rendered with the model's own chat template, or raw text given to the
+ * model as is (the model's BOS token is prepended when it wants one).
+ */
+export type Prompt = { chat: readonly ChatMessage[] } | { text: string };
+
+/** Sampling options; the defaults sample greedily (temperature 0). */
+export interface SamplingOptions {
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  minP?: number;
+  /** Seed for the sampler, for reproducible sampling at temperature > 0. */
+  seed?: number;
+  /** Penalty on tokens repeated from the last `repeatLastTokens` tokens (1 = off). */
+  repeatPenalty?: number;
+  repeatLastTokens?: number;
+  frequencyPenalty?: number;
+  presencePenalty?: number;
+}
+
+/** Token counts of one generation, exact: what a voucher pays for. */
+export interface Usage {
+  /** Prompt tokens evaluated for this turn. */
+  inputTokens: number;
+  /** Prompt tokens reused from the session's KV state, not evaluated again. */
+  cachedInputTokens: number;
+  /** Tokens the model generated, the one that ended the generation included. */
+  outputTokens: number;
+}
+
+/** Why a generation ended. */
+export type StopReason = "eos" | "stop" | "maxTokens" | "contextFull" | "aborted";
+
+/** A piece of streamed output. */
+export interface GenerationChunk {
+  text: string;
+  /** Output tokens generated so far. */
+  outputTokens: number;
+}
+
+/** A generation request on a sequence. */
+export interface GenerateOptions {
+  prompt: Prompt;
+  sampling?: SamplingOptions;
+  /** Most tokens to generate; defaults to what is left of the context. */
+  maxTokens?: number;
+  /** Strings that end the generation; they are not part of the output. */
+  stop?: readonly string[];
+  /** Called with each piece of output text as soon as it is final. */
+  onChunk?: (chunk: GenerationChunk) => void;
+  /** Aborting ends the generation early with stopReason "aborted"; what was generated is kept and counted. */
+  signal?: AbortSignal;
+}
+
+/** What a generation produced. */
+export interface GenerateResult {
+  text: string;
+  usage: Usage;
+  stopReason: StopReason;
+}
+
+const MAX_STOP_STRINGS = 16;
+const MAX_STOP_LENGTH = 256;
+
+const chatWrappers = new WeakMap<LlamaModel, ChatWrapper>();
+
+/** The chat wrapper node-llama-cpp picks for the model from its chat template, resolved once. */
+function chatWrapperOf(model: LlamaModel): ChatWrapper {
+  let wrapper = chatWrappers.get(model);
+  if (wrapper === undefined) {
+    wrapper = resolveChatWrapper(model);
+    chatWrappers.set(model, wrapper);
+  }
+  return wrapper;
+}
+
+/** A prompt as tokens, with the token sequences that end a chat turn (the template's own stop triggers). */
+export interface TokenizedPrompt {
+  tokens: Token[];
+  stopTriggers: Token[][];
+}
+
+/**
+ * Tokenizes a prompt the way {@link generate} evaluates it. Chat prompts go through the model's chat
+ * template and end with an open assistant turn.
+ *
+ * @example
+ * const { tokens } = tokenizePrompt(model, { chat: [{ role: "user", content: "Hi" }] })
+ */
+export function tokenizePrompt(model: LlamaModel, prompt: Prompt): TokenizedPrompt {
+  if ("chat" in prompt) {
+    if (!Array.isArray(prompt.chat) || prompt.chat.length === 0) {
+      throw new InvalidRequestError("a chat prompt needs at least one message");
+    }
+    const history: ChatHistoryItem[] = prompt.chat.map((m, i): ChatHistoryItem => {
+      if (typeof m?.content !== "string") throw new InvalidRequestError(`message ${i} has no text content`);
+      switch (m.role) {
+        case "system":
+          return { type: "system", text: m.content };
+        case "user":
+          return { type: "user", text: m.content };
+        case "assistant":
+          return { type: "model", response: [m.content] };
+        default:
+          throw new InvalidRequestError(`message ${i} has an unknown role ${JSON.stringify((m as ChatMessage).role)}`);
+      }
+    });
+    history.push({ type: "model", response: [] });
+    const state = chatWrapperOf(model).generateContextState({ chatHistory: history });
+    const stopTriggers = state.stopGenerationTriggers
+      .map((trigger) => trigger.tokenize(model.tokenizer))
+      .filter((tokens) => tokens.length > 0);
+    return { tokens: state.contextText.tokenize(model.tokenizer), stopTriggers };
+  }
+  if (typeof prompt.text !== "string" || prompt.text.length === 0) {
+    throw new InvalidRequestError("a raw prompt needs non-empty text");
+  }
+  const tokens = model.tokenize(prompt.text, false);
+  const bos = model.tokens.bos;
+  if (model.tokens.shouldPrependBosToken && bos !== null && tokens[0] !== bos) tokens.unshift(bos);
+  return { tokens, stopTriggers: [] };
+}
+
+function validateStops(stop: readonly string[] | undefined): string[] {
+  if (stop === undefined) return [];
+  if (!Array.isArray(stop) || stop.length > MAX_STOP_STRINGS) {
+    throw new InvalidRequestError(`stop must be a list of at most ${MAX_STOP_STRINGS} strings`);
+  }
+  for (const s of stop) {
+    if (typeof s !== "string" || s.length === 0 || s.length > MAX_STOP_LENGTH) {
+      throw new InvalidRequestError(`each stop string must have 1 to ${MAX_STOP_LENGTH} characters`);
+    }
+  }
+  return [...stop];
+}
+
+function validateSampling(s: SamplingOptions): void {
+  const check = (name: keyof SamplingOptions, ok: (v: number) => boolean, range: string): void => {
+    const v = s[name];
+    if (v !== undefined && (typeof v !== "number" || !Number.isFinite(v) || !ok(v))) {
+      throw new InvalidRequestError(`sampling.${name} must be ${range}, got ${String(v)}`);
+    }
+  };
+  check("temperature", (v) => v >= 0 && v <= 10, "between 0 and 10");
+  check("topK", (v) => Number.isInteger(v) && v >= 0, "a non-negative integer");
+  check("topP", (v) => v >= 0 && v <= 1, "between 0 and 1");
+  check("minP", (v) => v >= 0 && v <= 1, "between 0 and 1");
+  check("seed", (v) => Number.isInteger(v) && v >= 0 && v <= 0xffffffff, "an integer from 0 to 2^32-1");
+  check("repeatPenalty", (v) => v > 0 && v <= 10, "above 0 and at most 10");
+  check("repeatLastTokens", (v) => Number.isInteger(v) && v >= 1 && v <= 4096, "an integer from 1 to 4096");
+  check("frequencyPenalty", (v) => v >= -2 && v <= 2, "between -2 and 2");
+  check("presencePenalty", (v) => v >= -2 && v <= 2, "between -2 and 2");
+}
+
+/** Length of the longest end of `text` that begins one of `stops`: text a later token may turn into a stop. */
+function pendingStopLength(text: string, stops: readonly string[]): number {
+  let longest = 0;
+  for (const stop of stops) {
+    for (let n = Math.min(stop.length - 1, text.length); n > longest; n--) {
+      if (text.endsWith(stop.slice(0, n))) {
+        longest = n;
+        break;
+      }
+    }
+  }
+  return longest;
+}
+
+function endsWithTokens(tokens: readonly Token[], tail: readonly Token[]): boolean {
+  if (tail.length > tokens.length) return false;
+  const offset = tokens.length - tail.length;
+  return tail.every((t, i) => tokens[offset + i] === t);
+}
+
+/**
+ * Generates on a context sequence, reusing whatever prefix of the prompt the sequence already holds:
+ * only the rest is evaluated. The sequence keeps the new state, so the next turn of the same session
+ * evaluates only its new tokens.
+ *
+ * @example
+ * const { text, usage } = await generate(sequence, { prompt: { text: "Once upon" }, maxTokens: 16 })
+ */
+export async function generate(sequence: LlamaContextSequence, options: GenerateOptions): Promise<GenerateResult> {
+  const model = sequence.model;
+  const stops = validateStops(options.stop);
+  validateSampling(options.sampling ?? {});
+  const { tokens, stopTriggers } = tokenizePrompt(model, options.prompt);
+  const room = sequence.contextSize - tokens.length;
+  if (room < 1) {
+    throw new InvalidRequestError(
+      `the prompt has ${tokens.length} tokens but the context holds ${sequence.contextSize}; shorten it`,
+    );
+  }
+  if (options.maxTokens !== undefined && (!Number.isInteger(options.maxTokens) || options.maxTokens < 1)) {
+    throw new InvalidRequestError("maxTokens must be a positive integer");
+  }
+  const maxTokens = Math.min(options.maxTokens ?? room, room);
+  options.signal?.throwIfAborted();
+
+  // At least one prompt token is evaluated, so there are logits to sample the first output token from.
+  const reused = Math.min(sequence.compareContextTokens(tokens).firstDifferentIndex, tokens.length - 1);
+  if (reused < sequence.nextTokenIndex) {
+    await sequence.eraseContextTokenRanges([{ start: reused, end: sequence.nextTokenIndex }]);
+  }
+
+  const usage: Usage = { inputTokens: tokens.length - reused, cachedInputTokens: reused, outputTokens: 0 };
+  const textTokens: Token[] = [];
+  const generated: Token[] = [];
+  let text = "";
+  let emitted = 0;
+  let stopReason: StopReason | undefined;
+  const s = options.sampling ?? {};
+
+  const emit = (upTo: number): void => {
+    if (upTo <= emitted) return;
+    const piece = text.slice(emitted, upTo);
+    emitted = upTo;
+    options.onChunk?.({ text: piece, outputTokens: usage.outputTokens });
+  };
+
+  const iterator = sequence.evaluate(tokens.slice(reused), {
+    temperature: s.temperature ?? 0,
+    ...(s.topK !== undefined && { topK: s.topK }),
+    ...(s.topP !== undefined && { topP: s.topP }),
+    ...(s.minP !== undefined && { minP: s.minP }),
+    ...(s.seed !== undefined && { seed: s.seed }),
+    ...(s.repeatPenalty !== undefined && {
+      repeatPenalty: {
+        penalty: s.repeatPenalty,
+        maxPunishTokens: s.repeatLastTokens ?? 64,
+        punishTokens: () => [...tokens, ...generated].slice(-(s.repeatLastTokens ?? 64)),
+        ...(s.frequencyPenalty !== undefined && { frequencyPenalty: s.frequencyPenalty }),
+        ...(s.presencePenalty !== undefined && { presencePenalty: s.presencePenalty }),
+      },
+    }),
+    yieldEogToken: true,
+  });
+  // maxTokens never exceeds the room left, so the context never shifts under the session's state.
+
+  try {
+    for await (const token of iterator) {
+      usage.outputTokens++;
+      generated.push(token);
+      if (model.isEogToken(token)) {
+        stopReason = "eos";
+        break;
+      }
+      textTokens.push(token);
+      const trigger = stopTriggers.find((t) => endsWithTokens(generated, t));
+      if (trigger !== undefined) {
+        textTokens.splice(textTokens.length - Math.min(trigger.length, textTokens.length));
+        text = model.detokenize(textTokens, false);
+        stopReason = "eos";
+        break;
+      }
+      text = model.detokenize(textTokens, false);
+      const searchFrom = Math.max(0, emitted - MAX_STOP_LENGTH);
+      const hits = stops.map((stop) => text.indexOf(stop, searchFrom)).filter((i) => i >= 0);
+      if (hits.length > 0) {
+        text = text.slice(0, Math.min(...hits));
+        stopReason = "stop";
+        break;
+      }
+      let safe = text.length - pendingStopLength(text, stops);
+      // An incomplete UTF-8 sequence detokenizes to U+FFFD until its last byte arrives.
+      while (safe > emitted && text.charCodeAt(safe - 1) === 0xfffd) safe--;
+      emit(safe);
+      if (options.signal?.aborted) {
+        stopReason = "aborted";
+        break;
+      }
+      if (usage.outputTokens >= maxTokens) {
+        stopReason = usage.outputTokens >= room ? "contextFull" : "maxTokens";
+        break;
+      }
+    }
+  } finally {
+    await iterator.return();
+  }
+  emit(text.length);
+  return { text, usage, stopReason: stopReason ?? "contextFull" };
+}
