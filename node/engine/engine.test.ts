@@ -265,6 +265,54 @@ describe("engine: sessions keep their KV state", () => {
     expect(events.filter((e) => e === "session:restored").length).toBeGreaterThanOrEqual(2);
   });
 
+  it("closes sessions left idle past sessionIdleMs, deleting their state, and keeps busy or recent ones", async () => {
+    const { engine, states } = await setup({ sessionIdleMs: 60_000 });
+    const idle = await open(engine);
+    await engine.generate(idle, greedy({ text: "Hello there" }, 2));
+    await engine.evictSession(idle);
+    const recent = await open(engine);
+    await engine.generate(recent, greedy({ text: "Hi" }, 2));
+    const now = Date.now();
+    expect(await engine.closeIdleSessions(now + 30_000)).toBe(0);
+    expect(await engine.closeIdleSessions(now + 61_000)).toBe(2);
+    expect(() => engine.session(idle)).toThrow(SessionNotFoundError);
+    expect(states.has(idle)).toBe(false);
+    expect(engine.load.sessions).toBe(0);
+  });
+
+  it("sessions sharing a context generate concurrently and each gets what it would alone", async () => {
+    const { engine } = await setup({ maxConcurrent: 4 });
+    const prompts = ["The sea", "A mountain", "The city at night", "Morning"].map((text) => ({ text }));
+    const ids = await Promise.all(prompts.map(() => open(engine, [adapterRef(2)])));
+    const together = await Promise.all(ids.map((id, i) => engine.generate(id, greedy(prompts[i]!, 8))));
+    const alone = [];
+    for (const prompt of prompts) alone.push(await engine.generate(await open(engine, [adapterRef(2)]), greedy(prompt, 8)));
+    expect(together.map((r) => r.text)).toEqual(alone.map((r) => r.text));
+    expect(together.map((r) => r.usage)).toEqual(alone.map((r) => r.usage));
+  });
+
+  it("a state that cannot be saved costs a full evaluation, not the turn", async () => {
+    const { engine, states } = await setup();
+    const id = await open(engine);
+    const prompt = { text: "The old lighthouse keeper" };
+    const first = await engine.generate(id, greedy(prompt, 4));
+    const discarded: string[] = [];
+    engine.addEventListener("session:state-discarded", (e) => discarded.push((e as CustomEvent<{ reason: string }>).detail.reason));
+    const save = states.save.bind(states);
+    states.save = async () => Promise.reject(new Error("disk full"));
+    try {
+      await engine.evictSession(id);
+    } finally {
+      states.save = save;
+    }
+    expect(discarded).toEqual([expect.stringContaining("disk full")]);
+    expect(engine.session(id).hot).toBe(false);
+    const again = await engine.generate(id, greedy(prompt, 4));
+    expect(again.restored).toBe(false);
+    expect(again.usage.cachedInputTokens).toBe(0);
+    expect(again.text).toBe(first.text);
+  });
+
   it("closing a session deletes its saved state", async () => {
     const { engine, states, stateDir } = await setup();
     const id = await open(engine);

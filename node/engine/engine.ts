@@ -48,6 +48,8 @@ export interface EngineOptions {
   maxConcurrent?: number;
   /** Generations waiting; one more gets ProviderBusy at once. Default 16. */
   maxQueued?: number;
+  /** A session unused this long (ms) is closed and its state deleted. Default 1 hour. */
+  sessionIdleMs?: number;
 }
 
 /** Opening a session: who it runs as, and the key its saved state is encrypted with. */
@@ -151,6 +153,8 @@ export class InferenceEngine extends EventTarget {
   readonly #queue: AdmissionQueue;
   readonly #pool: ContextPool;
   readonly contextSize: number;
+  readonly #sessionIdleMs: number;
+  #sweeper: NodeJS.Timeout | undefined;
   #running = false;
 
   constructor(options: EngineOptions) {
@@ -161,6 +165,8 @@ export class InferenceEngine extends EventTarget {
     this.#states = options.states;
     const trained = Math.min(...options.models.map((m) => m.model.trainContextSize));
     this.contextSize = options.contextSize ?? Math.min(trained, DEFAULT_MAX_CONTEXT);
+    this.#sessionIdleMs = options.sessionIdleMs ?? 60 * 60_000;
+    if (!(this.#sessionIdleMs > 0)) throw new InvalidRequestError("sessionIdleMs must be positive");
     this.#queue = new AdmissionQueue({ maxConcurrent: options.maxConcurrent ?? 2, maxQueued: options.maxQueued ?? 16 });
     this.#pool = new ContextPool({
       llama: options.llama,
@@ -175,7 +181,24 @@ export class InferenceEngine extends EventTarget {
 
   /** Starts serving. The injected adapter and state stores are started by their owner. */
   async start(): Promise<void> {
+    if (this.#running) return;
     this.#running = true;
+    this.#sweeper = setInterval(() => void this.closeIdleSessions(), Math.min(this.#sessionIdleMs, 60_000));
+    this.#sweeper.unref();
+  }
+
+  /**
+   * Closes sessions unused for `sessionIdleMs` (deleting their saved state): a client that vanished
+   * does not hold memory, adapters or state files forever. Runs periodically; returns how many closed.
+   */
+  async closeIdleSessions(now: number = Date.now()): Promise<number> {
+    const isIdle = (s: Session): boolean => !s.busy && now - s.lastUsed >= this.#sessionIdleMs;
+    let closed = 0;
+    for (const session of [...this.#sessions.values()].filter(isIdle)) {
+      // A turn may have arrived since: checked again once the session's queue is drained.
+      if (await this.#close(session, () => isIdle(session)).catch(() => false)) closed++;
+    }
+    return closed;
   }
 
   /**
@@ -185,6 +208,7 @@ export class InferenceEngine extends EventTarget {
   async stop(): Promise<void> {
     if (!this.#running) return;
     this.#running = false;
+    clearInterval(this.#sweeper);
     for (const session of this.#sessions.values()) {
       await session.serialize(() => session.evict()).catch(() => undefined);
       for (const lease of session.leases) lease.release();
@@ -317,18 +341,24 @@ export class InferenceEngine extends EventTarget {
 
   /** Closes a session: its sequence is freed and its saved state deleted. */
   async closeSession(sessionId: string): Promise<void> {
-    const session = this.#session(sessionId);
-    await session.serialize(async () => {
-      if (session.closed) return;
+    await this.#close(this.#session(sessionId), () => true);
+  }
+
+  /** Closes the session once its pending turns are done, if `still()` holds then. */
+  async #close(session: Session, still: () => boolean): Promise<boolean> {
+    const closed = await session.serialize(async () => {
+      if (session.closed || !still()) return false;
       session.closed = true;
-      this.#sessions.delete(sessionId);
+      this.#sessions.delete(session.id);
       const sequence = session.sequence;
       session.sequence = undefined;
       if (sequence !== undefined) await this.#pool.release(sequence);
-      await this.#states.delete(sessionId);
       for (const lease of session.leases) lease.release();
+      await this.#states.delete(session.id);
+      return true;
     });
-    this.dispatchEvent(new CustomEvent("session:closed", { detail: { sessionId } }));
+    if (closed) this.dispatchEvent(new CustomEvent("session:closed", { detail: { sessionId: session.id } }));
+    return closed;
   }
 
   /** @internal Called by a session asked to give up its sequence: saves the state, then releases it. */
@@ -342,8 +372,12 @@ export class InferenceEngine extends EventTarget {
           sequence.saveStateToFile(p),
         ));
       }
+    } catch (err) {
+      // A state that cannot be saved costs one full evaluation on the next turn; the memory is freed anyway,
+      // and the session asking for room is not failed for another session's disk.
+      const reason = `saving it failed (${err instanceof Error ? err.message : String(err)})`;
+      this.dispatchEvent(new CustomEvent("session:state-discarded", { detail: { sessionId: session.id, reason } }));
     } finally {
-      // Even if saving failed, the memory is released: the next turn evaluates the prompt in full.
       session.sequence = undefined;
       await this.#pool.release(sequence);
     }
