@@ -1,6 +1,7 @@
 import { Command, CommanderError } from "commander";
 import { registerDeploy } from "./commands/deploy.js";
 import { registerDevnet } from "./commands/devnet.js";
+import { registerModel } from "./commands/model.js";
 import { reportError } from "./output.js";
 
 const program = new Command()
@@ -13,6 +14,7 @@ const program = new Command()
 
 registerDevnet(program);
 registerDeploy(program);
+registerModel(program);
 
 try {
   await program.parseAsync(process.argv);
