@@ -411,6 +411,8 @@ describe("engine: generation", () => {
       { prompt: { text: "hi" }, stop: [""] },
     ];
     for (const options of bad) await expect(engine.generate(id, options)).rejects.toBeInstanceOf(InvalidRequestError);
+    // Refused before taking a queue place or a context.
+    expect(engine.load).toMatchObject({ contexts: 0, running: 0, queued: 0 });
 
     await expect(engine.generate("no-such-session", greedy({ text: "hi" }))).rejects.toBeInstanceOf(SessionNotFoundError);
     await expect(open(engine, [], id)).rejects.toBeInstanceOf(SessionConflictError);

@@ -10,7 +10,7 @@ import {
   SessionNotFoundError,
   SessionStateError,
 } from "./errors.js";
-import { generate, type GenerateOptions, type GenerateResult } from "./generate.js";
+import { checkRequest, generate, type GenerateOptions, type GenerateResult } from "./generate.js";
 import type { AdapterLease, AdapterStore } from "./adapters.js";
 import type { LoadedModel } from "./models.js";
 import type { SessionStateStore, StateBinding } from "./state-store.js";
@@ -309,6 +309,7 @@ export class InferenceEngine extends EventTarget {
   async generate(sessionId: string, options: GenerateOptions): Promise<TurnResult> {
     this.#ensureRunning();
     const session = this.#session(sessionId);
+    checkRequest(session.model.model, this.contextSize, options);
     const signal = options.signal;
     return this.#queue.run(
       () =>

@@ -189,6 +189,35 @@ function endsWithTokens(tokens: readonly Token[], tail: readonly Token[]): boole
   return tail.every((t, i) => tokens[offset + i] === t);
 }
 
+/** A request that passed {@link checkRequest}: its prompt tokenized, its stops, the room left for output. */
+export interface CheckedRequest extends TokenizedPrompt {
+  stops: string[];
+  room: number;
+}
+
+/**
+ * Checks a generation request against a model and context size without touching any sequence, so a
+ * bad request is refused before it takes a queue place or memory.
+ *
+ * @example
+ * checkRequest(model, 4096, { prompt: { text: "" } }) // throws InvalidRequestError
+ */
+export function checkRequest(model: LlamaModel, contextSize: number, options: GenerateOptions): CheckedRequest {
+  const stops = validateStops(options.stop);
+  validateSampling(options.sampling ?? {});
+  if (options.maxTokens !== undefined && (!Number.isInteger(options.maxTokens) || options.maxTokens < 1)) {
+    throw new InvalidRequestError("maxTokens must be a positive integer");
+  }
+  const prompt = tokenizePrompt(model, options.prompt);
+  const room = contextSize - prompt.tokens.length;
+  if (room < 1) {
+    throw new InvalidRequestError(
+      `the prompt has ${prompt.tokens.length} tokens but the context holds ${contextSize}; shorten it`,
+    );
+  }
+  return { ...prompt, stops, room };
+}
+
 /**
  * Generates on a context sequence, reusing whatever prefix of the prompt the sequence already holds:
  * only the rest is evaluated. The sequence keeps the new state, so the next turn of the same session
@@ -199,18 +228,7 @@ function endsWithTokens(tokens: readonly Token[], tail: readonly Token[]): boole
  */
 export async function generate(sequence: LlamaContextSequence, options: GenerateOptions): Promise<GenerateResult> {
   const model = sequence.model;
-  const stops = validateStops(options.stop);
-  validateSampling(options.sampling ?? {});
-  const { tokens, stopTriggers } = tokenizePrompt(model, options.prompt);
-  const room = sequence.contextSize - tokens.length;
-  if (room < 1) {
-    throw new InvalidRequestError(
-      `the prompt has ${tokens.length} tokens but the context holds ${sequence.contextSize}; shorten it`,
-    );
-  }
-  if (options.maxTokens !== undefined && (!Number.isInteger(options.maxTokens) || options.maxTokens < 1)) {
-    throw new InvalidRequestError("maxTokens must be a positive integer");
-  }
+  const { tokens, stopTriggers, stops, room } = checkRequest(model, sequence.contextSize, options);
   const maxTokens = Math.min(options.maxTokens ?? room, room);
   options.signal?.throwIfAborted();
 

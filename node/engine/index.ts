@@ -26,6 +26,7 @@ export { SessionStateStore, bindingId, type StateBinding, type SessionStateStore
 export { ContextPool, type ContextAdapter, type ContextPoolOptions, type SequenceHolder } from "./context-pool.js";
 export {
   generate,
+  checkRequest,
   tokenizePrompt,
   type ChatMessage,
   type GenerateOptions,
