@@ -30,7 +30,11 @@ export interface ContextPoolOptions {
   threads: number;
   /** Tokens per sequence. */
   contextSize: number;
-  /** Sequences per context: sessions on the same adapter set share a context, batched together. */
+  /**
+   * The most sequences a context has: sessions on the same adapter set share a context, batched together.
+   * A context is sized by demand within this bound (see {@link ContextPool.acquire}), because each sequence
+   * reserves a whole context size of KV cache: a persona with one session should not pay for four.
+   */
   sequencesPerContext: number;
   /** Memory the pool's contexts may use in all, by node-llama-cpp's own estimate plus adapter sizes. */
   memoryBudgetBytes: number;
@@ -62,7 +66,8 @@ interface Entry {
 export class ContextPool {
   readonly #options: ContextPoolOptions;
   readonly #entries = new Map<string, Entry[]>();
-  readonly #estimates = new Map<string, number>();
+  // KV and compute memory by model and sequence count: node-llama-cpp's estimate reads the GGUF insights.
+  readonly #estimates = new WeakMap<LlamaModel, Map<number, number>>();
   #waiters: (() => void)[] = [];
   #stopped = false;
   // Serializes acquisitions, so two of them never evict or create for the same room.
@@ -94,19 +99,23 @@ export class ContextPool {
   /**
    * A sequence of a context for `model` with `adapters` applied, held by `holder` until released.
    * Waits (until `signal` aborts) when everything is busy and nothing fits the budget.
+   *
+   * `demand` is how many sessions of this adapter set want a sequence now (this one included). A new
+   * context gets that many sequences, at least twice what the set already has (so a growing persona's
+   * contexts grow geometrically), at most `sequencesPerContext`.
    */
   async acquire(
     model: LlamaModel,
     modelSha256: string,
     adapters: readonly ContextAdapter[],
     holder: SequenceHolder,
-    options: { signal?: AbortSignal } = {},
+    options: { signal?: AbortSignal; demand?: number } = {},
   ): Promise<LlamaContextSequence> {
     const key = ContextPool.keyOf(modelSha256, adapters);
     for (;;) {
       options.signal?.throwIfAborted();
       if (this.#stopped) throw new EngineStoppedError();
-      const sequence = await this.#locked(() => this.#tryAcquire(key, model, adapters, holder));
+      const sequence = await this.#locked(() => this.#tryAcquire(key, model, adapters, holder, options.demand ?? 1));
       if (sequence !== undefined) return sequence;
       await this.#waitForIdle(options.signal);
     }
@@ -159,15 +168,18 @@ export class ContextPool {
     model: LlamaModel,
     adapters: readonly ContextAdapter[],
     holder: SequenceHolder,
+    demand: number,
   ): Promise<LlamaContextSequence | undefined> {
     const list = this.#entries.get(key) ?? [];
     const withRoom = list.find((e) => e.context.sequencesLeft > 0);
     if (withRoom !== undefined) return this.#take(withRoom, holder);
 
-    const bytes = await this.#estimate(key, model, adapters);
+    const capacity = list.reduce((sum, e) => sum + e.context.totalSequences, 0);
+    const sequences = Math.min(this.#options.sequencesPerContext, Math.max(1, Math.floor(demand), 2 * capacity));
+    const bytes = await this.#estimate(model, adapters, sequences);
     if (bytes > this.#options.memoryBudgetBytes) throw new MemoryBudgetError(bytes, this.#options.memoryBudgetBytes);
     if (this.usedBytes + bytes <= this.#options.memoryBudgetBytes) {
-      return this.#take(await this.#create(key, model, adapters, bytes), holder);
+      return this.#take(await this.#create(key, model, adapters, sequences, bytes), holder);
     }
 
     // A context of the same key with an idle session: that session's sequence is the cheapest room.
@@ -191,7 +203,7 @@ export class ContextPool {
       await this.#dispose(entry);
     }
     if (this.usedBytes + bytes <= this.#options.memoryBudgetBytes) {
-      return this.#take(await this.#create(key, model, adapters, bytes), holder);
+      return this.#take(await this.#create(key, model, adapters, sequences, bytes), holder);
     }
     return undefined;
   }
@@ -213,24 +225,32 @@ export class ContextPool {
     return sequence;
   }
 
-  async #estimate(key: string, model: LlamaModel, adapters: readonly ContextAdapter[]): Promise<number> {
-    let bytes = this.#estimates.get(key);
-    if (bytes === undefined) {
+  async #estimate(model: LlamaModel, adapters: readonly ContextAdapter[], sequences: number): Promise<number> {
+    let byCount = this.#estimates.get(model);
+    if (byCount === undefined) this.#estimates.set(model, (byCount = new Map()));
+    let kv = byCount.get(sequences);
+    if (kv === undefined) {
       const { cpuRam, gpuVram } = await model.fileInsights.estimateContextResourceRequirementsV2({
         contextSize: this.#options.contextSize,
-        sequences: this.#options.sequencesPerContext,
+        sequences,
         modelGpuLayers: model.gpuLayers,
       });
-      bytes = cpuRam + gpuVram + adapters.reduce((sum, a) => sum + a.bytes, 0);
-      this.#estimates.set(key, bytes);
+      kv = cpuRam + gpuVram;
+      byCount.set(sequences, kv);
     }
-    return bytes;
+    return kv + adapters.reduce((sum, a) => sum + a.bytes, 0);
   }
 
-  async #create(key: string, model: LlamaModel, adapters: readonly ContextAdapter[], bytes: number): Promise<Entry> {
+  async #create(
+    key: string,
+    model: LlamaModel,
+    adapters: readonly ContextAdapter[],
+    sequences: number,
+    bytes: number,
+  ): Promise<Entry> {
     const context = await model.createContext({
       contextSize: this.#options.contextSize,
-      sequences: this.#options.sequencesPerContext,
+      sequences,
       threads: this.#options.threads,
       ...(adapters.length > 0 && {
         lora: { adapters: adapters.map((a) => ({ filePath: a.path, scale: a.scale })) },

@@ -120,16 +120,23 @@ describe("engine: adapters", () => {
   it("a persona adapter changes the output, and two adapters differ from each other", async () => {
     const { engine } = await setup();
     const prompt = { text: "The people of the world" };
-    const plain = await engine.generate(await open(engine), greedy(prompt));
-    const a = await engine.generate(await open(engine, [adapterRef(0)]), greedy(prompt));
-    const b = await engine.generate(await open(engine, [adapterRef(1)]), greedy(prompt));
-    const again = await engine.generate(await open(engine, [adapterRef(0)]), greedy(prompt));
+    const ids = [await open(engine), await open(engine, [adapterRef(0)]), await open(engine, [adapterRef(1)])];
+    const sameAdapter = await open(engine, [adapterRef(0)]);
+    const [plain, a, b] = [
+      await engine.generate(ids[0]!, greedy(prompt)),
+      await engine.generate(ids[1]!, greedy(prompt)),
+      await engine.generate(ids[2]!, greedy(prompt)),
+    ];
+    const again = await engine.generate(sameAdapter, greedy(prompt));
     expect(plain.text.length).toBeGreaterThan(0);
     expect(a.text).not.toBe(plain.text);
     expect(b.text).not.toBe(a.text);
     expect(again.text).toBe(a.text);
-    // Sessions on the same adapter share a context; each adapter set has its own.
+    // Sessions on the same adapter share a context (sized for both, as both were waiting); each set has its own.
     expect(engine.load.contexts).toBe(3);
+    // A later session on a full context's adapter set gets a new context.
+    await engine.generate(await open(engine, [adapterRef(1)]), greedy(prompt, 1));
+    expect(engine.load.contexts).toBe(4);
   });
 
   it("refuses an adapter whose bytes have another hash, before anything is loaded", async () => {

@@ -40,7 +40,7 @@ export interface EngineOptions {
   threads?: number;
   /** Tokens per session; default the model's training context, at most 4096. */
   contextSize?: number;
-  /** Sessions sharing one context (same model and adapters); default 4. */
+  /** The most sessions sharing one context (same model and adapters); contexts are sized by demand up to it. Default 4. */
   sequencesPerContext?: number;
   /** Memory all contexts may take; default half the free memory at creation. */
   memoryBudgetBytes?: number;
@@ -387,13 +387,15 @@ export class InferenceEngine extends EventTarget {
 
   async #ensureSequence(session: Session, signal: AbortSignal | undefined): Promise<boolean> {
     if (session.sequence !== undefined) return false;
-    const sequence = await this.#pool.acquire(
-      session.model.model,
-      session.model.sha256,
-      session.adapters,
-      session,
-      signal !== undefined ? { signal } : {},
-    );
+    const key = ContextPool.keyOf(session.model.sha256, session.adapters);
+    let demand = 0;
+    for (const s of this.#sessions.values()) {
+      if (s.sequence === undefined && ContextPool.keyOf(s.model.sha256, s.adapters) === key) demand++;
+    }
+    const sequence = await this.#pool.acquire(session.model.model, session.model.sha256, session.adapters, session, {
+      demand: Math.max(1, demand),
+      ...(signal !== undefined && { signal }),
+    });
     session.sequence = sequence;
     try {
       const restored = await this.#states.restore(session.id, session.key, session.binding, (p) =>
