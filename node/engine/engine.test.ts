@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { getLlama, LlamaLogLevel, type Llama } from "node-llama-cpp";
-import { removeTinyFixtures, tinyFixtures, type TinyFixtures } from "../../test/fixtures/gguf/llama.js";
+import { removeTinyFixtures, TINY, tinyFixtures, writeTinyLlama, type TinyFixtures } from "../../test/fixtures/gguf/llama.js";
 import { AdapterStore, folderAdapterSource } from "./adapters.js";
 import { createEngine, type EngineOptions, type InferenceEngine } from "./engine.js";
 import {
@@ -31,6 +31,8 @@ let fx: TinyFixtures;
 let llama: Llama;
 let base: LoadedModel;
 let other: LoadedModel;
+/** TINY that emits whole words only, so its replies tokenize back as generated (as a real model's mostly do). */
+let wordy: LoadedModel;
 let root: string;
 let adapterDir: string;
 const cids = ["bafy-adapter-a", "bafy-adapter-b", "bafy-adapter-c"] as const;
@@ -48,6 +50,8 @@ beforeAll(async () => {
   const hashCache = new FileHashCache({ path: join(root, "hashes.json") });
   base = await loadBaseModel(llama, { source: fx.base.path, modelsDir: root, hashCache, gpuLayers: 0 });
   other = await loadBaseModel(llama, { source: fx.otherBase.path, modelsDir: root, hashCache, gpuLayers: 0 });
+  const wordyFile = await writeTinyLlama(join(root, "wordy.gguf"), { ...TINY, wholeWordOutput: true });
+  wordy = await loadBaseModel(llama, { source: wordyFile.path, modelsDir: root, hashCache, gpuLayers: 0 });
 });
 
 afterEach(async () => {
@@ -58,6 +62,7 @@ afterEach(async () => {
 afterAll(async () => {
   await base?.dispose();
   await other?.dispose();
+  await wordy?.dispose();
   await llama?.dispose();
   await rm(root, { recursive: true, force: true });
   await removeTinyFixtures();
@@ -80,7 +85,7 @@ async function setup(options: Partial<EngineOptions> = {}, stateDir?: string): P
   stores.push(adapters, states);
   const engine = createEngine({
     llama,
-    models: [base, other],
+    models: [base, other, wordy],
     adapters,
     states,
     threads: 1,
@@ -182,6 +187,21 @@ describe("engine: sessions keep their KV state", () => {
     // The whole first prompt is reused; what is evaluated is the reply as retokenized and the new message.
     expect(second.usage.cachedInputTokens).toBeGreaterThanOrEqual(first.usage.inputTokens);
     expect(second.usage.inputTokens + second.usage.cachedInputTokens).toBe(total);
+  });
+
+  it("a reply sent back verbatim is reused from the cache: the next turn evaluates only the new message", async () => {
+    const { engine } = await setup();
+    const id = sessionId();
+    await engine.openSession({ sessionId: id, modelSha256: wordy.sha256, stateKey: key() });
+    const first = await engine.generate(id, greedy({ chat: chat("Tell me about the sea.") }));
+    expect(first.text.startsWith(" ")).toBe(true); // the SentencePiece space of its first word is kept
+    const history = chat("Tell me about the sea.", first.text, "And the mountains?");
+    const second = await engine.generate(id, greedy({ chat: history }));
+    // Everything the sequence evaluated is reused: the first prompt and every reply token but the last,
+    // which was sampled and never evaluated.
+    const held = first.usage.inputTokens + first.usage.cachedInputTokens + first.usage.outputTokens - 1;
+    expect(second.usage.cachedInputTokens).toBe(held);
+    expect(second.usage.inputTokens).toBe(tokenizePrompt(wordy.model, { chat: history }).tokens.length - held);
   });
 
   it("a session restored after eviction continues exactly as a hot one", async () => {

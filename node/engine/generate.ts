@@ -71,6 +71,11 @@ export interface GenerateOptions {
 
 /** What a generation produced. */
 export interface GenerateResult {
+  /**
+   * The output exactly as generated, which may start with a space (SentencePiece models). Send it back
+   * verbatim as the assistant's message in the next turn: it then tokenizes into the tokens the session's
+   * cache holds, and is not evaluated again.
+   */
   text: string;
   usage: Usage;
   stopReason: StopReason;
@@ -239,6 +244,10 @@ export async function generate(sequence: LlamaContextSequence, options: Generate
   }
 
   const usage: Usage = { inputTokens: tokens.length - reused, cachedInputTokens: reused, outputTokens: 0 };
+  // Detokenized after the prompt's last tokens: an SPM tokenizer drops the leading space of a text's first
+  // token, and a reply without it tokenizes differently when it comes back in the next turn's history, so
+  // the whole reply would be evaluated again instead of reused from the cache.
+  const context = tokens.slice(-4);
   const textTokens: Token[] = [];
   const generated: Token[] = [];
   let text = "";
@@ -284,11 +293,11 @@ export async function generate(sequence: LlamaContextSequence, options: Generate
       const trigger = stopTriggers.find((t) => endsWithTokens(generated, t));
       if (trigger !== undefined) {
         textTokens.splice(textTokens.length - Math.min(trigger.length, textTokens.length));
-        text = model.detokenize(textTokens, false);
+        text = model.detokenize(textTokens, false, context);
         stopReason = "eos";
         break;
       }
-      text = model.detokenize(textTokens, false);
+      text = model.detokenize(textTokens, false, context);
       const searchFrom = Math.max(0, emitted - MAX_STOP_LENGTH);
       const hits = stops.map((stop) => text.indexOf(stop, searchFrom)).filter((i) => i >= 0);
       if (hits.length > 0) {
