@@ -138,3 +138,19 @@ export class InvalidVaultInputError extends SoulmeshError {
     super(`Invalid vault input: ${problems.join("; ")}.`);
   }
 }
+
+/** A vault block that is not what its place in the agent's DAG says it is (malformed, spliced, truncated). */
+export class VaultBlockError extends SoulmeshError {
+  override readonly name = "VaultBlockError";
+  constructor(
+    readonly cid: string,
+    readonly reason: string,
+    options?: ErrorOptions,
+  ) {
+    super(
+      `The vault block ${cid} cannot be used: ${reason}. The agent's data was altered or mixed with another ` +
+        `agent's; load it from an earlier head, or from a copy you exported.`,
+      options,
+    );
+  }
+}
