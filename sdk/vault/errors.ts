@@ -154,3 +154,103 @@ export class VaultBlockError extends SoulmeshError {
     );
   }
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Turn journal (journal.ts)
+
+/** A journal call made before `open()` resolved, or after `close()` began. */
+export class JournalNotOpenError extends SoulmeshError {
+  override readonly name = "JournalNotOpenError";
+  constructor(readonly operation: string) {
+    super(`Cannot ${operation}: the turn journal is not open. Call \`await journal.open()\` first.`);
+  }
+}
+
+/** The journal folder is held open by another process or another journal object (LevelDB's lock). */
+export class JournalLockedError extends SoulmeshError {
+  override readonly name = "JournalLockedError";
+  constructor(readonly dir: string, cause?: unknown) {
+    super(
+      `The turn journal at ${dir} is in use by another process or journal (another soulmesh CLI or node for ` +
+        `the same agent?). Stop it, or close the other journal first: one journal per agent at a time.`,
+      { cause }
+    );
+  }
+}
+
+/**
+ * The journal was written for another agent key, agent or deployment: its sealed header does not open.
+ * Nothing was read or written; the journal is left as it was.
+ */
+export class JournalKeyMismatchError extends SoulmeshError {
+  override readonly name = "JournalKeyMismatchError";
+  constructor(
+    readonly dir: string,
+    readonly agentId: bigint,
+    readonly chainId: bigint,
+    readonly registry: string,
+    cause?: unknown
+  ) {
+    super(
+      `The turn journal at ${dir} does not belong to agent #${agentId} (chain ${chainId}, AgentRegistry ` +
+        `${registry}) with this key: the agent key is wrong, or the folder is another agent's or deployment's. ` +
+        `Unlock the agent with its owner's wallet to get its key, or use that agent's own journal folder.`,
+      { cause }
+    );
+  }
+}
+
+/**
+ * One journaled turn does not open although the journal's header did (so the key is right): its bytes
+ * were altered or truncated on disk. The other entries stay readable.
+ */
+export class JournalEntryCorruptError extends SoulmeshError {
+  override readonly name = "JournalEntryCorruptError";
+  constructor(readonly dir: string, readonly seq: bigint, cause?: unknown) {
+    super(
+      `Turn #${seq} of the journal at ${dir} is corrupted and cannot be decrypted. Read the others with ` +
+        `\`pending({ onCorrupt })\`; to drop it, include its seq in \`markCommitted\` once the turns before it ` +
+        `are committed.`,
+      { cause }
+    );
+  }
+}
+
+/** What part of a journal could not be read, besides a single turn. */
+export type JournalRecord = "header" | "watermark" | "meta" | "key" | "store";
+
+/** A journal's own records (header, commit watermark, metadata, key layout) or its LevelDB store are damaged. */
+export class JournalCorruptError extends SoulmeshError {
+  override readonly name = "JournalCorruptError";
+  constructor(readonly dir: string, readonly record: JournalRecord, readonly detail: string, cause?: unknown) {
+    super(
+      `The turn journal at ${dir} is damaged (${record}: ${detail}). Its uncommitted turns may be lost: ` +
+        `restore the folder from a backup, or move it aside and start a new journal from the agent's ` +
+        `published memory.`,
+      { cause }
+    );
+  }
+}
+
+/** `markCommitted` named a seq the journal never handed out. */
+export class JournalCommitRangeError extends SoulmeshError {
+  override readonly name = "JournalCommitRangeError";
+  constructor(readonly uptoSeq: bigint, readonly lastSeq: bigint) {
+    super(
+      `Cannot mark turns up to #${uptoSeq} committed: the journal's last turn is #${lastSeq}. Pass the seq of ` +
+        `the last turn actually committed (from \`pending()\` or \`append()\`).`
+    );
+  }
+}
+
+/** LevelDB refused a journal write (disk full, I/O error); nothing of that write is in the journal. */
+export class JournalWriteError extends SoulmeshError {
+  override readonly name = "JournalWriteError";
+  constructor(readonly dir: string, readonly operation: string, cause?: unknown) {
+    super(
+      `Could not ${operation} in the turn journal at ${dir}: ${cause instanceof Error ? cause.message : String(cause)}. ` +
+        `Free disk space or fix the folder's permissions, then retry; the turn was not acknowledged.`,
+      { cause }
+    );
+  }
+}
