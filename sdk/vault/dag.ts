@@ -71,6 +71,7 @@ function linksDigest(links: readonly CID[]): Uint8Array {
 interface Envelope {
   links: CID[];
   sealed: Uint8Array;
+  wrappedKey: Uint8Array | undefined;
 }
 
 /** Encodes, seals and stores one block; returns its CID. */
@@ -80,11 +81,19 @@ async function putBlock(
   payload: unknown,
   links: readonly CID[],
   signal?: AbortSignal,
+  wrappedKey?: Uint8Array,
 ): Promise<CID> {
   // The links are in the clear for IPFS, so their digest is sealed with the payload: a swapped link is caught.
   const plaintext = dagCbor.encode({ p: payload, h: linksDigest(links) });
   const sealed = sealRecord({ ...ctx.agent, key: ctx.key, kind, plaintext });
-  const bytes = dagCbor.encode({ v: BLOCK_VERSION, l: [...links], b: sealed });
+  // A commit carries the agent key wrapped for its owner (sealed under the owner key, bound to the agent), so
+  // the owner's wallet opens the agent from its head CID on any machine.
+  const bytes = dagCbor.encode({
+    v: BLOCK_VERSION,
+    l: [...links],
+    b: sealed,
+    ...(wrappedKey !== undefined && { k: wrappedKey }),
+  });
   const cid = CID.createV1(dagCbor.code, await sha256.digest(bytes));
   await ctx.store.put(cid, bytes, signal !== undefined ? { signal } : {});
   return cid;
@@ -97,14 +106,32 @@ function decodeEnvelope(cid: CID, bytes: Uint8Array): Envelope {
   } catch (err) {
     throw new VaultBlockError(cid.toString(), "it is not dag-cbor", { cause: err });
   }
-  const v = value as { v?: unknown; l?: unknown; b?: unknown };
+  const v = value as { v?: unknown; l?: unknown; b?: unknown; k?: unknown };
   if (typeof value !== "object" || value === null || v.v !== BLOCK_VERSION) {
     throw new VaultBlockError(cid.toString(), "it is not a Soulmesh vault block (version 1)");
   }
   if (!Array.isArray(v.l) || !v.l.every((l) => CID.asCID(l) !== null) || !(v.b instanceof Uint8Array)) {
     throw new VaultBlockError(cid.toString(), "its links or sealed body are malformed");
   }
-  return { links: v.l.map((l) => CID.asCID(l)!), sealed: v.b };
+  if (v.k !== undefined && !(v.k instanceof Uint8Array)) throw new VaultBlockError(cid.toString(), "its key slot is malformed");
+  return { links: v.l.map((l) => CID.asCID(l)!), sealed: v.b, wrappedKey: v.k };
+}
+
+/**
+ * The agent key, wrapped for the owner, that a commit carries: read without any key, then unwrapped with
+ * the owner key (`unwrapAgentKey`).
+ *
+ * @example
+ * const agentKey = unwrapAgentKey({ ...agent, ownerKey, wrapped: await readWrappedKey(store, head) })
+ */
+export async function readWrappedKey(
+  store: BlockStore,
+  cid: CID,
+  options: { signal?: AbortSignal } = {},
+): Promise<Uint8Array> {
+  const { wrappedKey } = decodeEnvelope(cid, await store.get(cid, options.signal !== undefined ? { signal: options.signal } : {}));
+  if (wrappedKey === undefined) throw new VaultBlockError(cid.toString(), "it carries no wrapped agent key (not a commit)");
+  return wrappedKey;
 }
 
 /** Fetches, checks and opens one block: its links and its decrypted payload. */
@@ -167,7 +194,7 @@ export async function writeCommit(
   ctx: DagContext,
   prev: Commit | undefined,
   changes: CommitChanges,
-  options: { signal?: AbortSignal; now?: number } = {},
+  options: { signal?: AbortSignal; now?: number; wrappedKey?: Uint8Array } = {},
 ): Promise<Commit> {
   const { signal } = options;
   let turnsHead = prev?.turnsHead ?? null;
@@ -231,7 +258,7 @@ export async function writeCommit(
     indexHead: links.add(indexHead),
     items: Object.fromEntries(ITEM_KINDS.filter((k) => items[k] !== undefined).map((k) => [k, links.add(items[k])])),
   };
-  const cid = await putBlock(ctx, "commit", payload, links.list, signal);
+  const cid = await putBlock(ctx, "commit", payload, links.list, signal, options.wrappedKey);
   return { cid, seq, time, prev: prev?.cid ?? null, turnCount, turnBlockCount, turnsHead, indexHead, items };
 }
 

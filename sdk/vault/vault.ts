@@ -1,0 +1,213 @@
+/**
+ * An agent's vault: turns are journaled locally (sealed, durable) before they are acknowledged, then
+ * committed to IPFS as a DAG sealed with the agent key; the local head lives in the journal between
+ * publishes. Anyone with the owner's wallet loads the agent from its head CID on any machine.
+ */
+import * as dagCbor from "@ipld/dag-cbor";
+import { CID } from "multiformats/cid";
+import { unwrapAgentKey, wrapAgentKey, type AgentRef } from "./crypto.js";
+import { ITEM_KINDS, readCommit, readItem, readTurns, readWrappedKey, writeCommit, type Commit, type DagContext, type ItemKind } from "./dag.js";
+import { InvalidVaultInputError, VaultBlockError } from "./errors.js";
+import type { TurnJournal } from "./journal.js";
+import type { BlockStore } from "./types.js";
+
+/** One turn of a conversation, as the vault stores it. */
+export interface Turn {
+  role: "user" | "assistant" | "system";
+  /** Who spoke, for a user turn in a shared agent (an address or a name); the assistant is the agent. */
+  speaker?: string;
+  text: string;
+  /** Milliseconds since the epoch. */
+  time: number;
+}
+
+type JournalRecord = { t: "turn"; turn: Turn } | { t: "item"; kind: ItemKind; content: Uint8Array | null };
+
+const HEAD_META = "head";
+const MAX_TEXT = 1 << 20;
+
+function checkTurn(turn: Turn): Turn {
+  const problems: string[] = [];
+  if (turn === null || typeof turn !== "object") problems.push("a turn is an object");
+  else {
+    if (!["user", "assistant", "system"].includes(turn.role)) problems.push(`role ${JSON.stringify(turn.role)} is not user, assistant or system`);
+    if (typeof turn.text !== "string" || turn.text.length > MAX_TEXT) problems.push(`text is a string of at most ${MAX_TEXT} characters`);
+    if (!Number.isSafeInteger(turn.time) || turn.time < 0) problems.push("time is milliseconds since the epoch");
+    if (turn.speaker !== undefined && (typeof turn.speaker !== "string" || turn.speaker.length > 256)) problems.push("speaker is a string of at most 256 characters");
+  }
+  if (problems.length > 0) throw new InvalidVaultInputError(problems);
+  return { role: turn.role, text: turn.text, time: turn.time, ...(turn.speaker !== undefined && { speaker: turn.speaker }) };
+}
+
+/**
+ * Encodes a turn for the journal and the DAG.
+ *
+ * @example
+ * decodeTurn(encodeTurn({ role: "user", text: "hi", time: 0 })) // { role: "user", text: "hi", time: 0 }
+ */
+export function encodeTurn(turn: Turn): Uint8Array {
+  return dagCbor.encode(checkTurn(turn));
+}
+
+/** Decodes a turn written by {@link encodeTurn}; anything else is refused. */
+export function decodeTurn(bytes: Uint8Array): Turn {
+  let value: unknown;
+  try {
+    value = dagCbor.decode(bytes);
+  } catch {
+    throw new InvalidVaultInputError(["a turn is not dag-cbor"]);
+  }
+  return checkTurn(value as Turn);
+}
+
+/** What opening a vault needs. */
+export interface AgentVaultInit {
+  store: BlockStore;
+  /** The agent's journal, opened. */
+  journal: TurnJournal;
+  agent: AgentRef;
+  agentKey: Uint8Array;
+  /** Wraps the agent key into every commit, so the owner's wallet opens it anywhere. */
+  ownerKey: Uint8Array;
+}
+
+/**
+ * A writable agent vault. `appendTurn` returns once the turn is durable in the journal (acknowledge it to
+ * the user then); `commit` moves journaled turns and item changes to IPFS and the local head. Opening a
+ * vault commits whatever a crash left in the journal.
+ *
+ * @example
+ * const vault = await AgentVault.open({ store, journal, agent, agentKey, ownerKey })
+ * await vault.appendTurn({ role: "user", text: "hello", time: Date.now() })
+ * const head = await vault.commit() // publish head.cid with AgentRegistry.setMemoryHead
+ */
+export class AgentVault {
+  readonly #init: AgentVaultInit;
+  readonly #ctx: DagContext;
+  #head: Commit | undefined;
+  #wrappedKey: Uint8Array;
+  #committing: Promise<Commit | undefined> | undefined;
+
+  private constructor(init: AgentVaultInit, head: Commit | undefined) {
+    this.#init = init;
+    this.#ctx = { store: init.store, agent: init.agent, key: init.agentKey };
+    this.#head = head;
+    this.#wrappedKey = wrapAgentKey({ ...init.agent, agentKey: init.agentKey, ownerKey: init.ownerKey });
+  }
+
+  /** Opens the vault at its local head and commits what the journal holds from before a crash. */
+  static async open(init: AgentVaultInit, options: { signal?: AbortSignal } = {}): Promise<AgentVault> {
+    const ctx: DagContext = { store: init.store, agent: init.agent, key: init.agentKey };
+    const headBytes = await init.journal.getMeta(HEAD_META, options);
+    const head = headBytes === undefined ? undefined : await readCommit(ctx, CID.decode(headBytes), options);
+    const vault = new AgentVault(init, head);
+    await vault.commit(options);
+    return vault;
+  }
+
+  /** The latest commit, or undefined before the first. */
+  get head(): Commit | undefined {
+    return this.#head;
+  }
+
+  /** Journals a turn; when this resolves the turn survives any crash. */
+  async appendTurn(turn: Turn, options: { signal?: AbortSignal } = {}): Promise<{ seq: bigint }> {
+    return this.#init.journal.append(dagCbor.encode({ t: "turn", turn: checkTurn(turn) }), options);
+  }
+
+  /** Journals a new content for a memory item (`null` removes it). */
+  async setItem(kind: ItemKind, content: Uint8Array | null, options: { signal?: AbortSignal } = {}): Promise<{ seq: bigint }> {
+    if (!(ITEM_KINDS as readonly string[]).includes(kind)) throw new InvalidVaultInputError([`unknown memory kind ${JSON.stringify(kind)}`]);
+    if (content !== null && !(content instanceof Uint8Array)) throw new InvalidVaultInputError(["item content is bytes or null"]);
+    return this.#init.journal.append(dagCbor.encode({ t: "item", kind, content }), options);
+  }
+
+  /**
+   * Commits every journaled turn and item change in one DAG commit, then, in one atomic journal batch,
+   * moves the local head and drops the committed entries. Returns the new head (or the old one if the
+   * journal was empty).
+   */
+  async commit(options: { signal?: AbortSignal } = {}): Promise<Commit | undefined> {
+    // One commit at a time: two would both build on the same head.
+    while (this.#committing !== undefined) await this.#committing.catch(() => undefined);
+    this.#committing = this.#commit(options);
+    try {
+      return await this.#committing;
+    } finally {
+      this.#committing = undefined;
+    }
+  }
+
+  async #commit(options: { signal?: AbortSignal }): Promise<Commit | undefined> {
+    const pending = await this.#init.journal.pending(options);
+    if (pending.length === 0) return this.#head;
+    const turns: Uint8Array[] = [];
+    const items: Partial<Record<ItemKind, Uint8Array | null>> = {};
+    for (const { seq, entry } of pending) {
+      const record = dagCbor.decode(entry) as JournalRecord;
+      if (record?.t === "turn") turns.push(encodeTurn(record.turn));
+      else if (record?.t === "item" && (ITEM_KINDS as readonly string[]).includes(record.kind)) items[record.kind] = record.content;
+      else throw new VaultBlockError(`journal#${seq}`, "it is neither a turn nor an item change");
+    }
+    const head = await writeCommit(this.#ctx, this.#head, { turns, items }, { ...options, wrappedKey: this.#wrappedKey });
+    await this.#init.journal.markCommitted(pending.at(-1)!.seq, { ...options, meta: { [HEAD_META]: head.cid.bytes } });
+    this.#head = head;
+    return head;
+  }
+
+  /** Every committed turn, oldest first (journaled turns appear after the next commit). */
+  async turns(options: { signal?: AbortSignal } = {}): Promise<Turn[]> {
+    if (this.#head === undefined) return [];
+    return (await readTurns(this.#ctx, this.#head, options)).map(decodeTurn);
+  }
+
+  /** A committed memory item's content. */
+  async item(kind: ItemKind, options: { signal?: AbortSignal } = {}): Promise<Uint8Array | undefined> {
+    if (this.#head === undefined) return undefined;
+    return readItem(this.#ctx, this.#head, kind, options);
+  }
+}
+
+/** An agent loaded from its head: what the owner's wallet recovers on any machine. */
+export interface LoadedAgent {
+  agentKey: Uint8Array;
+  head: Commit;
+  turns: Turn[];
+  items: Partial<Record<ItemKind, Uint8Array>>;
+}
+
+/**
+ * Loads an agent from a head CID: the agent key is unwrapped with the owner key, then every block is
+ * fetched, checked and decrypted. A wrong owner, another agent's head, or altered blocks are refused with
+ * typed errors.
+ *
+ * @example
+ * const ownerKey = await ownerKeyFromSigner(wallet, { chainId, registry })
+ * const agent = await loadAgent({ store, agent: { agentId, chainId, registry }, ownerKey, head: CID.parse(cid) })
+ */
+export async function loadAgent(
+  params: { store: BlockStore; agent: AgentRef; head: CID; signal?: AbortSignal } & (
+    | { ownerKey: Uint8Array }
+    /** The agent key itself, e.g. opened from a share (`openSharedAgentKey`). */
+    | { agentKey: Uint8Array }
+  ),
+): Promise<LoadedAgent> {
+  const options = params.signal !== undefined ? { signal: params.signal } : {};
+  const agentKey =
+    "agentKey" in params
+      ? params.agentKey
+      : unwrapAgentKey({
+          ...params.agent,
+          ownerKey: params.ownerKey,
+          wrapped: await readWrappedKey(params.store, params.head, options),
+        });
+  const ctx: DagContext = { store: params.store, agent: params.agent, key: agentKey };
+  const head = await readCommit(ctx, params.head, options);
+  const turns = (await readTurns(ctx, head, options)).map(decodeTurn);
+  const items: Partial<Record<ItemKind, Uint8Array>> = {};
+  for (const kind of ITEM_KINDS) {
+    const content = await readItem(ctx, head, kind, options);
+    if (content !== undefined) items[kind] = content;
+  }
+  return { agentKey, head, turns, items };
+}
