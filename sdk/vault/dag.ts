@@ -11,6 +11,11 @@
  * - every {@link TURN_BLOCKS_PER_INDEX} turn blocks, an index block listing them (and the previous index),
  *   so a load fetches turn blocks in parallel instead of walking 10,000 links one by one;
  * - a block per memory item that changed.
+ *
+ * Forgetting ({@link writeForgetCommit}) is the one operation that rewrites: the turn blocks from the first
+ * one holding a forgotten turn onward (and the index blocks covering them) are written again without it, and
+ * the new commit starts a new commit chain (`prev: null`, `seq` still one above the old head's, and a
+ * cumulative `forgotten` count), so nothing reachable from the new head leads back to the forgotten content.
  */
 import * as dagCbor from "@ipld/dag-cbor";
 import { CID } from "multiformats/cid";
@@ -54,6 +59,18 @@ export interface Commit {
   turnsHead: CID | null;
   indexHead: CID | null;
   items: Partial<Record<ItemKind, CID>>;
+  /**
+   * Present when this commit's chain was started by a forget ({@link writeForgetCommit}): how many turns and
+   * memory items were forgotten in all, up to this commit. Its chain's oldest commit then has `prev: null`
+   * although its `seq` is above 1 (the history before it was cut, so the forgotten content is unreachable).
+   */
+  forgotten?: Forgotten;
+}
+
+/** Cumulative counts of what forgets removed from an agent's history. */
+export interface Forgotten {
+  turns: number;
+  items: number;
 }
 
 /** What a new commit adds to the previous one. */
@@ -115,6 +132,19 @@ function decodeEnvelope(cid: CID, bytes: Uint8Array): Envelope {
   }
   if (v.k !== undefined && !(v.k instanceof Uint8Array)) throw new VaultBlockError(cid.toString(), "its key slot is malformed");
   return { links: v.l.map((l) => CID.asCID(l)!), sealed: v.b, wrappedKey: v.k };
+}
+
+/**
+ * The clear links of a vault block, read without any key: what pinning, exporting and importing an agent as
+ * a CAR follow. Anything that is not a vault block (version 1 dag-cbor envelope) is refused.
+ *
+ * @example
+ * for (const child of blockLinks(cid, await store.get(cid))) queue.push(child)
+ * @throws VaultBlockError when the bytes are not a vault block.
+ */
+export function blockLinks(cid: CID, bytes: Uint8Array): CID[] {
+  if (cid.code !== dagCbor.code) throw new VaultBlockError(cid.toString(), "it is not a dag-cbor block");
+  return decodeEnvelope(cid, bytes).links;
 }
 
 /**
@@ -224,16 +254,7 @@ export async function writeCommit(
         group.push(back);
       }
       group.reverse();
-      const indexLinks = new Links();
-      const previousIndex = indexLinks.add(indexHead);
-      const blocks = group.map((cid) => indexLinks.add(cid));
-      indexHead = await putBlock(
-        ctx,
-        "segment-index",
-        { first: turnBlockCount - TURN_BLOCKS_PER_INDEX, blocks, prev: previousIndex },
-        indexLinks.list,
-        signal,
-      );
+      indexHead = await putIndexBlock(ctx, turnBlockCount - TURN_BLOCKS_PER_INDEX, group, indexHead, signal);
     }
   }
 
@@ -245,21 +266,165 @@ export async function writeCommit(
     else items[kind] = await putBlock(ctx, kind, { content }, [], signal);
   }
 
+  return putCommit(
+    ctx,
+    {
+      seq: (prev?.seq ?? 0) + 1,
+      time: options.now ?? Date.now(),
+      prev: prev?.cid ?? null,
+      turnCount,
+      turnBlockCount,
+      turnsHead,
+      indexHead,
+      items,
+      ...(prev?.forgotten !== undefined && { forgotten: prev.forgotten }),
+    },
+    signal,
+    options.wrappedKey,
+  );
+}
+
+/** Writes the commit block of `commit` (all but its CID) and returns the commit with its CID. */
+async function putCommit(
+  ctx: DagContext,
+  commit: Omit<Commit, "cid">,
+  signal: AbortSignal | undefined,
+  wrappedKey: Uint8Array | undefined,
+): Promise<Commit> {
   const links = new Links();
-  const time = options.now ?? Date.now();
-  const seq = (prev?.seq ?? 0) + 1;
+  const { items } = commit;
   const payload = {
-    seq,
-    time,
-    prev: links.add(prev?.cid),
-    turnCount,
-    turnBlockCount,
-    turnsHead: links.add(turnsHead),
-    indexHead: links.add(indexHead),
+    seq: commit.seq,
+    time: commit.time,
+    prev: links.add(commit.prev),
+    turnCount: commit.turnCount,
+    turnBlockCount: commit.turnBlockCount,
+    turnsHead: links.add(commit.turnsHead),
+    indexHead: links.add(commit.indexHead),
     items: Object.fromEntries(ITEM_KINDS.filter((k) => items[k] !== undefined).map((k) => [k, links.add(items[k])])),
+    ...(commit.forgotten !== undefined && { forgotten: { turns: commit.forgotten.turns, items: commit.forgotten.items } }),
   };
-  const cid = await putBlock(ctx, "commit", payload, links.list, signal, options.wrappedKey);
-  return { cid, seq, time, prev: prev?.cid ?? null, turnCount, turnBlockCount, turnsHead, indexHead, items };
+  const cid = await putBlock(ctx, "commit", payload, links.list, signal, wrappedKey);
+  return { cid, ...commit };
+}
+
+/** Which turns and memory items a forget removes. */
+export interface ForgetSelection {
+  /** Whether a turn (as encoded by the caller) at this index of the history is forgotten. */
+  turn?: (turn: Uint8Array, index: number) => boolean;
+  /** Memory items removed from the head (and, with the history cut, every earlier version of them). */
+  items?: readonly ItemKind[];
+}
+
+/** A forget's new head and what it removed. */
+export interface ForgetCommit {
+  commit: Commit;
+  /** Turns forgotten by this forget. */
+  turns: number;
+  /** Items removed by this forget (those of `items` the head had). */
+  items: ItemKind[];
+}
+
+/**
+ * Writes a commit whose history no longer holds the selected turns and items, or returns undefined when
+ * nothing is selected (no block is written). Turn blocks before the first one holding a forgotten turn, and
+ * the index blocks of the groups wholly before it, are kept as they are; that block and every later one are
+ * written again without the forgotten turns (a block left empty is dropped; the blocks after it are
+ * renumbered, and each block's first turn follows the turns before it), with new index blocks for every
+ * group they complete. The new commit has `prev: null` (an old commit would lead back to the forgotten
+ * content), `seq` one above `prev`'s (AgentRegistry accepts only rising sequences) and a cumulative
+ * `forgotten` count.
+ *
+ * The old blocks stay in the store that holds them: nothing links to them from the new head, and a network
+ * that never learned the old head's CID cannot ask for them. Do not publish the old head afterwards.
+ *
+ * @example
+ * const done = await writeForgetCommit(ctx, head, { turn: (t) => decodeTurn(t).text.includes("password") })
+ * if (done) head = done.commit
+ */
+export async function writeForgetCommit(
+  ctx: DagContext,
+  prev: Commit,
+  select: ForgetSelection,
+  options: { signal?: AbortSignal; now?: number; wrappedKey?: Uint8Array } = {},
+): Promise<ForgetCommit | undefined> {
+  const { signal } = options;
+  const droppedItems = ITEM_KINDS.filter((k) => select.items?.includes(k) === true && prev.items[k] !== undefined);
+
+  let turnsHead = prev.turnsHead;
+  let indexHead = prev.indexHead;
+  let turnBlockCount = prev.turnBlockCount;
+  let turnCount = prev.turnCount;
+  let droppedTurns = 0;
+  if (select.turn !== undefined) {
+    const loaded = await loadTurnBlocks(ctx, prev, signal);
+    let index = 0;
+    let firstAffected = -1;
+    const kept = loaded.blocks.map((block, n) => {
+      const keep = block.turns.filter((turn) => !select.turn!(turn, index++));
+      if (keep.length !== block.turns.length && firstAffected < 0) firstAffected = n;
+      droppedTurns += block.turns.length - keep.length;
+      return keep;
+    });
+    if (firstAffected >= 0) {
+      const cids = loaded.cids.slice(0, firstAffected);
+      const groups = Math.floor(firstAffected / TURN_BLOCKS_PER_INDEX);
+      indexHead = groups > 0 ? loaded.indexes[groups - 1]! : null;
+      turnsHead = cids.at(-1) ?? null;
+      turnCount = loaded.blocks[firstAffected]!.first;
+      for (let n = firstAffected; n < kept.length; n++) {
+        const turns = kept[n]!;
+        if (turns.length === 0) continue;
+        const links = new Links();
+        const prevIndex = links.add(turnsHead);
+        turnsHead = await putBlock(ctx, "turns", { n: cids.length, first: turnCount, turns, prev: prevIndex }, links.list, signal);
+        cids.push(turnsHead);
+        turnCount += turns.length;
+        if (cids.length % TURN_BLOCKS_PER_INDEX === 0) {
+          indexHead = await putIndexBlock(ctx, cids.length - TURN_BLOCKS_PER_INDEX, cids.slice(-TURN_BLOCKS_PER_INDEX), indexHead, signal);
+        }
+      }
+      turnBlockCount = cids.length;
+    }
+  }
+  if (droppedTurns === 0 && droppedItems.length === 0) return undefined;
+
+  const items: Partial<Record<ItemKind, CID>> = { ...prev.items };
+  for (const kind of droppedItems) delete items[kind];
+  const commit = await putCommit(
+    ctx,
+    {
+      seq: prev.seq + 1,
+      time: options.now ?? Date.now(),
+      prev: null,
+      turnCount,
+      turnBlockCount,
+      turnsHead,
+      indexHead,
+      items,
+      forgotten: {
+        turns: (prev.forgotten?.turns ?? 0) + droppedTurns,
+        items: (prev.forgotten?.items ?? 0) + droppedItems.length,
+      },
+    },
+    signal,
+    options.wrappedKey,
+  );
+  return { commit, turns: droppedTurns, items: droppedItems };
+}
+
+/** Writes the index block of turn blocks `first…first+63` (`group`, oldest first), after `prevIndex`. */
+async function putIndexBlock(
+  ctx: DagContext,
+  first: number,
+  group: readonly CID[],
+  prevIndex: CID | null,
+  signal: AbortSignal | undefined,
+): Promise<CID> {
+  const links = new Links();
+  const previous = links.add(prevIndex);
+  const blocks = group.map((cid) => links.add(cid));
+  return putBlock(ctx, "segment-index", { first, blocks, prev: previous }, links.list, signal);
 }
 
 /**
@@ -281,6 +446,12 @@ export async function readCommit(ctx: DagContext, cid: CID, options: { signal?: 
     }
     items[kind as ItemKind] = linkAt(cid, links, index) ?? undefined;
   }
+  let forgotten: Forgotten | undefined;
+  if (p.forgotten !== undefined) {
+    const f = p.forgotten as { turns?: unknown; items?: unknown } | null;
+    if (typeof f !== "object" || f === null) throw new VaultBlockError(cid.toString(), "its forgotten count is malformed");
+    forgotten = { turns: nonNegativeInteger(cid, "forgotten turns", f.turns), items: nonNegativeInteger(cid, "forgotten items", f.items) };
+  }
   return {
     cid,
     seq: nonNegativeInteger(cid, "seq", p.seq),
@@ -291,6 +462,7 @@ export async function readCommit(ctx: DagContext, cid: CID, options: { signal?: 
     turnsHead: linkAt(cid, links, p.turnsHead),
     indexHead: linkAt(cid, links, p.indexHead),
     items,
+    ...(forgotten !== undefined && { forgotten }),
   };
 }
 
@@ -362,22 +534,33 @@ export async function readTurns(
   commit: Commit,
   options: { signal?: AbortSignal } = {},
 ): Promise<Uint8Array[]> {
-  const { signal } = options;
+  return (await loadTurnBlocks(ctx, commit, options.signal)).blocks.flatMap((block) => block.turns);
+}
+
+/** A commit's turn blocks (oldest first, with their CIDs) and index blocks (oldest group first), checked. */
+async function loadTurnBlocks(
+  ctx: DagContext,
+  commit: Commit,
+  signal: AbortSignal | undefined,
+): Promise<{ cids: CID[]; blocks: TurnBlock[]; indexes: CID[] }> {
   const indexed = Math.floor(commit.turnBlockCount / TURN_BLOCKS_PER_INDEX) * TURN_BLOCKS_PER_INDEX;
 
   // The unindexed tail, newest first.
   const tail: TurnBlock[] = [];
+  const tailCids: CID[] = [];
   let cursor = commit.turnsHead;
   for (let n = commit.turnBlockCount - 1; n >= indexed; n--) {
     if (cursor === null) throw new VaultBlockError(commit.cid.toString(), "its turn chain ends early");
     const block = await readTurnBlock(ctx, cursor, signal);
     if (block.n !== n) throw new VaultBlockError(cursor.toString(), `it is turn block ${block.n}, not ${n}`);
     tail.push(block);
+    tailCids.push(cursor);
     cursor = block.prev;
   }
 
   // Full groups, from the index chain (newest first), then fetched in parallel.
   const groups: CID[][] = [];
+  const indexes: CID[] = [];
   let index = commit.indexHead;
   for (let first = indexed - TURN_BLOCKS_PER_INDEX; first >= 0; first -= TURN_BLOCKS_PER_INDEX) {
     if (index === null) throw new VaultBlockError(commit.cid.toString(), "its index chain ends early");
@@ -387,23 +570,27 @@ export async function readTurns(
       throw new VaultBlockError(index.toString(), `it is not the index of turn blocks ${first}…`);
     }
     groups.push(p.blocks.map((i) => linkAt(index!, links, i)!));
+    indexes.push(index);
     index = linkAt(index, links, p.prev);
   }
   const cids = groups.reverse().flat();
+  indexes.reverse();
   const blocks = await mapLimited(cids, LOAD_CONCURRENCY, (cid) => readTurnBlock(ctx, cid, signal));
   blocks.forEach((block, n) => {
     if (block.n !== n) throw new VaultBlockError(cids[n]!.toString(), `it is turn block ${block.n}, not ${n}`);
   });
+  blocks.push(...tail.reverse());
+  cids.push(...tailCids.reverse());
 
-  const turns: Uint8Array[] = [];
-  for (const block of [...blocks, ...tail.reverse()]) {
-    if (block.first !== turns.length) {
-      throw new VaultBlockError(commit.cid.toString(), `turn block ${block.n} starts at turn ${block.first}, not ${turns.length}`);
+  let turns = 0;
+  for (const block of blocks) {
+    if (block.first !== turns) {
+      throw new VaultBlockError(commit.cid.toString(), `turn block ${block.n} starts at turn ${block.first}, not ${turns}`);
     }
-    turns.push(...block.turns);
+    turns += block.turns.length;
   }
-  if (turns.length !== commit.turnCount) {
-    throw new VaultBlockError(commit.cid.toString(), `it claims ${commit.turnCount} turns but holds ${turns.length}`);
+  if (turns !== commit.turnCount) {
+    throw new VaultBlockError(commit.cid.toString(), `it claims ${commit.turnCount} turns but holds ${turns}`);
   }
-  return turns;
+  return { cids, blocks, indexes };
 }

@@ -254,3 +254,52 @@ export class JournalWriteError extends SoulmeshError {
     );
   }
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Agent CAR files (car.ts)
+
+/** Bytes that are not a readable CAR: not one at all, or truncated or broken partway through. */
+export class CarFormatError extends SoulmeshError {
+  override readonly name = "CarFormatError";
+  constructor(readonly problem: string, cause?: unknown) {
+    super(
+      `The agent CAR cannot be read: ${problem}${cause instanceof Error ? ` (${cause.message})` : ""}. ` +
+        `The file is truncated or is not a CAR: copy it again in full, or export the agent again.`,
+      { cause },
+    );
+  }
+}
+
+/** A CAR whose header names no root or several: an agent's CAR has exactly one, its head commit. */
+export class CarRootsError extends SoulmeshError {
+  override readonly name = "CarRootsError";
+  constructor(readonly roots: string[]) {
+    super(
+      `An agent CAR has exactly one root (the agent's head commit), this one has ${roots.length}` +
+        `${roots.length > 0 ? ` (${roots.join(", ")})` : ""}. Export the agent with \`exportAgentCar\`, from its head CID.`,
+    );
+  }
+}
+
+/** A block of a CAR whose bytes are not its CID's: altered, or corrupted in transit. Nothing of it was stored. */
+export class CarBlockMismatchError extends SoulmeshError {
+  override readonly name = "CarBlockMismatchError";
+  constructor(readonly cid: string, readonly reason: string) {
+    super(
+      `Block ${cid} of the agent CAR was refused: ${reason}. The file was altered or corrupted; export the ` +
+        `agent again from a store that holds it, or use another copy.`,
+    );
+  }
+}
+
+/** A CAR that lacks blocks its root reaches: the agent cannot be loaded from it. */
+export class CarIncompleteError extends SoulmeshError {
+  override readonly name = "CarIncompleteError";
+  constructor(readonly root: string, readonly missing: string[]) {
+    const shown = missing.slice(0, 5).join(", ") + (missing.length > 5 ? `, … (${missing.length - 5} more)` : "");
+    super(
+      `The agent CAR of ${root} lacks ${missing.length} block${missing.length === 1 ? "" : "s"} that its root ` +
+        `links to: ${shown}. Export it again from a store that holds the whole agent (pin its head there first).`,
+    );
+  }
+}

@@ -6,7 +6,18 @@
 import * as dagCbor from "@ipld/dag-cbor";
 import { CID } from "multiformats/cid";
 import { unwrapAgentKey, wrapAgentKey, type AgentRef } from "./crypto.js";
-import { ITEM_KINDS, readCommit, readItem, readTurns, readWrappedKey, writeCommit, type Commit, type DagContext, type ItemKind } from "./dag.js";
+import {
+  ITEM_KINDS,
+  readCommit,
+  readItem,
+  readTurns,
+  readWrappedKey,
+  writeCommit,
+  writeForgetCommit,
+  type Commit,
+  type DagContext,
+  type ItemKind,
+} from "./dag.js";
 import { InvalidVaultInputError, VaultBlockError } from "./errors.js";
 import type { TurnJournal } from "./journal.js";
 import type { BlockStore } from "./types.js";
@@ -60,6 +71,33 @@ export function decodeTurn(bytes: Uint8Array): Turn {
   return checkTurn(value as Turn);
 }
 
+/** What {@link AgentVault.forget} removes. */
+export interface ForgetRequest {
+  /**
+   * The turns to forget: a predicate over every committed turn and its index in the history (oldest is 0),
+   * or the indexes themselves (each must be below the number of turns).
+   */
+  turns?: ((turn: Turn, index: number) => boolean) | readonly number[];
+  /** Memory items to remove, with every earlier version of them. */
+  items?: readonly ItemKind[];
+}
+
+/** What {@link AgentVault.forget} did. */
+export interface ForgetResult {
+  /** The head now: a new commit, or the unchanged head when nothing matched. */
+  head: Commit | undefined;
+  /**
+   * The head it replaced, when a new commit was written. Its blocks hold the forgotten content: never
+   * publish it again (AgentRegistry refuses its lower seq anyway once the new head is published); its
+   * blocks no longer reachable from the new head are listed by `supersededBlocks` (car.ts).
+   */
+  replaced?: Commit;
+  /** How many turns were forgotten. */
+  turns: number;
+  /** Which items were removed (those asked for that the head had). */
+  items: ItemKind[];
+}
+
 /** What opening a vault needs. */
 export interface AgentVaultInit {
   store: BlockStore;
@@ -86,7 +124,7 @@ export class AgentVault {
   readonly #ctx: DagContext;
   #head: Commit | undefined;
   #wrappedKey: Uint8Array;
-  #committing: Promise<Commit | undefined> | undefined;
+  #busy: Promise<unknown> | undefined;
 
   private constructor(init: AgentVaultInit, head: Commit | undefined) {
     this.#init = init;
@@ -128,13 +166,72 @@ export class AgentVault {
    * journal was empty).
    */
   async commit(options: { signal?: AbortSignal } = {}): Promise<Commit | undefined> {
-    // One commit at a time: two would both build on the same head.
-    while (this.#committing !== undefined) await this.#committing.catch(() => undefined);
-    this.#committing = this.#commit(options);
+    return this.#exclusive(() => this.#commit(options));
+  }
+
+  /**
+   * Forgets turns and memory items: what is journaled is committed first, then a new commit is written whose
+   * whole history lacks them (see `writeForgetCommit`): the turn blocks from the first forgotten turn on and
+   * their index blocks are rewritten, and the new commit starts a new commit chain (`prev: null`, `seq` still
+   * rising, `forgotten` counting what all forgets removed), since any link back to an old commit would reach
+   * the forgotten content. Earlier commits' times and sequence are not kept; turns and items are.
+   *
+   * Turn indexes shift down past forgotten turns. Items derived from the turns (summaries, topics, retrieval
+   * index) are not recomputed: `setItem` their new content before forgetting, or forget them too. The old
+   * blocks stay in the local block store until it drops them (BlockStore has no delete); nothing reachable
+   * from the new head refers to them. Nothing matching writes nothing and returns the head unchanged.
+   *
+   * @example
+   * const { head } = await vault.forget({ turns: (t) => t.text.includes("my password"), items: ["retrieval-index"] })
+   * await publishHead(agents, agentId, head!)
+   * @throws InvalidVaultInputError for an unknown item kind or a turn index out of range (nothing written).
+   */
+  async forget(request: ForgetRequest, options: { signal?: AbortSignal; now?: number } = {}): Promise<ForgetResult> {
+    const problems: string[] = [];
+    for (const kind of request.items ?? []) {
+      if (!(ITEM_KINDS as readonly string[]).includes(kind)) problems.push(`unknown memory kind ${JSON.stringify(kind)}`);
+    }
+    const { turns } = request;
+    if (turns !== undefined && typeof turns !== "function" && !Array.isArray(turns)) {
+      problems.push("turns is a predicate or an array of turn indexes");
+    }
+    if (problems.length > 0) throw new InvalidVaultInputError(problems);
+    return this.#exclusive(async () => {
+      const signal = options.signal;
+      const head = await this.#commit(signal !== undefined ? { signal } : {});
+      if (head === undefined) return { head, turns: 0, items: [] };
+      let select: ((turn: Uint8Array, index: number) => boolean) | undefined;
+      if (typeof turns === "function") select = (turn, index) => turns(decodeTurn(turn), index);
+      else if (turns !== undefined && turns.length > 0) {
+        const bad = turns.filter((i) => !Number.isSafeInteger(i) || i < 0 || i >= head.turnCount);
+        if (bad.length > 0) {
+          throw new InvalidVaultInputError([`turn indexes ${bad.join(", ")} are not among the ${head.turnCount} committed turns`]);
+        }
+        const chosen = new Set(turns);
+        select = (_turn, index) => chosen.has(index);
+      }
+      const done = await writeForgetCommit(
+        this.#ctx,
+        head,
+        { ...(select !== undefined && { turn: select }), ...(request.items !== undefined && { items: request.items }) },
+        { ...options, wrappedKey: this.#wrappedKey },
+      );
+      if (done === undefined) return { head, turns: 0, items: [] };
+      await this.#init.journal.setMeta(HEAD_META, done.commit.cid.bytes, signal !== undefined ? { signal } : {});
+      this.#head = done.commit;
+      return { head: done.commit, replaced: head, turns: done.turns, items: done.items };
+    });
+  }
+
+  /** Runs `fn` when no other commit or forget is running: two would both build on the same head. */
+  async #exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    while (this.#busy !== undefined) await this.#busy.catch(() => undefined);
+    const run = fn();
+    this.#busy = run;
     try {
-      return await this.#committing;
+      return await run;
     } finally {
-      this.#committing = undefined;
+      this.#busy = undefined;
     }
   }
 
