@@ -80,6 +80,14 @@ describe("vault DAG", () => {
     expect(head.indexHead).not.toBeNull();
     const turns = (await readTurns(ctx, await readCommit(ctx, head.cid))).map(dec);
     expect(turns).toEqual(Array.from({ length: blocks }, (_, i) => `turn ${i}`));
+    // A writer that resumes from a head it read back (another process) walks the chain for the index.
+    const ctx3 = context();
+    const before = await commitTurns(ctx3, 40);
+    const resumed = await commitTurns(ctx3, 30, await readCommit(ctx3, before.cid));
+    expect(resumed.indexHead).not.toBeNull();
+    expect((await readTurns(ctx3, await readCommit(ctx3, resumed.cid))).map(dec)).toEqual(
+      Array.from({ length: 70 }, (_, i) => `turn ${i}`),
+    );
     // Exactly at a group boundary, too.
     const ctx2 = context();
     const edge = await commitTurns(ctx2, TURN_BLOCKS_PER_INDEX);
