@@ -82,6 +82,8 @@ export interface HeliaBlockStoreEvents {
 /** An embedded Helia node as a `BlockStore`; see `createHeliaBlockStore`. */
 export interface HeliaBlockStore extends BlockStore {
   readonly kind: "helia";
+  /** Fsyncs the block store's log: every block put before is durable against a power cut. */
+  flush(options?: { signal?: AbortSignal }): Promise<void>;
   /** This node's libp2p identity; the same across restarts on the same `dir`. Throws when not started. */
   readonly peerId: PeerId;
   /** Where peers reach this node, each ending in `/p2p/<peer id>`. */
@@ -119,6 +121,8 @@ export function createHeliaBlockStore(init: HeliaBlockStoreInit): HeliaBlockStor
 }
 
 type HeliaNode = ReturnType<typeof createHelia>;
+
+const FLUSH_KEY = "/soulmesh-flush";
 
 interface Running {
   helia: HeliaNode;
@@ -185,6 +189,16 @@ class HeliaBlockStoreImpl implements HeliaBlockStore {
     const helia = this.node("put a block");
     await verifyBlock(cid, bytes, "put");
     await helia.blockstore.put(cid, bytes, { signal: options.signal });
+  }
+
+  /**
+   * Helia's level blockstore writes without fsync. One synced write to the same LevelDB flushes its log,
+   * and with it every put before: a delete of a key no block uses is such a write, and leaves no trace.
+   */
+  async flush(options: { signal?: AbortSignal } = {}): Promise<void> {
+    this.node("flush blocks");
+    options.signal?.throwIfAborted();
+    await this.running!.blockstore.db.del(FLUSH_KEY, { sync: true });
   }
 
   async get(cid: CID, options: BlockFetchOptions = {}): Promise<Uint8Array> {

@@ -10,6 +10,11 @@ export interface BlockStore {
   /** The block's bytes, from this node or, for a networked store, from peers; verified against the CID. */
   get(cid: CID, options?: { signal?: AbortSignal }): Promise<Uint8Array>;
   has(cid: CID, options?: { signal?: AbortSignal }): Promise<boolean>;
+  /**
+   * Makes every block put so far durable against an OS crash or power cut, not only a process kill. The
+   * vault calls it before recording a head that names those blocks. Absent: the store is durable already.
+   */
+  flush?(options?: { signal?: AbortSignal }): Promise<void>;
   /** Keeps the blocks from garbage collection (pin) or lets them go. */
   pin?(cid: CID, options?: { signal?: AbortSignal }): Promise<void>;
   start(): Promise<void>;

@@ -128,6 +128,24 @@ describe("agent vault", () => {
     expect(loaded.turns).toEqual([turn(0)]);
   });
 
+  it("flushes the blocks to disk before the journal records a head that names them", async () => {
+    const agentKey = generateAgentKey();
+    const journal = new TurnJournal({ ...agent, dir: join(root, "journal-e"), key: agentKey });
+    await journal.open();
+    const order: string[] = [];
+    const store = Object.create(writerStore) as typeof writerStore;
+    store.put = async (...args) => (order.push("put"), writerStore.put(...args));
+    store.flush = async (...args) => (order.push("flush"), writerStore.flush(...args));
+    const markCommitted = journal.markCommitted.bind(journal);
+    journal.markCommitted = async (...args) => (order.push("journal"), markCommitted(...args));
+    const vault = await AgentVault.open({ store, journal, agent, agentKey, ownerKey });
+    await vault.appendTurn(turn(0));
+    await vault.commit();
+    expect(order.slice(-2)).toEqual(["flush", "journal"]);
+    expect(order.lastIndexOf("put")).toBeLessThan(order.indexOf("flush"));
+    await journal.close();
+  });
+
   it("writes no plaintext to the journal or the block store", async () => {
     const needle = Buffer.from(MARKER);
     for (const file of await filesUnder(root)) {

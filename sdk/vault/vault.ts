@@ -217,6 +217,7 @@ export class AgentVault {
         { ...options, wrappedKey: this.#wrappedKey },
       );
       if (done === undefined) return { head, turns: 0, items: [] };
+      await this.#init.store.flush?.(signal !== undefined ? { signal } : {});
       await this.#init.journal.setMeta(HEAD_META, done.commit.cid.bytes, signal !== undefined ? { signal } : {});
       this.#head = done.commit;
       return { head: done.commit, replaced: head, turns: done.turns, items: done.items };
@@ -247,6 +248,9 @@ export class AgentVault {
       else throw new VaultBlockError(`journal#${seq}`, "it is neither a turn nor an item change");
     }
     const head = await writeCommit(this.#ctx, this.#head, { turns, items }, { ...options, wrappedKey: this.#wrappedKey });
+    // The journal's batch is fsynced; the blocks it names must be on disk before it, or a power cut could
+    // leave a head without blocks and the journal already emptied.
+    await this.#init.store.flush?.(options);
     await this.#init.journal.markCommitted(pending.at(-1)!.seq, { ...options, meta: { [HEAD_META]: head.cid.bytes } });
     this.#head = head;
     return head;
