@@ -18,28 +18,15 @@
 import { getLlama, LlamaLogLevel, type Token } from "node-llama-cpp";
 import { defaultThreads } from "../node/engine/threads.js";
 import { benchModel } from "../test/fixtures/gguf/llama.js";
+import { log, argNumber, median, round } from "./_util.js";
 
-const log = (msg: string) => process.stderr.write(`${msg}\n`);
 
 const CONTEXT_SIZE = 4096;
 const PROMPT_TOKENS = 500;
 const GENERATED_TOKENS = 128;
 
-function argNumber(name: string, fallback: number): number {
-  const i = process.argv.indexOf(`--${name}`);
-  if (i < 0) return fallback;
-  const value = Number(process.argv[i + 1]);
-  if (!Number.isInteger(value) || value < 1) throw new Error(`--${name} needs a positive integer`);
-  return value;
-}
 
-function median(values: readonly number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-}
 
-const round = (value: number, digits = 1): number => Number(value.toFixed(digits));
 
 /** English-ish text of words the bench vocabulary holds, so it tokenizes to about one token per word. */
 function promptText(words: number): string {

@@ -38,29 +38,16 @@ import { loadBaseModel } from "../node/engine/models.js";
 import { SessionStateStore } from "../node/engine/state-store.js";
 import { defaultThreads } from "../node/engine/threads.js";
 import { benchAdapters, benchModel } from "../test/fixtures/gguf/llama.js";
+import { log, argNumber, median, round } from "./_util.js";
 
-const log = (msg: string) => process.stderr.write(`${msg}\n`);
 
 const CONTEXT_SIZE = 4096;
 const HISTORY_TOKENS = 2000;
 const ANSWER_TOKENS = 32;
 const ADAPTER_CID = "bafybenchkvresumepersona0";
 
-function argNumber(name: string, fallback: number): number {
-  const i = process.argv.indexOf(`--${name}`);
-  if (i < 0) return fallback;
-  const value = Number(process.argv[i + 1]);
-  if (!Number.isInteger(value) || value < 1) throw new Error(`--${name} needs a positive integer`);
-  return value;
-}
 
-function median(values: readonly number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-}
 
-const round = (value: number, digits = 1): number => Number(value.toFixed(digits));
 
 const WORDS = (
   "the people of the world live near the river and the sea they work in the city at night and walk home through " +

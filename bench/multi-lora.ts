@@ -42,8 +42,8 @@ import { loadBaseModel, type LoadedModel } from "../node/engine/models.js";
 import { SessionStateStore } from "../node/engine/state-store.js";
 import { defaultThreads } from "../node/engine/threads.js";
 import { benchAdapters, benchModel, type GgufFile } from "../test/fixtures/gguf/llama.js";
+import { log, round } from "./_util.js";
 
-const log = (msg: string) => process.stderr.write(`${msg}\n`);
 
 const SESSIONS = 8;
 const TURNS = 3;
@@ -189,7 +189,6 @@ async function runConfig(s: Setup, config: Config, sessions: number, turns: numb
 }
 
 const mean = (values: readonly number[]): number => values.reduce((a, b) => a + b, 0) / values.length;
-const round = (value: number, digits = 1): number => Number(value.toFixed(digits));
 
 async function main(): Promise<void> {
   const root = await mkdtemp(join(tmpdir(), "soulmesh-bench-lora-"));

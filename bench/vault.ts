@@ -61,8 +61,8 @@ import {
   type DagContext,
 } from "../sdk/vault/dag.js";
 import type { BlockStore } from "../sdk/vault/types.js";
+import { log, argNumber, round } from "./_util.js";
 
-const log = (msg: string) => process.stderr.write(`${msg}\n`);
 
 const SIZES = [10, 1_000, 10_000] as const;
 /** lcm(64 turn blocks per index, 10 turns per working-memory change). */
@@ -70,15 +70,7 @@ const WINDOW = 320;
 const ITEM_PERIOD = 10;
 const AGENT: AgentRef = { agentId: 1n, chainId: 31337n, registry: "0x5FbDB2315678afecb367f032d93F642f64180aa3" };
 
-function argNumber(name: string, fallback: number): number {
-  const i = process.argv.indexOf(`--${name}`);
-  if (i < 0) return fallback;
-  const value = Number(process.argv[i + 1]);
-  if (!Number.isInteger(value) || value < 1) throw new Error(`--${name} needs a positive integer`);
-  return value;
-}
 
-const round = (value: number, digits = 1): number => Number(value.toFixed(digits));
 
 function percentile(values: readonly number[], p: number): number {
   const sorted = [...values].sort((a, b) => a - b);

@@ -16,24 +16,8 @@ import { CarBlockMismatchError, CarFormatError, CarIncompleteError, CarRootsErro
 import { TurnJournal } from "./journal.js";
 import type { BlockStore } from "./types.js";
 import { AgentVault, loadAgent, type Turn } from "./vault.js";
+import { MemoryBlockStore } from "../../test/helpers/memory-block-store.js";
 
-/** A BlockStore in memory (Helia is covered by the round trip below). */
-class MemoryStore implements BlockStore {
-  readonly blocks = new Map<string, Uint8Array>();
-  async put(cid: CID, bytes: Uint8Array): Promise<void> {
-    this.blocks.set(cid.toString(), bytes);
-  }
-  async get(cid: CID): Promise<Uint8Array> {
-    const bytes = this.blocks.get(cid.toString());
-    if (bytes === undefined) throw new Error(`no block ${cid}`);
-    return bytes;
-  }
-  async has(cid: CID): Promise<boolean> {
-    return this.blocks.has(cid.toString());
-  }
-  async start(): Promise<void> {}
-  async stop(): Promise<void> {}
-}
 
 const deployment = { chainId: 31337n, registry: "0x5FbDB2315678afecb367f032d93F642f64180aa3" };
 const agent: AgentRef = { ...deployment, agentId: 9n };
@@ -149,7 +133,7 @@ describe("agent CAR", () => {
   });
 
   it("refuses a tampered block, storing nothing of it", async () => {
-    const source = new MemoryStore();
+    const source = new MemoryBlockStore();
     const head = await writeAgent(source, 4);
     const car = await exportBytes(source, head);
     const { blocks } = await blocksOf(car);
@@ -158,7 +142,7 @@ describe("agent CAR", () => {
     // A byte of the last block's data flipped in the file.
     const tampered = new Uint8Array(car);
     tampered[tampered.length - 1]! ^= 1;
-    const target = new MemoryStore();
+    const target = new MemoryBlockStore();
     const err = await importAgentCar({ store: target, car: tampered }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(CarBlockMismatchError);
     expect((err as CarBlockMismatchError).cid).toBe(last.cid.toString());
@@ -166,7 +150,7 @@ describe("agent CAR", () => {
 
     // A block re-encoded under another block's CID, in the middle of the CAR.
     const swapped = blocks.map((bl, i) => (i === 2 ? { cid: bl.cid, bytes: blocks[3]!.bytes } : bl));
-    const other = new MemoryStore();
+    const other = new MemoryBlockStore();
     await expect(importAgentCar({ store: other, car: await encodeCar([head], swapped) })).rejects.toBeInstanceOf(
       CarBlockMismatchError,
     );
@@ -174,11 +158,11 @@ describe("agent CAR", () => {
   });
 
   it("refuses a truncated CAR: cut inside a block, or a block short", async () => {
-    const source = new MemoryStore();
+    const source = new MemoryBlockStore();
     const head = await writeAgent(source, 4);
     const car = await exportBytes(source, head);
     for (const cut of [5, 100, car.length - 10]) {
-      await expect(importAgentCar({ store: new MemoryStore(), car: chunked(car.subarray(0, cut), 64) })).rejects.toBeInstanceOf(
+      await expect(importAgentCar({ store: new MemoryBlockStore(), car: chunked(car.subarray(0, cut), 64) })).rejects.toBeInstanceOf(
         CarFormatError,
       );
     }
@@ -186,13 +170,13 @@ describe("agent CAR", () => {
     const { blocks } = await blocksOf(car);
     const lastLength = blocks.at(-1)!.cid.bytes.length + blocks.at(-1)!.bytes.length;
     const cut = car.length - lastLength - varint.encodingLength(lastLength);
-    const err = await importAgentCar({ store: new MemoryStore(), car: car.subarray(0, cut) }).catch((e: unknown) => e);
+    const err = await importAgentCar({ store: new MemoryBlockStore(), car: car.subarray(0, cut) }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(CarIncompleteError);
     expect((err as CarIncompleteError).missing).toEqual([blocks.at(-1)!.cid.toString()]);
   });
 
   it("refuses a CAR missing a block, listing what is missing", async () => {
-    const source = new MemoryStore();
+    const source = new MemoryBlockStore();
     const head = await writeAgent(source, 6);
     const { blocks } = await blocksOf(await exportBytes(source, head));
     const dropped = [blocks[3]!.cid.toString(), blocks[5]!.cid.toString()];
@@ -200,34 +184,34 @@ describe("agent CAR", () => {
       [head],
       blocks.filter((bl) => !dropped.includes(bl.cid.toString())),
     );
-    const err = await importAgentCar({ store: new MemoryStore(), car }).catch((e: unknown) => e);
+    const err = await importAgentCar({ store: new MemoryBlockStore(), car }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(CarIncompleteError);
     expect(new Set((err as CarIncompleteError).missing)).toEqual(new Set(dropped));
     expect((err as CarIncompleteError).root).toBe(head.toString());
     // The root itself missing.
     const noRoot = await encodeCar([head], blocks.slice(1));
-    await expect(importAgentCar({ store: new MemoryStore(), car: noRoot })).rejects.toThrow(/lacks 1 block/);
+    await expect(importAgentCar({ store: new MemoryBlockStore(), car: noRoot })).rejects.toThrow(/lacks 1 block/);
   });
 
   it("refuses a CAR without exactly one root, and bytes that are not a CAR", async () => {
-    const source = new MemoryStore();
+    const source = new MemoryBlockStore();
     const head = await writeAgent(source, 2);
     const { blocks } = await blocksOf(await exportBytes(source, head));
     for (const roots of [[], [head, blocks[1]!.cid]]) {
-      const err = await importAgentCar({ store: new MemoryStore(), car: await encodeCar(roots, blocks) }).catch((e: unknown) => e);
+      const err = await importAgentCar({ store: new MemoryBlockStore(), car: await encodeCar(roots, blocks) }).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(CarRootsError);
       expect((err as CarRootsError).roots.length).toBe(roots.length);
     }
-    await expect(importAgentCar({ store: new MemoryStore(), car: enc("not a car at all") })).rejects.toBeInstanceOf(CarFormatError);
-    await expect(importAgentCar({ store: new MemoryStore(), car: new Uint8Array() })).rejects.toBeInstanceOf(CarFormatError);
+    await expect(importAgentCar({ store: new MemoryBlockStore(), car: enc("not a car at all") })).rejects.toBeInstanceOf(CarFormatError);
+    await expect(importAgentCar({ store: new MemoryBlockStore(), car: new Uint8Array() })).rejects.toBeInstanceOf(CarFormatError);
   });
 
   it("stores duplicates once, counts blocks the root does not reach, and refuses blocks that are not vault blocks", async () => {
-    const source = new MemoryStore();
+    const source = new MemoryBlockStore();
     const head = await writeAgent(source, 3);
     const { blocks } = await blocksOf(await exportBytes(source, head));
     const strayBytes = (await blocksOf(await exportBytes(source, await writeAgent(source, 1)))).blocks[0]!;
-    const target = new MemoryStore();
+    const target = new MemoryBlockStore();
     const result = await importAgentCar({ store: target, car: await encodeCar([head], [...blocks, blocks[1]!, strayBytes]) });
     expect(result).toEqual({ root: head, blocks: blocks.length, unreferenced: 1 });
     expect(target.blocks.size).toBe(blocks.length + 1);
@@ -235,17 +219,17 @@ describe("agent CAR", () => {
     const foreign = dagCbor.encode({ hello: "world" });
     const foreignCid = CID.createV1(dagCbor.code, await sha256.digest(foreign));
     await expect(
-      importAgentCar({ store: new MemoryStore(), car: await encodeCar([foreignCid], [{ cid: foreignCid, bytes: foreign }]) }),
+      importAgentCar({ store: new MemoryBlockStore(), car: await encodeCar([foreignCid], [{ cid: foreignCid, bytes: foreign }]) }),
     ).rejects.toBeInstanceOf(VaultBlockError);
   });
 
   it("stops on an aborted signal", async () => {
-    const source = new MemoryStore();
+    const source = new MemoryBlockStore();
     const head = await writeAgent(source, 3);
     const car = await exportBytes(source, head);
     const controller = new AbortController();
     controller.abort();
-    await expect(importAgentCar({ store: new MemoryStore(), car, signal: controller.signal })).rejects.toThrow(/abort/i);
+    await expect(importAgentCar({ store: new MemoryBlockStore(), car, signal: controller.signal })).rejects.toThrow(/abort/i);
     await expect(collect(exportAgentCar({ store: source, head, signal: controller.signal }))).rejects.toThrow(/abort/i);
   });
 });

@@ -10,32 +10,14 @@ import { generateAgentKey, type AgentRef } from "./crypto.js";
 import { readCommit, readItem, readTurns, TURN_BLOCKS_PER_INDEX, writeCommit, type Commit, type DagContext } from "./dag.js";
 import { VaultBlockError, VaultDecryptError } from "./errors.js";
 import type { BlockStore } from "./types.js";
+import { MemoryBlockStore } from "../../test/helpers/memory-block-store.js";
 
-/** A BlockStore in memory that counts the bytes written, for unit tests (Helia is covered below). */
-class MemoryStore implements BlockStore {
-  readonly blocks = new Map<string, Uint8Array>();
-  written = 0;
-  async put(cid: CID, bytes: Uint8Array): Promise<void> {
-    if (!this.blocks.has(cid.toString())) this.written += bytes.length;
-    this.blocks.set(cid.toString(), bytes);
-  }
-  async get(cid: CID): Promise<Uint8Array> {
-    const bytes = this.blocks.get(cid.toString());
-    if (bytes === undefined) throw new Error(`no block ${cid}`);
-    return bytes;
-  }
-  async has(cid: CID): Promise<boolean> {
-    return this.blocks.has(cid.toString());
-  }
-  async start(): Promise<void> {}
-  async stop(): Promise<void> {}
-}
 
 const agent: AgentRef = { agentId: 7n, chainId: 31337n, registry: "0x5FbDB2315678afecb367f032d93F642f64180aa3" };
 const enc = (s: string): Uint8Array => new TextEncoder().encode(s);
 const dec = (b: Uint8Array): string => new TextDecoder().decode(b);
 
-function context(store: BlockStore = new MemoryStore(), key = generateAgentKey()): DagContext {
+function context(store: BlockStore = new MemoryBlockStore(), key = generateAgentKey()): DagContext {
   return { store, agent, key };
 }
 
@@ -95,7 +77,7 @@ describe("vault DAG", () => {
   });
 
   it("writes the same bytes per turn whatever the length of the history", async () => {
-    const store = new MemoryStore();
+    const store = new MemoryBlockStore();
     const ctx = context(store);
     let head = await commitTurns(ctx, 10);
     const perTurn = async (turns: number): Promise<number> => {
@@ -110,7 +92,7 @@ describe("vault DAG", () => {
   });
 
   it("holds no plaintext in any block", async () => {
-    const store = new MemoryStore();
+    const store = new MemoryBlockStore();
     const ctx = context(store);
     const marker = "MARKER-7f3a9c";
     await writeCommit(ctx, undefined, { turns: [enc(`secret ${marker}`)], items: { profile: enc(marker) } });
@@ -119,7 +101,7 @@ describe("vault DAG", () => {
   });
 
   it("refuses a wrong key, another agent's commit and tampered or foreign blocks with typed errors", async () => {
-    const store = new MemoryStore();
+    const store = new MemoryBlockStore();
     const ctx = context(store);
     const head = await commitTurns(ctx, 3);
     await expect(readCommit({ ...ctx, key: generateAgentKey() }, head.cid)).rejects.toBeInstanceOf(VaultDecryptError);

@@ -12,23 +12,8 @@ import { InvalidVaultInputError } from "./errors.js";
 import { TurnJournal } from "./journal.js";
 import type { BlockStore, RecordKind } from "./types.js";
 import { AgentVault, loadAgent, type Turn } from "./vault.js";
+import { MemoryBlockStore } from "../../test/helpers/memory-block-store.js";
 
-class MemoryStore implements BlockStore {
-  readonly blocks = new Map<string, Uint8Array>();
-  async put(cid: CID, bytes: Uint8Array): Promise<void> {
-    this.blocks.set(cid.toString(), bytes);
-  }
-  async get(cid: CID): Promise<Uint8Array> {
-    const bytes = this.blocks.get(cid.toString());
-    if (bytes === undefined) throw new Error(`no block ${cid}`);
-    return bytes;
-  }
-  async has(cid: CID): Promise<boolean> {
-    return this.blocks.has(cid.toString());
-  }
-  async start(): Promise<void> {}
-  async stop(): Promise<void> {}
-}
 
 const deployment = { chainId: 31337n, registry: "0x5FbDB2315678afecb367f032d93F642f64180aa3" };
 const agent: AgentRef = { ...deployment, agentId: 11n };
@@ -54,7 +39,7 @@ afterAll(async () => {
 interface Opened {
   vault: AgentVault;
   journal: TurnJournal;
-  store: MemoryStore;
+  store: MemoryBlockStore;
   agentKey: Uint8Array;
   dir: string;
 }
@@ -64,7 +49,7 @@ afterAll(async () => {
 });
 
 let journals = 0;
-async function openVault(store = new MemoryStore(), agentKey = generateAgentKey(), dir = join(root, `journal-${journals++}`)): Promise<Opened> {
+async function openVault(store = new MemoryBlockStore(), agentKey = generateAgentKey(), dir = join(root, `journal-${journals++}`)): Promise<Opened> {
   const journal = new TurnJournal({ ...agent, dir, key: agentKey });
   await journal.open();
   opened.push(journal);
@@ -159,7 +144,7 @@ describe("forget", () => {
     const chunks: Uint8Array[] = [];
     for await (const chunk of exportAgentCar({ store, head: head.cid })) chunks.push(chunk);
     const car = Buffer.concat(chunks);
-    const elsewhere = new MemoryStore();
+    const elsewhere = new MemoryBlockStore();
     const imported = await importAgentCar({ store: elsewhere, car });
     expect(imported.blocks).toBe(reachable.size);
     expect(await holdsMarker(elsewhere, agentKey, head.cid)).toEqual([]);
