@@ -26,3 +26,17 @@ export function median(values: readonly number[]): number {
 
 /** A figure rounded for the JSON line. */
 export const round = (value: number, digits = 1): number => Number(value.toFixed(digits));
+
+/** Chat text the bench model tokenizes into whole words (its vocabulary's). */
+const WORDS = (
+  "the people of the world live near the river and the sea they work in the city at night and walk home through " +
+  "the old town where children play music in the street while their mother and father read a book about the " +
+  "mountain the north wind and the long story of a little ship that came back from the ocean"
+).split(" ");
+
+/** A sentence of `n` words from the vocabulary, different for each `seed`. */
+export function sentence(seed: number, n: number): string {
+  const out: string[] = [];
+  for (let i = 0; i < n; i++) out.push(WORDS[(seed * 13 + i * 7) % WORDS.length]!);
+  return `${out.join(" ")}.`;
+}

@@ -38,7 +38,7 @@ import { loadBaseModel } from "../node/engine/models.js";
 import { SessionStateStore } from "../node/engine/state-store.js";
 import { defaultThreads } from "../node/engine/threads.js";
 import { benchAdapters, benchModel } from "../test/fixtures/gguf/llama.js";
-import { log, argNumber, median, round } from "./_util.js";
+import { log, argNumber, median, round, sentence } from "./_util.js";
 
 
 const CONTEXT_SIZE = 4096;
@@ -49,18 +49,6 @@ const ADAPTER_CID = "bafybenchkvresumepersona0";
 
 
 
-const WORDS = (
-  "the people of the world live near the river and the sea they work in the city at night and walk home through " +
-  "the old town where children play music in the street while their mother and father read a book about the " +
-  "mountain the north wind and the long story of a little ship that came back from the ocean"
-).split(" ");
-
-/** A sentence of `n` words from the vocabulary, different for each `seed`. */
-function sentence(seed: number, n: number): string {
-  const out: string[] = [];
-  for (let i = 0; i < n; i++) out.push(WORDS[(seed * 13 + i * 7) % WORDS.length]!);
-  return `${out.join(" ")}.`;
-}
 
 async function main(): Promise<void> {
   const runs = argNumber("runs", 3);

@@ -42,7 +42,7 @@ import { loadBaseModel, type LoadedModel } from "../node/engine/models.js";
 import { SessionStateStore } from "../node/engine/state-store.js";
 import { defaultThreads } from "../node/engine/threads.js";
 import { benchAdapters, benchModel, type GgufFile } from "../test/fixtures/gguf/llama.js";
-import { log, round } from "./_util.js";
+import { log, round, sentence } from "./_util.js";
 
 
 const SESSIONS = 8;
@@ -53,18 +53,6 @@ const SEQUENCES_PER_CONTEXT = 4;
 
 type Config = "single" | "multi";
 
-const WORDS = (
-  "the people of the world live near the river and the sea they work in the city at night and walk home through " +
-  "the old town where children play music in the street while their mother and father read a book about the " +
-  "mountain the north wind and the long story of a little ship that came back from the ocean"
-).split(" ");
-
-/** A sentence of `n` words from the vocabulary, different for each `seed`. */
-function sentence(seed: number, n: number): string {
-  const out: string[] = [];
-  for (let i = 0; i < n; i++) out.push(WORDS[(seed * 13 + i * 7) % WORDS.length]!);
-  return `${out.join(" ")}.`;
-}
 
 interface RunResult {
   config: Config;

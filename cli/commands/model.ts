@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import type { Command } from "commander";
 import { InvalidArgumentError } from "commander";
-import { getLlama, LlamaLogLevel } from "node-llama-cpp";
+import { getLlama, LlamaLogLevel, type Llama } from "node-llama-cpp";
 import { soulmeshHome } from "../../sdk/chain/deployment.js";
 import {
   AdapterStore,
@@ -15,6 +15,7 @@ import {
   loadBaseModel,
   sha256File,
   SessionStateStore,
+  type LoadedModel,
   type ModelLoadProgress,
 } from "../../node/engine/index.js";
 import { createOutput, type Output } from "../output.js";
@@ -41,6 +42,24 @@ function modelProgress(out: Output): (p: ModelLoadProgress) => void {
     shown.set(phase, tenth);
     out.progress(`${phase === "hash" ? "hashing" : phase === "load" ? "loading" : "downloading"} ${tenth * 10}%`);
   };
+}
+
+/** Loads a model as every `soulmesh model` command does: hash cache in the models folder, progress shown. */
+function loadForCli(
+  llama: Llama,
+  source: string,
+  options: { modelsDir: string; offline: boolean; out: Output; signal?: AbortSignal },
+): Promise<LoadedModel> {
+  return loadBaseModel(llama, {
+    source,
+    modelsDir: options.modelsDir,
+    hashCache: new FileHashCache({ path: join(options.modelsDir, "hashes.json") }),
+    gpuLayers: 0,
+    download: !options.offline,
+    showProgressBar: !options.out.json,
+    onProgress: modelProgress(options.out),
+    ...(options.signal !== undefined && { signal: options.signal }),
+  });
 }
 
 interface ModelCommandOptions {
@@ -85,15 +104,7 @@ Examples:
       const modelsDir = opts.modelsDir ?? join(home, "models");
       const llama = await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error });
       try {
-        const loaded = await loadBaseModel(llama, {
-          source,
-          modelsDir,
-          hashCache: new FileHashCache({ path: join(modelsDir, "hashes.json") }),
-          gpuLayers: 0,
-          download: !opts.offline,
-          showProgressBar: !g.json,
-          onProgress: modelProgress(out),
-        });
+        const loaded = await loadForCli(llama, source, { modelsDir, offline: opts.offline, out });
         try {
           const m = loaded.model;
           const info = {
@@ -159,16 +170,7 @@ Examples:
       const onSigint = (): void => abort.abort(new Error("interrupted"));
       process.once("SIGINT", onSigint);
       try {
-        const loaded = await loadBaseModel(llama, {
-          source,
-          modelsDir,
-          hashCache: new FileHashCache({ path: join(modelsDir, "hashes.json") }),
-          gpuLayers: 0,
-          download: !opts.offline,
-          showProgressBar: !g.json,
-          onProgress: modelProgress(out),
-          signal: abort.signal,
-        });
+        const loaded = await loadForCli(llama, source, { modelsDir, offline: opts.offline, out, signal: abort.signal });
         const adapters = new AdapterStore({
           dir: join(work, "adapters"),
           maxBytes: 2 ** 40,
