@@ -1,0 +1,300 @@
+import { isAddress } from "ethers";
+import { z } from "zod";
+import {
+  MAX_CHAT_MESSAGES,
+  MAX_CHUNK_TEXT_CHARS,
+  MAX_ERROR_MESSAGE_CHARS,
+  MAX_PROMPT_TEXT_CHARS,
+  MAX_QUOTE_ADAPTERS,
+  MAX_QUOTE_MODELS,
+  MAX_STOP_SEQUENCE_CHARS,
+  MAX_STOP_SEQUENCES,
+  MAX_TOKENS_PER_TURN,
+  MAX_TURN_ADAPTERS,
+} from "./limits.js";
+
+export const UINT64_MAX = (1n << 64n) - 1n;
+export const UINT128_MAX = (1n << 128n) - 1n;
+export const UINT256_MAX = (1n << 256n) - 1n;
+
+/**
+ * A non-negative integer up to `max`, as a decimal string without leading zeros: JSON numbers lose
+ * precision above 2^53, and one spelling per value keeps signed encodings canonical.
+ *
+ * @example
+ * uintString(UINT64_MAX).parse("18446744073709551615")
+ */
+export function uintString(max: bigint) {
+  // 78 digits is 2^256's length; the length cap keeps BigInt() from parsing megabytes of digits.
+  return z
+    .string()
+    .regex(/^(0|[1-9][0-9]{0,77})$/, "expected a decimal integer string")
+    .refine((s) => BigInt(s) <= max, `out of range (0..${max})`);
+}
+
+export const Uint64String = uintString(UINT64_MAX);
+export const Uint128String = uintString(UINT128_MAX);
+export const Uint256String = uintString(UINT256_MAX);
+
+/** A 20-byte hex address; mixed case must be a valid EIP-55 checksum. */
+export const Address = z
+  .string()
+  .regex(/^0x[0-9a-fA-F]{40}$/, "expected a 0x address")
+  .refine((s) => isAddress(s), "bad address checksum");
+
+/** A 32-byte hash as 0x + 64 hex digits (SHA-256 of a file, keccak-256 of a text, an EIP-712 digest). */
+export const Bytes32 = z.string().regex(/^0x[0-9a-fA-F]{64}$/, "expected 0x + 64 hex digits");
+
+/** A 65-byte ECDSA signature (r, s, v). */
+export const Signature = z.string().regex(/^0x[0-9a-fA-F]{130}$/, "expected a 65-byte 0x signature");
+
+/** Token counts of one turn; JSON numbers, since a turn never nears 2^53 tokens. */
+const TokenCount = z.int().min(0).max(0xffff_ffff);
+
+// ---------------------------------------------------------------------------------------------------- errors
+
+/** An error answered on any protocol. `code` is the error class's `name` (see `errorToWire`). */
+export const ErrorMessageSchema = z.strictObject({
+  type: z.literal("error"),
+  code: z.string().regex(/^[A-Za-z][A-Za-z0-9]{0,63}$/, "expected an error code"),
+  message: z.string().max(MAX_ERROR_MESSAGE_CHARS),
+  retryable: z.boolean(),
+});
+export type ErrorMessage = z.infer<typeof ErrorMessageSchema>;
+
+// ----------------------------------------------------------------------------------------------------- quote
+
+/** Asks a provider for its offer; `models`/`adapters` narrow the answer to what the client cares about. */
+export const QuoteRequestSchema = z.strictObject({
+  type: z.literal("quote.request"),
+  models: z.array(Bytes32).max(MAX_QUOTE_MODELS).optional(),
+  adapters: z.array(Bytes32).max(MAX_QUOTE_ADAPTERS).optional(),
+});
+export type QuoteRequest = z.infer<typeof QuoteRequestSchema>;
+
+/** A provider's offer: its models and cached adapters by SHA-256, its prices and its load. */
+export const QuoteSchema = z.strictObject({
+  type: z.literal("quote"),
+  provider: Address,
+  models: z.array(Bytes32).max(MAX_QUOTE_MODELS),
+  cachedAdapters: z.array(Bytes32).max(MAX_QUOTE_ADAPTERS),
+  /** Token units per million input tokens. */
+  priceInputPerMillion: Uint128String,
+  /** Token units per million output tokens. */
+  priceOutputPerMillion: Uint128String,
+  queueLength: z.int().min(0).max(1_000_000),
+  maxTokens: z.int().min(1).max(MAX_TOKENS_PER_TURN),
+});
+export type Quote = z.infer<typeof QuoteSchema>;
+
+export const QuoteResponseSchema = z.discriminatedUnion("type", [QuoteSchema, ErrorMessageSchema]);
+export type QuoteResponse = z.infer<typeof QuoteResponseSchema>;
+
+// --------------------------------------------------------------------------------------------------- session
+
+/**
+ * What the payer signs to open a session (EIP-712, see `signSessionRequest`). The provider checks the
+ * payer's escrow balance against `spendingCap` and the persona on chain before accepting.
+ */
+export const SessionRequestSchema = z.strictObject({
+  payer: Address,
+  provider: Address,
+  agentId: Uint256String,
+  personaId: Uint256String,
+  /** The session's number on its channel (payer, provider, agent); see `nextSessionNumber`. */
+  session: Uint64String,
+  priceInputPerMillion: Uint128String,
+  priceOutputPerMillion: Uint128String,
+  /** The most the session may cost the payer, in token units. */
+  spendingCap: Uint256String,
+  /** Unix seconds. */
+  expiry: Uint64String,
+  chainId: Uint256String,
+  escrow: Address,
+});
+export type SessionRequest = z.infer<typeof SessionRequestSchema>;
+
+export const SessionOpenSchema = z.strictObject({
+  type: z.literal("session.open"),
+  request: SessionRequestSchema,
+  signature: Signature,
+});
+export type SessionOpen = z.infer<typeof SessionOpenSchema>;
+
+/** `sessionId` is the EIP-712 digest of the signed request (`hashSessionRequest`). */
+export const SessionAcceptedSchema = z.strictObject({
+  type: z.literal("session.accepted"),
+  sessionId: Bytes32,
+  /** Unix seconds until which the provider keeps the session open. */
+  expiry: Uint64String,
+});
+export type SessionAccepted = z.infer<typeof SessionAcceptedSchema>;
+
+/** A refusal the payer could act on (top up escrow, pick another persona); `code` as in ErrorMessage. */
+export const SessionRejectedSchema = z.strictObject({
+  type: z.literal("session.rejected"),
+  code: ErrorMessageSchema.shape.code,
+  message: ErrorMessageSchema.shape.message,
+  retryable: z.boolean(),
+});
+export type SessionRejected = z.infer<typeof SessionRejectedSchema>;
+
+export const SessionResponseSchema = z.discriminatedUnion("type", [
+  SessionAcceptedSchema,
+  SessionRejectedSchema,
+  ErrorMessageSchema,
+]);
+export type SessionResponse = z.infer<typeof SessionResponseSchema>;
+
+// ------------------------------------------------------------------------------------------------- inference
+
+export const ChatMessageSchema = z.strictObject({
+  role: z.enum(["system", "user", "assistant"]),
+  content: z.string().max(MAX_PROMPT_TEXT_CHARS),
+});
+export type ChatMessage = z.infer<typeof ChatMessageSchema>;
+
+/** Chat messages (the provider applies the model's chat template) or raw text (already templated). */
+export const PromptSchema = z.discriminatedUnion("kind", [
+  z.strictObject({ kind: z.literal("chat"), messages: z.array(ChatMessageSchema).min(1).max(MAX_CHAT_MESSAGES) }),
+  z.strictObject({ kind: z.literal("text"), text: z.string().min(1).max(MAX_PROMPT_TEXT_CHARS) }),
+]);
+export type Prompt = z.infer<typeof PromptSchema>;
+
+export const SamplingSchema = z.strictObject({
+  temperature: z.number().min(0).max(10).optional(),
+  topP: z.number().gt(0).max(1).optional(),
+  topK: z.int().min(0).max(100_000).optional(),
+  minP: z.number().min(0).max(1).optional(),
+  repeatPenalty: z.number().min(0).max(10).optional(),
+  seed: z.int().min(0).max(0xffff_ffff).optional(),
+});
+export type Sampling = z.infer<typeof SamplingSchema>;
+
+export const InferenceRequestSchema = z.strictObject({
+  type: z.literal("inference.request"),
+  sessionId: Bytes32,
+  /** The turn's number in the session, from 0; the receipt repeats it. */
+  turn: z.int().min(0).max(0xffff_ffff),
+  model: Bytes32,
+  adapters: z.array(Bytes32).max(MAX_TURN_ADAPTERS).default([]),
+  prompt: PromptSchema,
+  sampling: SamplingSchema.default({}),
+  maxTokens: z.int().min(1).max(MAX_TOKENS_PER_TURN),
+  stop: z.array(z.string().min(1).max(MAX_STOP_SEQUENCE_CHARS)).max(MAX_STOP_SEQUENCES).default([]),
+});
+export type InferenceRequest = z.infer<typeof InferenceRequestSchema>;
+/** What a client writes: the defaulted fields may be left out. */
+export type InferenceRequestInput = z.input<typeof InferenceRequestSchema>;
+
+export const InferenceChunkSchema = z.strictObject({
+  type: z.literal("inference.chunk"),
+  /** 0, 1, 2…: lets the client notice a lost or reordered chunk. */
+  index: z.int().min(0).max(Number.MAX_SAFE_INTEGER),
+  text: z.string().max(MAX_CHUNK_TEXT_CHARS),
+});
+export type InferenceChunk = z.infer<typeof InferenceChunkSchema>;
+
+export const UsageSchema = z
+  .strictObject({ inputTokens: TokenCount, cachedInputTokens: TokenCount, outputTokens: TokenCount })
+  .refine((u) => u.cachedInputTokens <= u.inputTokens, "cachedInputTokens exceeds inputTokens");
+export type Usage = z.infer<typeof UsageSchema>;
+
+/**
+ * What the provider signs at the end of a turn (EIP-712, see `signReceipt`): which model and adapters ran
+ * on which prompt, what came out, and the usage of the turn and of the session so far.
+ */
+export const ReceiptSchema = z
+  .strictObject({
+    payer: Address,
+    provider: Address,
+    agentId: Uint256String,
+    session: Uint64String,
+    turn: z.int().min(0).max(0xffff_ffff),
+    modelSha256: Bytes32,
+    adapterSha256s: z.array(Bytes32).max(MAX_TURN_ADAPTERS),
+    /** `hashPrompt(prompt)`. */
+    promptHash: Bytes32,
+    /** `hashOutput(text)` of the whole streamed output. */
+    outputHash: Bytes32,
+    usage: UsageSchema,
+    /** Session totals including this turn: what the next voucher should carry. */
+    cumulativeInputTokens: Uint64String,
+    cumulativeOutputTokens: Uint64String,
+  })
+  .refine(
+    (r) =>
+      BigInt(r.cumulativeInputTokens) >= BigInt(r.usage.inputTokens) &&
+      BigInt(r.cumulativeOutputTokens) >= BigInt(r.usage.outputTokens),
+    "cumulative totals below the turn's usage",
+  );
+export type Receipt = z.infer<typeof ReceiptSchema>;
+
+export const StopReasonSchema = z.enum(["stop", "length", "abort", "error"]);
+export type StopReason = z.infer<typeof StopReasonSchema>;
+
+export const InferenceDoneSchema = z.strictObject({
+  type: z.literal("inference.done"),
+  usage: UsageSchema,
+  stopReason: StopReasonSchema,
+  receipt: ReceiptSchema,
+  /** The provider's EIP-712 signature over `receipt`. */
+  signature: Signature,
+});
+export type InferenceDone = z.infer<typeof InferenceDoneSchema>;
+
+export const InferenceResponseSchema = z.discriminatedUnion("type", [
+  InferenceChunkSchema,
+  InferenceDoneSchema,
+  ErrorMessageSchema,
+]);
+export type InferenceResponse = z.infer<typeof InferenceResponseSchema>;
+
+// --------------------------------------------------------------------------------------------------- voucher
+
+/** `Voucher` of sdk/chain/voucher.ts with its bigints as decimal strings; see `voucherToWire`. */
+export const VoucherWireSchema = z.strictObject({
+  payer: Address,
+  provider: Address,
+  agentId: Uint256String,
+  session: Uint64String,
+  inputTokens: Uint64String,
+  outputTokens: Uint64String,
+  priceInputPerMillion: Uint128String,
+  priceOutputPerMillion: Uint128String,
+  expiry: Uint64String,
+});
+export type VoucherWire = z.infer<typeof VoucherWireSchema>;
+
+export const VoucherMessageSchema = z.strictObject({
+  type: z.literal("voucher"),
+  voucher: VoucherWireSchema,
+  /** The payer's EIP-712 signature (`signVoucher`). */
+  signature: Signature,
+});
+export type VoucherMessage = z.infer<typeof VoucherMessageSchema>;
+
+/** The provider holds the voucher: totals it now counts as paid. */
+export const VoucherAckSchema = z.strictObject({
+  type: z.literal("voucher.ack"),
+  session: Uint64String,
+  inputTokens: Uint64String,
+  outputTokens: Uint64String,
+});
+export type VoucherAck = z.infer<typeof VoucherAckSchema>;
+
+export const VoucherResponseSchema = z.discriminatedUnion("type", [VoucherAckSchema, ErrorMessageSchema]);
+export type VoucherResponse = z.infer<typeof VoucherResponseSchema>;
+
+/**
+ * The schema each side of each protocol decodes with.
+ *
+ * @example
+ * decodeFrames(stream, { maxFrameBytes: FRAME_LIMITS.quote.request, schema: PROTOCOL_SCHEMAS.quote.request })
+ */
+export const PROTOCOL_SCHEMAS = {
+  quote: { request: QuoteRequestSchema, response: QuoteResponseSchema },
+  session: { request: SessionOpenSchema, response: SessionResponseSchema },
+  inference: { request: InferenceRequestSchema, response: InferenceResponseSchema },
+  voucher: { request: VoucherMessageSchema, response: VoucherResponseSchema },
+} as const;
