@@ -1,0 +1,514 @@
+/**
+ * The settlement worker: turns the voucher book's latest vouchers into `settleBatch` transactions.
+ *
+ * Why it cannot pay twice nor lose a voucher, across crashes:
+ * - the escrow pays a session only the difference between a voucher's totals and the session's settled
+ *   totals, so even a resubmitted voucher never pays twice; a resubmission would only revert the whole
+ *   (all-or-nothing) batch, which is what the worker avoids;
+ * - before every pass it reconciles the book with the chain's `settledOf` for each channel: totals mined but
+ *   not yet recorded (a crash between the mined transaction and `markSettled`) are recorded, not resent;
+ * - a channel's sessions go in increasing order, all in one batch or the later ones held back with the
+ *   earlier, so the chain moving past a session means that session settled in the same transaction;
+ * - each voucher is previewed (`previewSettle`) and checked against its payer's deposit, so one bad voucher
+ *   is dropped instead of reverting the batch.
+ *
+ * Caveat: anyone may submit a voucher, so a payer could settle a later session of its own channel first and
+ * strand an earlier one; the book then records that session as settled at its totals (nothing more can be
+ * collected) and the `settlement:reconciled` event says `superseded: true`.
+ */
+import { getAddress } from "ethers";
+import type { InferenceEscrow } from "../../sdk/chain/contracts.js";
+import { decodeRevert } from "../../sdk/chain/revert.js";
+import { SettlementFailedError, UnknownSessionError } from "./errors.js";
+import type { BookEntry, VoucherBook } from "./voucher-book.js";
+
+// ---------------------------------------------------------------------------------------------------------
+// Types
+
+/** When and how much to settle. */
+export interface SettlementPolicy {
+  /** Settle everything outstanding this often (0: no timer). Must be well under the vouchers' lifetime. */
+  intervalMs: number;
+  /** Settle as soon as the provider's unsettled share reaches this (token units; 0n: no amount trigger). */
+  amountThreshold: bigint;
+  /** The most vouchers in one `settleBatch` transaction. */
+  maxBatch: number;
+}
+
+/** Options of {@link SettlementWorker}. */
+export interface SettlementWorkerOptions {
+  book: VoucherBook;
+  /** The escrow, connected to the provider's signer (it pays the gas). */
+  escrow: InferenceEscrow;
+  policy: SettlementPolicy;
+  /** Unix seconds on the chain; defaults to the latest block's timestamp. */
+  now?: () => number | Promise<number>;
+  /** A voucher expiring within this many seconds is not sent (it could expire before mining); default 30. */
+  expiryMarginSeconds?: number;
+  /** Retries of a pass that failed for a reason other than a revert (RPC down, timeout); default 3 attempts. */
+  retry?: { attempts: number; baseDelayMs: number };
+}
+
+/** Why a pass ran. */
+export type SettlementTrigger = "manual" | "timer" | "close" | "amount";
+
+export interface SettlementSentDetail {
+  txHash: string;
+  keys: string[];
+  trigger: SettlementTrigger;
+}
+export interface SettlementConfirmedDetail {
+  txHash: string;
+  keys: string[];
+  blockNumber: number;
+  /** Taken from deposits: provider, royalty and fee shares of every voucher. */
+  paid: bigint;
+}
+export interface SettlementFailedDetail {
+  keys: string[];
+  error: unknown;
+  attempt: number;
+  willRetry: boolean;
+}
+export interface SettlementDroppedDetail {
+  key: string;
+  /** The escrow's revert name, or "expiring" / "deposit". */
+  reason: string;
+  /** Permanent drops leave the book's `latest()`; others are tried again on the next pass. */
+  permanent: boolean;
+}
+export interface SettlementReconciledDetail {
+  key: string;
+  inputTokens: bigint;
+  outputTokens: bigint;
+  /** The chain moved past this session: it settled with a later one, or can no longer settle. */
+  superseded: boolean;
+}
+
+export interface SettlementWorkerEvents {
+  "settlement:sent": CustomEvent<SettlementSentDetail>;
+  "settlement:confirmed": CustomEvent<SettlementConfirmedDetail>;
+  "settlement:failed": CustomEvent<SettlementFailedDetail>;
+  "settlement:dropped": CustomEvent<SettlementDroppedDetail>;
+  "settlement:reconciled": CustomEvent<SettlementReconciledDetail>;
+}
+
+/** What one `settleNow` did. */
+export interface SettlementReport {
+  txHashes: string[];
+  settled: string[];
+  reconciled: string[];
+  dropped: string[];
+  skipped: string[];
+}
+
+// Reverts after which the voucher can never settle.
+const PERMANENT = new Set([
+  "Escrow__VoucherExpired",
+  "Escrow__SessionSuperseded",
+  "Escrow__CumulativeBelowSettled",
+  "Escrow__EmptyVoucher",
+  "Escrow__InvalidSignature",
+]);
+
+// ---------------------------------------------------------------------------------------------------------
+// The worker
+
+/**
+ * Settles the book's vouchers: at session close, on a timer and when the unsettled amount passes a
+ * threshold; soonest expiry first, a channel's sessions in order, only each session's latest voucher.
+ *
+ * @example
+ * const worker = new SettlementWorker({
+ *   book,
+ *   escrow: connectContracts(deployment, providerWallet).inferenceEscrow,
+ *   policy: { intervalMs: 60_000, amountThreshold: 5_000_000n, maxBatch: 50 },
+ * })
+ * worker.addEventListener("settlement:confirmed", (e) => log(e.detail.txHash, e.detail.paid))
+ * worker.start()
+ * // … when a chat session ends:
+ * await worker.closeSession(sessionKeyOf(voucher))
+ * await worker.stop()
+ */
+export class SettlementWorker extends EventTarget {
+  readonly book: VoucherBook;
+  readonly escrow: InferenceEscrow;
+  readonly policy: SettlementPolicy;
+  readonly #now: () => number | Promise<number>;
+  readonly #margin: bigint;
+  readonly #retry: { attempts: number; baseDelayMs: number };
+  #timer: ReturnType<typeof setInterval> | undefined;
+  #stopping = new AbortController();
+  #running: Promise<SettlementReport> | undefined;
+  #queued: Promise<SettlementReport> | undefined;
+  #started = false;
+  readonly #onAccepted = () => void this.#checkAmount();
+
+  constructor(options: SettlementWorkerOptions) {
+    super();
+    if (!Number.isSafeInteger(options.policy.maxBatch) || options.policy.maxBatch < 1) {
+      throw new RangeError(`maxBatch must be a positive integer, not ${options.policy.maxBatch}`);
+    }
+    this.book = options.book;
+    this.escrow = options.escrow;
+    this.policy = options.policy;
+    this.#now = options.now ?? (() => this.#chainTime());
+    this.#margin = BigInt(options.expiryMarginSeconds ?? 30);
+    this.#retry = options.retry ?? { attempts: 3, baseDelayMs: 500 };
+  }
+
+  override addEventListener<K extends keyof SettlementWorkerEvents>(
+    type: K,
+    listener: ((event: SettlementWorkerEvents[K]) => void) | null,
+    options?: boolean | AddEventListenerOptions
+  ): void;
+  override addEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | null,
+    options?: boolean | AddEventListenerOptions
+  ): void;
+  override addEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | ((event: never) => void) | null,
+    options?: boolean | AddEventListenerOptions
+  ): void {
+    super.addEventListener(type, listener as EventListenerOrEventListenerObject | null, options);
+  }
+
+  override removeEventListener<K extends keyof SettlementWorkerEvents>(
+    type: K,
+    listener: ((event: SettlementWorkerEvents[K]) => void) | null,
+    options?: boolean | EventListenerOptions
+  ): void;
+  override removeEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | null,
+    options?: boolean | EventListenerOptions
+  ): void;
+  override removeEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | ((event: never) => void) | null,
+    options?: boolean | EventListenerOptions
+  ): void {
+    super.removeEventListener(type, listener as EventListenerOrEventListenerObject | null, options);
+  }
+
+  /** Starts the timer and the amount trigger. The book must be started. */
+  start(): void {
+    if (this.#started) return;
+    this.#started = true;
+    this.#stopping = new AbortController();
+    if (this.policy.intervalMs > 0) {
+      this.#timer = setInterval(() => void this.#trigger("timer"), this.policy.intervalMs);
+      this.#timer.unref?.();
+    }
+    if (this.policy.amountThreshold > 0n) this.book.addEventListener("voucher:accepted", this.#onAccepted);
+  }
+
+  /** Stops the triggers, aborts retries and waits for a transaction in flight to be recorded. */
+  async stop(): Promise<void> {
+    if (!this.#started) return;
+    this.#started = false;
+    clearInterval(this.#timer);
+    this.#timer = undefined;
+    this.book.removeEventListener("voucher:accepted", this.#onAccepted);
+    this.#stopping.abort();
+    await Promise.allSettled([this.#running, this.#queued]);
+  }
+
+  /**
+   * Settles the session's outstanding voucher now, with everything else outstanding (one transaction is
+   * cheaper than two).
+   * @throws UnknownSessionError when the book has no voucher for `key`.
+   *
+   * @example
+   * await worker.closeSession(entry.key)
+   */
+  async closeSession(key: string, options: { signal?: AbortSignal } = {}): Promise<SettlementReport> {
+    if (!(await this.book.get(key, options))) throw new UnknownSessionError(key);
+    return this.settleNow({ ...options, trigger: "close" });
+  }
+
+  /**
+   * Runs a settlement pass now; a call while one runs is served by the next pass (calls coalesce).
+   *
+   * @example
+   * const { settled } = await worker.settleNow()
+   * @throws SettlementFailedError when every retry failed; the vouchers stay in the book.
+   */
+  settleNow(options: { signal?: AbortSignal; trigger?: SettlementTrigger } = {}): Promise<SettlementReport> {
+    if (this.#queued) return this.#queued;
+    const signal = options.signal ? AbortSignal.any([options.signal, this.#stopping.signal]) : this.#stopping.signal;
+    const previous = this.#running ?? Promise.resolve();
+    const next: Promise<SettlementReport> = previous
+      .catch(() => undefined)
+      .then(() => {
+        this.#queued = undefined;
+        this.#running = next;
+        return this.#withRetries(options.trigger ?? "manual", signal);
+      })
+      .finally(() => {
+        if (this.#running === next) this.#running = undefined;
+      });
+    this.#queued = next;
+    return next;
+  }
+
+  #trigger(trigger: SettlementTrigger): void {
+    // Failures were reported as settlement:failed; the next trigger tries again.
+    this.settleNow({ trigger }).catch(() => {});
+  }
+
+  async #checkAmount(): Promise<void> {
+    try {
+      const owed = (await this.book.outstanding()).reduce((sum, c) => sum + c.providerAmount, 0n);
+      if (owed >= this.policy.amountThreshold) this.#trigger("amount");
+    } catch {
+      // The book closed under us: nothing to settle from it.
+    }
+  }
+
+  async #withRetries(trigger: SettlementTrigger, signal: AbortSignal): Promise<SettlementReport> {
+    const report: SettlementReport = {
+      txHashes: [],
+      settled: [],
+      reconciled: [],
+      dropped: [],
+      skipped: [],
+    };
+    for (let attempt = 1; ; attempt++) {
+      signal.throwIfAborted();
+      try {
+        // Every attempt starts from the chain's state: a transaction of a failed attempt may have mined.
+        report.skipped = [];
+        await this.#pass(trigger, signal, report);
+        return report;
+      } catch (error) {
+        const revert = decodeRevert(error);
+        const willRetry = !revert && !signal.aborted && attempt < this.#retry.attempts;
+        this.#emit("settlement:failed", {
+          keys: report.skipped,
+          error: revert ?? error,
+          attempt,
+          willRetry,
+        });
+        if (!willRetry) throw new SettlementFailedError(report.skipped, attempt, revert ?? error);
+        await sleep(this.#retry.baseDelayMs * 2 ** (attempt - 1), signal);
+      }
+    }
+  }
+
+  async #pass(trigger: SettlementTrigger, signal: AbortSignal, report: SettlementReport): Promise<void> {
+    const entries = await this.book.latest({ signal });
+    if (entries.length === 0) return;
+    const now = BigInt(await this.#now());
+
+    const queues = new Map<string, BookEntry[]>();
+    for (const e of entries) {
+      const q = queues.get(e.channel) ?? [];
+      q.push(e); // latest() lists a channel's sessions in increasing order
+      queues.set(e.channel, q);
+    }
+
+    for (const [channel, queue] of queues) {
+      const head = queue[0]!.voucher;
+      const [chainSession, chainInput, chainOutput] = await this.escrow.settledOf(
+        head.payer,
+        head.provider,
+        head.agentId
+      );
+      const pending: BookEntry[] = [];
+      for (const e of queue) {
+        const v = e.voucher;
+        if (v.session < chainSession) {
+          await this.#reconcile(e, v.inputTokens, v.outputTokens, true, signal, report);
+          continue;
+        }
+        if (v.session === chainSession) {
+          if (chainInput > e.settled.inputTokens || chainOutput > e.settled.outputTokens) {
+            e.settled = await this.#reconcile(e, chainInput, chainOutput, false, signal, report);
+          }
+          if (e.settled.inputTokens >= v.inputTokens && e.settled.outputTokens >= v.outputTokens) continue;
+        }
+        if (e.expiry < now + this.#margin) {
+          await this.#drop(e, now > e.expiry ? "Escrow__VoucherExpired" : "expiring", true, signal, report);
+          continue;
+        }
+        pending.push(e);
+      }
+      if (pending.length > 0) queues.set(channel, pending);
+      else queues.delete(channel);
+    }
+
+    const ordered = expiryOrder(queues);
+    const blocked = new Set<string>(); // channels with a session held back: their later sessions wait too
+    for (let i = 0; i < ordered.length; ) {
+      const batch: BookEntry[] = [];
+      let paid = 0n;
+      const deposits = new Map<string, bigint>();
+      while (batch.length < this.policy.maxBatch && i < ordered.length) {
+        const e = ordered[i++]!;
+        if (blocked.has(e.channel)) {
+          report.skipped.push(e.key);
+          continue;
+        }
+        const total = await this.#preview(e, signal, report);
+        if (total === undefined) {
+          if (!resolvedByPreview(e, report)) blocked.add(e.channel);
+          continue;
+        }
+        const payer = getAddress(e.voucher.payer);
+        const available = deposits.get(payer) ?? (await this.escrow.depositOf(payer));
+        if (total > available) {
+          blocked.add(e.channel);
+          await this.#drop(e, "deposit", false, signal, report);
+          continue;
+        }
+        deposits.set(payer, available - total);
+        paid += total;
+        batch.push(e);
+      }
+      if (batch.length === 0) continue;
+      await this.#send(batch, paid, trigger, report);
+    }
+  }
+
+  /** The voucher's total cost now, or undefined when it must not go in a batch (and why is recorded). */
+  async #preview(e: BookEntry, signal: AbortSignal, report: SettlementReport): Promise<bigint | undefined> {
+    try {
+      const s = await this.escrow.previewSettle(e.voucher);
+      return s.providerAmount + s.royaltyAmount + s.feeAmount;
+    } catch (error) {
+      const revert = decodeRevert(error);
+      if (!revert) throw error; // transient: the pass is retried
+      if (revert.reason === "Escrow__AlreadySettled") {
+        await this.#reconcile(e, e.voucher.inputTokens, e.voucher.outputTokens, false, signal, report);
+      } else {
+        await this.#drop(e, revert.reason, PERMANENT.has(revert.reason), signal, report);
+      }
+      return undefined;
+    }
+  }
+
+  async #send(batch: BookEntry[], paid: bigint, trigger: SettlementTrigger, report: SettlementReport): Promise<void> {
+    const keys = batch.map((e) => e.key);
+    report.skipped.push(...keys); // until confirmed: what a failure leaves outstanding
+    const tx = await this.escrow.settleBatch(batch.map((e) => ({ voucher: e.voucher, signature: e.signature })));
+    report.txHashes.push(tx.hash);
+    this.#emit("settlement:sent", { txHash: tx.hash, keys, trigger });
+    // Not abortable from here: once sent, the transaction's outcome must be recorded.
+    const receipt = await tx.wait();
+    for (const e of batch) {
+      await this.book.markSettled(e.key, {
+        inputTokens: e.voucher.inputTokens,
+        outputTokens: e.voucher.outputTokens,
+      });
+    }
+    report.skipped = report.skipped.filter((k) => !keys.includes(k));
+    report.settled.push(...keys);
+    this.#emit("settlement:confirmed", {
+      txHash: tx.hash,
+      keys,
+      blockNumber: receipt?.blockNumber ?? 0,
+      paid,
+    });
+  }
+
+  async #reconcile(
+    e: BookEntry,
+    inputTokens: bigint,
+    outputTokens: bigint,
+    superseded: boolean,
+    signal: AbortSignal,
+    report: SettlementReport
+  ): Promise<BookEntry["settled"]> {
+    const updated = await this.book.markSettled(e.key, { inputTokens, outputTokens }, { signal });
+    report.reconciled.push(e.key);
+    this.#emit("settlement:reconciled", {
+      key: e.key,
+      inputTokens,
+      outputTokens,
+      superseded,
+    });
+    return updated.settled;
+  }
+
+  async #drop(e: BookEntry, reason: string, permanent: boolean, signal: AbortSignal, report: SettlementReport) {
+    if (permanent) {
+      await this.book.markDropped(e.key, reason, { signal });
+      report.dropped.push(e.key);
+    } else {
+      report.skipped.push(e.key);
+    }
+    this.#emit("settlement:dropped", { key: e.key, reason, permanent });
+  }
+
+  async #chainTime(): Promise<number> {
+    const provider = this.escrow.runner?.provider;
+    const block = provider ? await provider.getBlock("latest") : null;
+    return block ? block.timestamp : Math.floor(Date.now() / 1000);
+  }
+
+  #emit<K extends keyof SettlementWorkerEvents>(type: K, detail: SettlementWorkerEvents[K]["detail"]): void {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+}
+
+// A session found settled, or given up for good, holds nothing back; one skipped for now must hold back the
+// later sessions of its channel, which would supersede it.
+function resolvedByPreview(e: BookEntry, report: SettlementReport): boolean {
+  return report.reconciled.includes(e.key) || report.dropped.includes(e.key);
+}
+
+/**
+ * Orders the channels' queues so that what expires soonest goes first, without ever putting a session
+ * before an earlier one of its channel: a session's urgency is the soonest expiry among it and the later
+ * sessions of its channel (they can only settle after it).
+ */
+export function expiryOrder(queues: Map<string, BookEntry[]>): BookEntry[] {
+  const urgency = new Map<string, bigint[]>();
+  for (const [channel, q] of queues) {
+    const u: bigint[] = new Array<bigint>(q.length);
+    let min = -1n;
+    for (let j = q.length - 1; j >= 0; j--) {
+      const x = q[j]!.expiry;
+      min = min < 0n || x < min ? x : min;
+      u[j] = min;
+    }
+    urgency.set(channel, u);
+  }
+  const heads = new Map<string, number>([...queues.keys()].map((c) => [c, 0]));
+  const out: BookEntry[] = [];
+  while (heads.size > 0) {
+    let best: string | undefined;
+    let bestUrgency = 0n;
+    for (const [c, j] of heads) {
+      const u = urgency.get(c)![j]!;
+      if (best === undefined || u < bestUrgency || (u === bestUrgency && c < best)) {
+        best = c;
+        bestUrgency = u;
+      }
+    }
+    const j = heads.get(best!)!;
+    const q = queues.get(best!)!;
+    out.push(q[j]!);
+    if (j + 1 < q.length) heads.set(best!, j + 1);
+    else heads.delete(best!);
+  }
+  return out;
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) return reject(signal.reason);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal.reason);
+    };
+    const timer = setTimeout(() => {
+      signal.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal.addEventListener("abort", onAbort, { once: true });
+  });
+}
