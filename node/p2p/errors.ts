@@ -1,0 +1,35 @@
+import { SoulmeshError } from "../../sdk/errors.js";
+
+/**
+ * The peer key file exists but does not hold a libp2p private key. Deliberately not regenerated: a new key
+ * is a new peer id, which every client and registry entry that knew this provider would lose.
+ *
+ * @example
+ * catch (err) { if (err instanceof PeerKeyCorruptError) console.error(err.message) }
+ */
+export class PeerKeyCorruptError extends SoulmeshError {
+  override readonly name = "PeerKeyCorruptError";
+  constructor(
+    readonly path: string,
+    options?: ErrorOptions,
+  ) {
+    super(
+      `The peer key file ${path} is corrupt. Restore it from a backup to keep this provider's peer id, ` +
+        `or delete it to start under a new peer id (clients and the registry must then learn the new one).`,
+      options,
+    );
+  }
+}
+
+/** The host was used before start() or after stop(). */
+export class HostNotRunningError extends SoulmeshError {
+  override readonly name = "HostNotRunningError";
+}
+
+/**
+ * A request could not be carried to the peer or back: the dial failed, or the stream was reset before a
+ * complete answer came. Errors the peer answered with are rebuilt by errorFromWire instead.
+ */
+export class ProtocolStreamError extends SoulmeshError {
+  override readonly name = "ProtocolStreamError";
+}

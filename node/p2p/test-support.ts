@@ -1,0 +1,56 @@
+// Shared fixtures of the node/p2p tests (not a test file itself).
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createProviderHost, type ProviderHost, type ProviderHostOptions } from "./host.js";
+import type { QuoteFacts } from "./quote.js";
+
+export const MODEL_A = `0x${"ab".repeat(32)}`;
+export const MODEL_B = `0x${"cd".repeat(32)}`;
+export const ADAPTER_A = `0x${"01".repeat(32)}`;
+
+export const FACTS: QuoteFacts = {
+  provider: `0x${"11".repeat(20)}`,
+  models: [MODEL_A, MODEL_B],
+  cachedAdapters: [ADAPTER_A],
+  priceInputPerMillion: "100",
+  priceOutputPerMillion: "300",
+  queueLength: 2,
+  maxTokens: 4096,
+};
+
+/** Temp folders and hosts that `cleanup()` stops and removes. */
+export class Fixture {
+  readonly hosts: ProviderHost[] = [];
+  readonly dirs: string[] = [];
+
+  async dir(): Promise<string> {
+    const dir = await mkdtemp(join(tmpdir(), "soulmesh-p2p-"));
+    this.dirs.push(dir);
+    return dir;
+  }
+
+  async host(options: Partial<ProviderHostOptions> = {}): Promise<ProviderHost> {
+    const host = await createProviderHost({ dataDir: options.dataDir ?? (await this.dir()), ...options });
+    this.hosts.push(host);
+    await host.start();
+    return host;
+  }
+
+  async cleanup(): Promise<void> {
+    await Promise.all(this.hosts.splice(0).map((h) => h.stop().catch(() => {})));
+    await Promise.all(this.dirs.splice(0).map((d) => rm(d, { recursive: true, force: true })));
+  }
+}
+
+/** A small deterministic PRNG (mulberry32), so that a failing fuzz case can be replayed from its seed. */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
