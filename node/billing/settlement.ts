@@ -21,6 +21,7 @@ import type { InferenceEscrow } from "../../sdk/chain/contracts.js";
 import { decodeRevert } from "../../sdk/chain/revert.js";
 import { SettlementFailedError, UnknownSessionError } from "./errors.js";
 import type { BookEntry, VoucherBook } from "./voucher-book.js";
+import { TypedEventTarget } from "../../sdk/events.js";
 
 // ---------------------------------------------------------------------------------------------------------
 // Types
@@ -130,7 +131,7 @@ const PERMANENT = new Set([
  * await worker.closeSession(sessionKeyOf(voucher))
  * await worker.stop()
  */
-export class SettlementWorker extends EventTarget {
+export class SettlementWorker extends TypedEventTarget<SettlementWorkerEvents> {
   readonly book: VoucherBook;
   readonly escrow: InferenceEscrow;
   readonly policy: SettlementPolicy;
@@ -155,42 +156,6 @@ export class SettlementWorker extends EventTarget {
     this.#now = options.now ?? (() => this.#chainTime());
     this.#margin = BigInt(options.expiryMarginSeconds ?? 30);
     this.#retry = options.retry ?? { attempts: 3, baseDelayMs: 500 };
-  }
-
-  override addEventListener<K extends keyof SettlementWorkerEvents>(
-    type: K,
-    listener: ((event: SettlementWorkerEvents[K]) => void) | null,
-    options?: boolean | AddEventListenerOptions
-  ): void;
-  override addEventListener(
-    type: string,
-    listener: EventListenerOrEventListenerObject | null,
-    options?: boolean | AddEventListenerOptions
-  ): void;
-  override addEventListener(
-    type: string,
-    listener: EventListenerOrEventListenerObject | ((event: never) => void) | null,
-    options?: boolean | AddEventListenerOptions
-  ): void {
-    super.addEventListener(type, listener as EventListenerOrEventListenerObject | null, options);
-  }
-
-  override removeEventListener<K extends keyof SettlementWorkerEvents>(
-    type: K,
-    listener: ((event: SettlementWorkerEvents[K]) => void) | null,
-    options?: boolean | EventListenerOptions
-  ): void;
-  override removeEventListener(
-    type: string,
-    listener: EventListenerOrEventListenerObject | null,
-    options?: boolean | EventListenerOptions
-  ): void;
-  override removeEventListener(
-    type: string,
-    listener: EventListenerOrEventListenerObject | ((event: never) => void) | null,
-    options?: boolean | EventListenerOptions
-  ): void {
-    super.removeEventListener(type, listener as EventListenerOrEventListenerObject | null, options);
   }
 
   /** Starts the timer and the amount trigger. The book must be started. */

@@ -31,6 +31,7 @@ import {
   VoucherWrongDomainError,
   VoucherWrongProviderError,
 } from "./errors.js";
+import { TypedEventTarget } from "../../sdk/events.js";
 
 // ---------------------------------------------------------------------------------------------------------
 // Types
@@ -213,7 +214,7 @@ export function isUnsettled(e: BookEntry): boolean {
  * for (const e of await book.latest()) console.log(e.key, e.expiry)
  * await book.stop()
  */
-export class VoucherBook extends EventTarget {
+export class VoucherBook extends TypedEventTarget<VoucherBookEvents> {
   readonly dir: string;
   readonly escrow: { chainId: bigint; address: string };
   readonly provider: string;
@@ -237,42 +238,6 @@ export class VoucherBook extends EventTarget {
     this.#now = options.now ?? (() => Math.floor(Date.now() / 1000));
     this.#minRemaining = BigInt(options.minRemainingSeconds ?? 60);
     this.#maxLifetime = options.maxLifetimeSeconds === undefined ? undefined : BigInt(options.maxLifetimeSeconds);
-  }
-
-  override addEventListener<K extends keyof VoucherBookEvents>(
-    type: K,
-    listener: ((event: VoucherBookEvents[K]) => void) | null,
-    options?: boolean | AddEventListenerOptions
-  ): void;
-  override addEventListener(
-    type: string,
-    listener: EventListenerOrEventListenerObject | null,
-    options?: boolean | AddEventListenerOptions
-  ): void;
-  override addEventListener(
-    type: string,
-    listener: EventListenerOrEventListenerObject | ((event: never) => void) | null,
-    options?: boolean | AddEventListenerOptions
-  ): void {
-    super.addEventListener(type, listener as EventListenerOrEventListenerObject | null, options);
-  }
-
-  override removeEventListener<K extends keyof VoucherBookEvents>(
-    type: K,
-    listener: ((event: VoucherBookEvents[K]) => void) | null,
-    options?: boolean | EventListenerOptions
-  ): void;
-  override removeEventListener(
-    type: string,
-    listener: EventListenerOrEventListenerObject | null,
-    options?: boolean | EventListenerOptions
-  ): void;
-  override removeEventListener(
-    type: string,
-    listener: EventListenerOrEventListenerObject | ((event: never) => void) | null,
-    options?: boolean | EventListenerOptions
-  ): void {
-    super.removeEventListener(type, listener as EventListenerOrEventListenerObject | null, options);
   }
 
   /** Opens the LevelDB folder. */

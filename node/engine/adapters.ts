@@ -15,6 +15,7 @@ import { SharedWork, normalizeSha256, sha256File, writeFileAtomic } from "./file
 import type { SharedTask } from "./file-hash.js";
 import { ggufMetadataValue, readGgufHeader, tensorShapes } from "./models.js";
 import type { BaseModelInfo } from "./models.js";
+import { TypedEventTarget } from "../../sdk/events.js";
 
 /** The bytes of an adapter as a source serves them; `size` when the source knows it up front (for progress). */
 export type AdapterStream = AsyncIterable<Uint8Array> & { readonly size?: number };
@@ -312,7 +313,7 @@ function isIndexEntry(value: unknown): value is Omit<Entry, "pins"> {
  * const lease = await adapters.get({ cid, sha256, model: base }, { signal })
  * const lora = lease.path // give it to the context; lease.release() when the context is disposed
  */
-export class AdapterStore extends EventTarget {
+export class AdapterStore extends TypedEventTarget<AdapterStoreEvents> {
   readonly dir: string;
   readonly maxBytes: number;
   readonly sources: readonly AdapterSource[];
@@ -335,42 +336,6 @@ export class AdapterStore extends EventTarget {
     this.dir = options.dir;
     this.maxBytes = options.maxBytes;
     this.sources = [...options.sources];
-  }
-
-  override addEventListener<K extends keyof AdapterStoreEvents>(
-    type: K,
-    listener: ((event: AdapterStoreEvents[K]) => void) | null,
-    options?: boolean | AddEventListenerOptions,
-  ): void;
-  override addEventListener(
-    type: string,
-    listener: EventListenerOrEventListenerObject | null,
-    options?: boolean | AddEventListenerOptions,
-  ): void;
-  override addEventListener(
-    type: string,
-    listener: EventListenerOrEventListenerObject | ((event: never) => void) | null,
-    options?: boolean | AddEventListenerOptions,
-  ): void {
-    super.addEventListener(type, listener as EventListenerOrEventListenerObject | null, options);
-  }
-
-  override removeEventListener<K extends keyof AdapterStoreEvents>(
-    type: K,
-    listener: ((event: AdapterStoreEvents[K]) => void) | null,
-    options?: boolean | EventListenerOptions,
-  ): void;
-  override removeEventListener(
-    type: string,
-    listener: EventListenerOrEventListenerObject | null,
-    options?: boolean | EventListenerOptions,
-  ): void;
-  override removeEventListener(
-    type: string,
-    listener: EventListenerOrEventListenerObject | ((event: never) => void) | null,
-    options?: boolean | EventListenerOptions,
-  ): void {
-    super.removeEventListener(type, listener as EventListenerOrEventListenerObject | null, options);
   }
 
   /** Whether {@link start} has run and {@link stop} has not. */

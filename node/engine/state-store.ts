@@ -44,6 +44,7 @@ import {
   SessionStateError,
   StateStoreStoppedError,
 } from "./errors.js";
+import { TypedEventTarget } from "../../sdk/events.js";
 
 /** The configuration a KV state was computed under; a state is only valid under the same one. */
 export interface StateBinding {
@@ -246,7 +247,7 @@ interface Header {
  * store.addEventListener("discard", (e) => log(e.detail.reason))
  * await store.stop()
  */
-export class SessionStateStore extends EventTarget {
+export class SessionStateStore extends TypedEventTarget<SessionStateStoreEvents> {
   /** The folder of the encrypted state files. */
   readonly dir: string;
   private readonly ttlMs: number;
@@ -457,42 +458,6 @@ export class SessionStateStore extends EventTarget {
       this.sweeping = undefined;
     });
     return this.sweeping;
-  }
-
-  override addEventListener<K extends keyof SessionStateStoreEvents>(
-    type: K,
-    listener: ((event: SessionStateStoreEvents[K]) => void) | null,
-    options?: boolean | AddEventListenerOptions,
-  ): void;
-  override addEventListener(
-    type: string,
-    listener: EventListenerOrEventListenerObject | null,
-    options?: boolean | AddEventListenerOptions,
-  ): void;
-  override addEventListener(
-    type: string,
-    listener: EventListenerOrEventListenerObject | null,
-    options?: boolean | AddEventListenerOptions,
-  ): void {
-    super.addEventListener(type, listener, options);
-  }
-
-  override removeEventListener<K extends keyof SessionStateStoreEvents>(
-    type: K,
-    listener: ((event: SessionStateStoreEvents[K]) => void) | null,
-    options?: boolean | EventListenerOptions,
-  ): void;
-  override removeEventListener(
-    type: string,
-    listener: EventListenerOrEventListenerObject | null,
-    options?: boolean | EventListenerOptions,
-  ): void;
-  override removeEventListener(
-    type: string,
-    listener: EventListenerOrEventListenerObject | null,
-    options?: boolean | EventListenerOptions,
-  ): void {
-    super.removeEventListener(type, listener, options);
   }
 
   private async saveLocked(
