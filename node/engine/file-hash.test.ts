@@ -160,10 +160,11 @@ describe("FileHashCache", () => {
       cache.sha256(path, { onProgress: second }),
     ]);
     expect(a).toBe(b);
-    expect(first).toHaveBeenCalledWith(0, 6 * 2 ** 20);
-    // A read reports (0, total) when it starts: the second caller joined the first one's read (or, under load,
-    // found its result already cached) instead of reading the file itself.
-    expect(second).not.toHaveBeenCalledWith(0, expect.anything());
+    // A read reports (0, total) when it starts. Exactly one caller read the file; the other joined its read
+    // (or, under load, found its result already cached). Which one reads first depends on which finishes its
+    // stat first, so the test does not assume it.
+    const started = (fn: typeof first): boolean => fn.mock.calls.some(([done]) => done === 0);
+    expect([started(first), started(second)].filter(Boolean)).toHaveLength(1);
   });
 
   it("lets one caller abort without cancelling the hashing another caller waits for", async () => {
