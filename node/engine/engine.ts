@@ -114,7 +114,12 @@ class Session implements SequenceHolder {
     readonly binding: StateBinding,
     readonly key: Uint8Array,
     readonly engine: InferenceEngine,
-  ) {}
+  ) {
+    this.poolKey = ContextPool.keyOf(model.sha256, adapters);
+  }
+
+  /** The context pool's key for this session's model and adapters: sessions with equal keys share contexts. */
+  readonly poolKey: string;
 
   /** Runs turns one after another: a session's state is a single line of history. */
   serialize<T>(turn: () => Promise<T>): Promise<T> {
@@ -387,10 +392,9 @@ export class InferenceEngine extends EventTarget {
 
   async #ensureSequence(session: Session, signal: AbortSignal | undefined): Promise<boolean> {
     if (session.sequence !== undefined) return false;
-    const key = ContextPool.keyOf(session.model.sha256, session.adapters);
     let demand = 0;
     for (const s of this.#sessions.values()) {
-      if (s.sequence === undefined && ContextPool.keyOf(s.model.sha256, s.adapters) === key) demand++;
+      if (s.sequence === undefined && s.poolKey === session.poolKey) demand++;
     }
     const sequence = await this.#pool.acquire(session.model.model, session.model.sha256, session.adapters, session, {
       demand: Math.max(1, demand),
