@@ -1,11 +1,5 @@
-import {
-  resolveChatWrapper,
-  type ChatHistoryItem,
-  type ChatWrapper,
-  type LlamaContextSequence,
-  type LlamaModel,
-  type Token,
-} from "node-llama-cpp";
+import type { LlamaContextSequence, LlamaModel, Token } from "node-llama-cpp";
+import { chatWrapperOf, tokenizeChat, tokenizeText, type TokenizedPrompt } from "../../sdk/client/tokenizer.js";
 import { InvalidRequestError } from "./errors.js";
 
 /** One message of a chat prompt. */
@@ -84,23 +78,7 @@ export interface GenerateResult {
 const MAX_STOP_STRINGS = 16;
 const MAX_STOP_LENGTH = 256;
 
-const chatWrappers = new WeakMap<LlamaModel, ChatWrapper>();
-
-/** The chat wrapper node-llama-cpp picks for the model from its chat template, resolved once. */
-function chatWrapperOf(model: LlamaModel): ChatWrapper {
-  let wrapper = chatWrappers.get(model);
-  if (wrapper === undefined) {
-    wrapper = resolveChatWrapper(model);
-    chatWrappers.set(model, wrapper);
-  }
-  return wrapper;
-}
-
-/** A prompt as tokens, with the token sequences that end a chat turn (the template's own stop triggers). */
-export interface TokenizedPrompt {
-  tokens: Token[];
-  stopTriggers: Token[][];
-}
+export type { TokenizedPrompt };
 
 /**
  * Tokenizes a prompt the way {@link generate} evaluates it. Chat prompts go through the model's chat
@@ -114,33 +92,18 @@ export function tokenizePrompt(model: LlamaModel, prompt: Prompt): TokenizedProm
     if (!Array.isArray(prompt.chat) || prompt.chat.length === 0) {
       throw new InvalidRequestError("a chat prompt needs at least one message");
     }
-    const history: ChatHistoryItem[] = prompt.chat.map((m, i): ChatHistoryItem => {
+    prompt.chat.forEach((m, i) => {
       if (typeof m?.content !== "string") throw new InvalidRequestError(`message ${i} has no text content`);
-      switch (m.role) {
-        case "system":
-          return { type: "system", text: m.content };
-        case "user":
-          return { type: "user", text: m.content };
-        case "assistant":
-          return { type: "model", response: [m.content] };
-        default:
-          throw new InvalidRequestError(`message ${i} has an unknown role ${JSON.stringify((m as ChatMessage).role)}`);
+      if (m.role !== "system" && m.role !== "user" && m.role !== "assistant") {
+        throw new InvalidRequestError(`message ${i} has an unknown role ${JSON.stringify((m as ChatMessage).role)}`);
       }
     });
-    history.push({ type: "model", response: [] });
-    const state = chatWrapperOf(model).generateContextState({ chatHistory: history });
-    const stopTriggers = state.stopGenerationTriggers
-      .map((trigger) => trigger.tokenize(model.tokenizer))
-      .filter((tokens) => tokens.length > 0);
-    return { tokens: state.contextText.tokenize(model.tokenizer), stopTriggers };
+    return tokenizeChat(model, prompt.chat);
   }
   if (typeof prompt.text !== "string" || prompt.text.length === 0) {
     throw new InvalidRequestError("a raw prompt needs non-empty text");
   }
-  const tokens = model.tokenize(prompt.text, false);
-  const bos = model.tokens.bos;
-  if (model.tokens.shouldPrependBosToken && bos !== null && tokens[0] !== bos) tokens.unshift(bos);
-  return { tokens, stopTriggers: [] };
+  return tokenizeText(model, prompt.text);
 }
 
 function validateStops(stop: readonly string[] | undefined): string[] {

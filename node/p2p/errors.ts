@@ -26,10 +26,4 @@ export class HostNotRunningError extends SoulmeshError {
   override readonly name = "HostNotRunningError";
 }
 
-/**
- * A request could not be carried to the peer or back: the dial failed, or the stream was reset before a
- * complete answer came. Errors the peer answered with are rebuilt by errorFromWire instead.
- */
-export class ProtocolStreamError extends SoulmeshError {
-  override readonly name = "ProtocolStreamError";
-}
+export { ProtocolStreamError } from "../../sdk/protocol/errors.js";

@@ -101,6 +101,15 @@ export class UnknownRemoteError extends ProtocolError {
   }
 }
 
+/**
+ * A request could not be carried to the peer or back: the dial failed, or the stream was reset before a
+ * complete answer came. Errors the peer answered with are rebuilt by errorFromWire instead. Local only:
+ * never sent on the wire.
+ */
+export class ProtocolStreamError extends SoulmeshError {
+  override readonly name = "ProtocolStreamError";
+}
+
 /** Constructors of the errors that travel under their own code, keyed by that code. */
 export const WIRE_ERRORS = {
   FrameTooLargeError,

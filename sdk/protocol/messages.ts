@@ -118,6 +118,17 @@ export const SessionOpenSchema = z.strictObject({
   type: z.literal("session.open"),
   request: SessionRequestSchema,
   signature: Signature,
+  /**
+   * 32 random bytes the provider encrypts this session's saved KV state with on its disk and keeps only in
+   * memory; a client that sends the same key when it reopens the session after a provider restart resumes
+   * the saved state. Not signed: it protects the client's own conversation, nobody's money.
+   */
+  stateKey: Bytes32.optional(),
+  /**
+   * Where the persona's LoRA adapter can be fetched (an IPFS CID, from the persona's manifest). Not signed:
+   * the provider checks the fetched bytes against the persona's on-chain adapter SHA-256 before loading.
+   */
+  adapterCid: z.string().regex(/^[A-Za-z0-9]{1,128}$/, "expected a CID").optional(),
 });
 export type SessionOpen = z.infer<typeof SessionOpenSchema>;
 
@@ -195,6 +206,11 @@ export const InferenceChunkSchema = z.strictObject({
 });
 export type InferenceChunk = z.infer<typeof InferenceChunkSchema>;
 
+/**
+ * A turn's token counts. `inputTokens` is the whole prompt's length in tokens, `cachedInputTokens` the part of
+ * it the session's KV state already held. Billed input is `inputTokens - cachedInputTokens`: a session pays
+ * for each prompt token once, not again on every turn that repeats the history.
+ */
 export const UsageSchema = z
   .strictObject({ inputTokens: TokenCount, cachedInputTokens: TokenCount, outputTokens: TokenCount })
   .refine((u) => u.cachedInputTokens <= u.inputTokens, "cachedInputTokens exceeds inputTokens");
@@ -218,7 +234,10 @@ export const ReceiptSchema = z
     /** `hashOutput(text)` of the whole streamed output. */
     outputHash: Bytes32,
     usage: UsageSchema,
-    /** Session totals including this turn: what the next voucher should carry. */
+    /**
+     * Session totals including this turn: what the next voucher should carry. Input counts billed tokens
+     * (`inputTokens - cachedInputTokens` of each turn).
+     */
     cumulativeInputTokens: Uint64String,
     cumulativeOutputTokens: Uint64String,
   })

@@ -24,7 +24,10 @@ export interface Fixture {
   /** Funds `user` and deposits `amount` in escrow for it. */
   deposit(user: Wallet, amount: bigint): Promise<void>;
   /** Mints a persona as `creator`; returns its id. */
-  createPersona(creator: Wallet, options?: { royaltyPerMillion?: bigint; adoptionPrice?: bigint }): Promise<bigint>;
+  createPersona(
+    creator: Wallet,
+    options?: { royaltyPerMillion?: bigint; adoptionPrice?: bigint; adapterSha256?: string; baseModelHash?: string; manifestCid?: string },
+  ): Promise<bigint>;
   /** Adopts `personaId` as `user`, paying its adoption price; returns the agent id. */
   mintAgent(user: Wallet, personaId: bigint): Promise<bigint>;
   /** Registers `provider` with the minimum stake. */
@@ -70,9 +73,9 @@ export async function deployFixture(chain: TestChain, parameters: Partial<Deploy
       const id = (await c.personaRegistry.totalPersonas()) + 1n;
       await (
         await c.personaRegistry.createPersona(
-          `bafy-persona-${id}`,
-          keccak256(toUtf8Bytes(`adapter-${id}`)),
-          BASE_MODEL_HASH,
+          options.manifestCid ?? `bafy-persona-${id}`,
+          options.adapterSha256 ?? keccak256(toUtf8Bytes(`adapter-${id}`)),
+          options.baseModelHash ?? BASE_MODEL_HASH,
           options.royaltyPerMillion ?? 200_000n,
           options.adoptionPrice ?? 0n,
         )
