@@ -15,16 +15,13 @@ import { tcp } from "@libp2p/tcp";
 import { webSockets } from "@libp2p/websockets";
 import { multiaddr, type Multiaddr } from "@multiformats/multiaddr";
 import { createLibp2p, type Libp2p } from "libp2p";
+import { SOULMESH_DHT_PROTOCOL } from "../../sdk/protocol/ids.js";
 import { HostNotRunningError, PeerKeyCorruptError } from "./errors.js";
 
 /** Loopback TCP and WebSockets on ports the OS picks. */
 export const DEFAULT_LISTEN = ["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/tcp/0/ws"] as const;
 
-/**
- * Soulmesh's own DHT protocol: providers form their own Kademlia network rather than joining IPFS's Amino
- * DHT, whose thousands of peers would answer none of our queries.
- */
-export const SOULMESH_DHT_PROTOCOL = "/soulmesh/kad/1.0.0";
+export { SOULMESH_DHT_PROTOCOL };
 
 /** The file under `dataDir` that holds the peer's private key (libp2p protobuf encoding). */
 export const PEER_KEY_FILE = "peer.key";

@@ -17,3 +17,9 @@ export type ProtocolName = keyof typeof PROTOCOL_IDS;
 
 /** A Soulmesh protocol id, e.g. "/soulmesh/quote/1.0.0". */
 export type ProtocolId = (typeof PROTOCOL_IDS)[ProtocolName];
+
+/**
+ * Soulmesh's own DHT protocol: providers form their own Kademlia network rather than joining IPFS's Amino
+ * DHT, whose thousands of peers would answer none of our queries.
+ */
+export const SOULMESH_DHT_PROTOCOL = "/soulmesh/kad/1.0.0";
