@@ -27,3 +27,14 @@ export class HostNotRunningError extends SoulmeshError {
 }
 
 export { ProtocolStreamError } from "../../sdk/protocol/errors.js";
+
+/**
+ * The provider's protocols were given parts that do not fit together (a signer that is not the voucher
+ * book's provider, an escrow that is not the book's): receipts and vouchers would name different parties.
+ */
+export class ProviderProtocolsConfigError extends SoulmeshError {
+  override readonly name = "ProviderProtocolsConfigError";
+  constructor(reason: string) {
+    super(`The provider protocols cannot start: ${reason}. Use one provider key and one deployment for both.`);
+  }
+}

@@ -190,6 +190,10 @@ describe("field validation", () => {
   it("refuses cached tokens above input tokens, and cumulative totals below the turn", () => {
     expect(ReceiptParse(receipt({ usage: { inputTokens: 1, cachedInputTokens: 2, outputTokens: 0 } }))).toBe(false);
     expect(ReceiptParse(receipt({ cumulativeOutputTokens: "2" }))).toBe(false);
+    // Billed input is inputTokens − cachedInputTokens = 20: a later turn of a long chat carries a cumulative
+    // total below its whole prompt but never below what the turn itself billed.
+    expect(ReceiptParse(receipt({ cumulativeInputTokens: "20" }))).toBe(true);
+    expect(ReceiptParse(receipt({ cumulativeInputTokens: "19" }))).toBe(false);
     expect(ReceiptParse(receipt())).toBe(true);
   });
 });

@@ -243,9 +243,9 @@ export const ReceiptSchema = z
   })
   .refine(
     (r) =>
-      BigInt(r.cumulativeInputTokens) >= BigInt(r.usage.inputTokens) &&
+      BigInt(r.cumulativeInputTokens) >= BigInt(r.usage.inputTokens - r.usage.cachedInputTokens) &&
       BigInt(r.cumulativeOutputTokens) >= BigInt(r.usage.outputTokens),
-    "cumulative totals below the turn's usage",
+    "cumulative totals below the turn's billed usage",
   );
 export type Receipt = z.infer<typeof ReceiptSchema>;
 

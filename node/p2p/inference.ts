@@ -1,0 +1,282 @@
+/**
+ * The inference protocol (/soulmesh/inference/1.0.0), provider side: one turn of an open session, streamed
+ * as InferenceChunk frames and closed by InferenceDone with the wire usage and a receipt signed by the
+ * provider. A turn is served only when the session's previous turn is paid for by a voucher, and only when
+ * its worst case (every token asked for) stays within the session's spending cap; the most a client can
+ * take without paying is one turn.
+ */
+import type { Signer } from "ethers";
+import {
+  InvalidRequestError,
+  ProviderBusyError as EngineBusyError,
+  SessionNotFoundError as EngineSessionNotFoundError,
+  type InferenceEngine,
+  type Prompt as EnginePrompt,
+  type StopReason as EngineStopReason,
+  type TurnResult,
+} from "../engine/index.js";
+import {
+  hashOutput,
+  hashPrompt,
+  InsufficientEscrowError,
+  InternalError,
+  InvalidMessageError,
+  MAX_CHUNK_TEXT_CHARS,
+  PaymentRequiredError,
+  ProtocolError,
+  ProviderBusyError,
+  SessionExpiredError,
+  SessionNotFoundError,
+  signReceipt,
+  UnexpectedMessageError,
+  type InferenceChunk,
+  type InferenceDone,
+  type InferenceRequest,
+  type Prompt,
+  type Receipt,
+  type StopReason,
+  type Usage,
+} from "../../sdk/protocol/index.js";
+import { ProtocolStreamError } from "./errors.js";
+import type { ChainClock, ProviderSession, SessionTable } from "./sessions.js";
+
+/** Seconds before a session's expiry from which no turn starts: its voucher must still settle after. */
+export const TURN_EXPIRY_MARGIN_SECONDS = 30;
+
+/** A finished turn, as the provider counts it (also when the client went away before the end). */
+export interface ServedTurn {
+  session: ProviderSession;
+  turn: number;
+  usage: Usage;
+  billedInputTokens: number;
+  outputTokens: number;
+  ttftMs: number;
+  durationMs: number;
+  stopReason: StopReason;
+  aborted: boolean;
+}
+
+/** What the inference protocol needs of the provider. */
+export interface InferenceContext {
+  engine: InferenceEngine;
+  table: SessionTable;
+  clock: ChainClock;
+  signer: Signer;
+  escrow: { chainId: bigint; address: string };
+  onServed: (turn: ServedTurn) => void;
+  /** Turns still generating; `stop()` waits for them so their tokens are counted. */
+  running: Set<Promise<unknown>>;
+}
+
+/**
+ * The inference protocol's handler: checks the request against its session (in the wire's order), then
+ * streams the turn. Tokens generated count as served even when the client goes away mid-stream: the engine
+ * is aborted and what it produced is added to the session's totals.
+ *
+ * @example
+ * const serve = inferenceHandler({ engine, table, clock, signer, escrow, onServed, running })
+ * await handleProtocol(libp2p, "inference", { handler: (request, { signal }) => serve(request, signal) })
+ */
+export function inferenceHandler(
+  ctx: InferenceContext,
+): (request: InferenceRequest, signal: AbortSignal) => AsyncGenerator<InferenceChunk | InferenceDone> {
+  return async function* serve(request, signal) {
+    const started = performance.now();
+    const session = ctx.table.get(request.sessionId);
+    if (session === undefined) throw new SessionNotFoundError(`No open session ${request.sessionId} on this provider.`);
+    const now = await ctx.clock.now({ signal });
+    if (ctx.table.get(request.sessionId) !== session) throw new SessionNotFoundError(`Session ${request.sessionId} was closed.`);
+    // Checked and claimed with no await in between: two requests for one session cannot both pass.
+    admit(session, request, now);
+    const turn = session.nextTurn++;
+
+    const chunks: string[] = [];
+    let wake: (() => void) | undefined;
+    const abort = new AbortController();
+    const turnSignal = AbortSignal.any([signal, abort.signal]);
+    let firstChunkAt: number | undefined;
+    const generation = ctx.engine.generate(session.sessionId, {
+      prompt: enginePrompt(request.prompt),
+      sampling: request.sampling,
+      maxTokens: request.maxTokens,
+      stop: request.stop,
+      signal: turnSignal,
+      onChunk: ({ text }) => {
+        firstChunkAt ??= performance.now();
+        chunks.push(text);
+        wake?.();
+      },
+    });
+    // Counted whatever becomes of the stream: the client may be gone long before the engine stops.
+    const counted = generation.then(
+      (result) => {
+        let served: ServedTurn;
+        let receipt: Receipt;
+        try {
+          served = count(session, turn, result, started, firstChunkAt);
+          receipt = receiptOf(session, request, turn, result, served.usage);
+        } finally {
+          session.busy = false;
+        }
+        ctx.onServed(served);
+        return { result, served, receipt };
+      },
+      (err: unknown) => {
+        session.busy = false;
+        throw wireError(err, session);
+      },
+    );
+    let done = false;
+    ctx.running.add(counted);
+    void counted
+      .catch(() => {})
+      .finally(() => {
+        ctx.running.delete(counted);
+        done = true;
+        wake?.();
+      });
+    try {
+      let index = 0;
+      for (;;) {
+        const text = chunks.shift();
+        if (text !== undefined) {
+          // Engine chunks are a token's text; only a stop sequence held back at the end could be longer.
+          for (let at = 0; at < text.length; at += MAX_CHUNK_TEXT_CHARS) {
+            yield { type: "inference.chunk", index: index++, text: text.slice(at, at + MAX_CHUNK_TEXT_CHARS) };
+          }
+          continue;
+        }
+        if (done) break;
+        await new Promise<void>((resolve) => (wake = resolve));
+        wake = undefined;
+      }
+      const { result, served, receipt } = await counted;
+      const signature = await signReceipt(ctx.signer, receipt, ctx.escrow);
+      yield {
+        type: "inference.done",
+        usage: served.usage,
+        stopReason: stopReasonOf(result.stopReason),
+        receipt,
+        signature,
+      };
+    } finally {
+      // The consumer stopped early (the stream died, or the provider stops): end the generation.
+      abort.abort(new ProtocolStreamError("The inference stream ended before the turn did."));
+    }
+  };
+}
+
+/** The checks of a turn, in the wire's order; on success the session is marked busy. */
+function admit(session: ProviderSession, request: InferenceRequest, now: number): void {
+  if (BigInt(now) >= session.expiry - BigInt(TURN_EXPIRY_MARGIN_SECONDS)) {
+    throw new SessionExpiredError(
+      `Session ${session.sessionId} expires at ${session.expiry}; no turn starts within ${TURN_EXPIRY_MARGIN_SECONDS} s of it. Open a new session.`,
+    );
+  }
+  const adapters = request.adapters.map((a) => a.toLowerCase());
+  if (
+    request.model.toLowerCase() !== session.modelSha256 ||
+    adapters.length !== session.adapterSha256s.length ||
+    adapters.some((a, i) => a !== session.adapterSha256s[i])
+  ) {
+    throw new InvalidMessageError(
+      `Session ${session.sessionId} runs model ${session.modelSha256} with adapters [${session.adapterSha256s.join(", ")}]; ` +
+        `the request names ${request.model} with [${request.adapters.join(", ")}].`,
+    );
+  }
+  if (request.turn !== session.nextTurn) {
+    throw new UnexpectedMessageError(`Session ${session.sessionId} expects turn ${session.nextTurn}, not ${request.turn}.`);
+  }
+  if (session.busy) {
+    throw new ProviderBusyError(`Session ${session.sessionId} is serving a turn; send the next once it is done.`);
+  }
+  if (session.unpaid) {
+    throw new PaymentRequiredError(
+      `Session ${session.sessionId} has served ${session.served.inputTokens}/${session.served.outputTokens} input/output ` +
+        `tokens but vouchers cover ${session.vouched.inputTokens}/${session.vouched.outputTokens}: send the voucher for turn ` +
+        `${session.nextTurn - 1} first.`,
+    );
+  }
+  const worst =
+    (session.served.inputTokens * session.prices.input +
+      (session.served.outputTokens + BigInt(request.maxTokens)) * session.prices.output) /
+    1_000_000n;
+  if (worst > session.spendingCap) {
+    throw new InsufficientEscrowError(
+      `A turn of ${request.maxTokens} tokens could bring session ${session.sessionId} to ${worst}, above its spending cap ` +
+        `${session.spendingCap}. Ask for fewer tokens or open a new session.`,
+    );
+  }
+  session.busy = true;
+}
+
+function enginePrompt(prompt: Prompt): EnginePrompt {
+  return prompt.kind === "chat" ? { chat: prompt.messages } : { text: prompt.text };
+}
+
+/** Adds the turn to the session's served totals and returns its wire figures. */
+function count(
+  session: ProviderSession,
+  turn: number,
+  result: TurnResult,
+  started: number,
+  firstChunkAt: number | undefined,
+): ServedTurn {
+  const { inputTokens: evaluated, cachedInputTokens, outputTokens } = result.usage;
+  session.served = {
+    inputTokens: session.served.inputTokens + BigInt(evaluated),
+    outputTokens: session.served.outputTokens + BigInt(outputTokens),
+  };
+  const end = performance.now();
+  return {
+    session,
+    turn,
+    // The engine counts evaluated tokens; the wire counts the whole prompt, cached part included.
+    usage: { inputTokens: evaluated + cachedInputTokens, cachedInputTokens, outputTokens },
+    billedInputTokens: evaluated,
+    outputTokens,
+    ttftMs: (firstChunkAt ?? end) - started,
+    durationMs: end - started,
+    stopReason: stopReasonOf(result.stopReason),
+    aborted: result.stopReason === "aborted",
+  };
+}
+
+function receiptOf(session: ProviderSession, request: InferenceRequest, turn: number, result: TurnResult, usage: Usage): Receipt {
+  return {
+    payer: session.payer,
+    provider: session.provider,
+    agentId: session.agentId.toString(),
+    session: session.session.toString(),
+    turn,
+    modelSha256: session.modelSha256,
+    adapterSha256s: [...session.adapterSha256s],
+    promptHash: hashPrompt(request.prompt),
+    outputHash: hashOutput(result.text),
+    usage,
+    cumulativeInputTokens: session.served.inputTokens.toString(),
+    cumulativeOutputTokens: session.served.outputTokens.toString(),
+  };
+}
+
+function stopReasonOf(reason: EngineStopReason): StopReason {
+  switch (reason) {
+    case "eos":
+    case "stop":
+      return "stop";
+    case "maxTokens":
+    case "contextFull":
+      return "length";
+    case "aborted":
+      return "abort";
+  }
+}
+
+/** The engine's refusals as the wire names them; anything unexpected says nothing of itself. */
+function wireError(err: unknown, session: ProviderSession): ProtocolError {
+  if (err instanceof ProtocolError) return err;
+  if (err instanceof EngineBusyError) return new ProviderBusyError(err.message);
+  if (err instanceof InvalidRequestError) return new InvalidMessageError(err.message);
+  if (err instanceof EngineSessionNotFoundError) return new SessionNotFoundError(`Session ${session.sessionId} was closed.`);
+  return new InternalError("The provider failed to serve the turn.", { cause: err });
+}

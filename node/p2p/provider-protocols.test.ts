@@ -1,0 +1,722 @@
+/**
+ * The provider's session, inference and voucher protocols on real parts: an in-process EDR chain with the
+ * Soulmesh contracts, the engine on the tiny fixture model (one persona with a LoRA adapter fetched by CID,
+ * one without), a LevelDB voucher book, and two libp2p hosts over TCP loopback.
+ */
+import { randomBytes } from "node:crypto";
+import { copyFile, mkdir, mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { Stream } from "@libp2p/interface";
+import { hexlify, keccak256, toUtf8Bytes, type Wallet } from "ethers";
+import { getLlama, LlamaLogLevel, type Llama } from "node-llama-cpp";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { connectContracts } from "../../sdk/chain/contracts.js";
+import { signVoucher, type Voucher } from "../../sdk/chain/voucher.js";
+import {
+  decodeFrames,
+  encodeVarint,
+  FRAME_LIMITS,
+  hashOutput,
+  hashPrompt,
+  InferenceResponseSchema,
+  InsufficientEscrowError,
+  InvalidMessageError,
+  InvalidSignatureError,
+  PaymentRequiredError,
+  PROTOCOL_IDS,
+  ProviderBusyError,
+  SessionExpiredError,
+  SessionNotFoundError,
+  sessionRequestTypedData,
+  UnexpectedMessageError,
+  verifyReceipt,
+  type InferenceChunk,
+  type InferenceDone,
+  type InferenceRequestInput,
+  type InferenceResponse,
+  type Prompt,
+  type SessionOpen,
+  type SessionRequest,
+} from "../../sdk/protocol/index.js";
+import { createTestChain, type TestChain } from "../../test/helpers/chain.js";
+import { deployFixture, USD, type Fixture as ChainFixture } from "../../test/helpers/soulmesh.js";
+import { removeTinyFixtures, tinyFixtures, type TinyFixtures } from "../../test/fixtures/gguf/llama.js";
+import { sessionKeyOf, VoucherBook } from "../billing/voucher-book.js";
+import {
+  AdapterStore,
+  createEngine,
+  FileHashCache,
+  folderAdapterSource,
+  loadBaseModel,
+  SessionStateStore,
+  tokenizePrompt,
+  type EngineOptions,
+  type InferenceEngine,
+  type LoadedModel,
+} from "../engine/index.js";
+import { readStream, requestProtocol, streamProtocol } from "./handler.js";
+import type { ProviderHost } from "./host.js";
+import {
+  serveProviderProtocols,
+  type ProviderProtocolEvents,
+  type ProviderProtocols,
+} from "./provider-protocols.js";
+import { chainViewOf, NO_ADAPTER, type ProviderChainView } from "./sessions.js";
+import { Fixture as NetFixture, prng } from "./test-support.js";
+
+const PRICES = { input: 500_000n, output: 1_500_000n };
+const ADAPTER_CID = "bafyPersonaAdapter";
+
+let chain: TestChain;
+let f: ChainFixture;
+let providerWallet: Wallet, payer: Wallet, poorPayer: Wallet, creator: Wallet, stranger: Wallet;
+let escrow: { chainId: number; address: string };
+let personaAdapter: bigint, personaPlain: bigint, personaForeign: bigint, personaUnpublished: bigint;
+let agentAdapter: bigint, agentPlain: bigint, agentForeign: bigint, agentUnpublished: bigint, agentPoor: bigint;
+
+let fx: TinyFixtures;
+let llama: Llama;
+let base: LoadedModel;
+let root: string;
+let engine: InferenceEngine;
+let engineParts: Pick<EngineOptions, "llama" | "models" | "adapters" | "states">;
+let book: VoucherBook;
+const stores: { stop(): Promise<void> }[] = [];
+/** The book's clock follows the chain's (the last time the provider read it). */
+let chainClock = 0;
+let view: ProviderChainView;
+
+const net = new NetFixture();
+let server: ProviderHost;
+let client: ProviderHost;
+let protocols: ProviderProtocols;
+const failures: ProviderProtocolEvents["request:failed"]["detail"][] = [];
+
+beforeAll(async () => {
+  chain = await createTestChain();
+  [, providerWallet, payer, poorPayer, creator, stranger] = chain.wallets as [Wallet, Wallet, Wallet, Wallet, Wallet, Wallet];
+  f = await deployFixture(chain);
+  escrow = { chainId: f.deployment.chainId, address: f.deployment.contracts.inferenceEscrow };
+  fx = await tinyFixtures();
+
+  personaAdapter = await f.createPersona(creator, { adapterSha256: fx.adapters[0]!.sha256, baseModelHash: fx.base.sha256 });
+  personaPlain = await f.createPersona(creator, { adapterSha256: NO_ADAPTER, baseModelHash: fx.base.sha256 });
+  personaForeign = await f.createPersona(creator, { adapterSha256: NO_ADAPTER, baseModelHash: keccak256(toUtf8Bytes("unserved")) });
+  personaUnpublished = await f.createPersona(creator, { adapterSha256: fx.adapters[1]!.sha256, baseModelHash: fx.base.sha256 });
+  agentAdapter = await f.mintAgent(payer, personaAdapter);
+  agentPlain = await f.mintAgent(payer, personaPlain);
+  agentForeign = await f.mintAgent(payer, personaForeign);
+  agentUnpublished = await f.mintAgent(payer, personaUnpublished);
+  agentPoor = await f.mintAgent(poorPayer, personaPlain);
+  await f.deposit(payer, 100n * USD);
+  await f.deposit(poorPayer, 1n * USD);
+
+  root = await mkdtemp(join(tmpdir(), "soulmesh-provider-protocols-"));
+  const published = join(root, "published");
+  await mkdir(published);
+  await copyFile(fx.adapters[0]!.path, join(published, ADAPTER_CID));
+  llama = await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error });
+  base = await loadBaseModel(llama, {
+    source: fx.base.path,
+    modelsDir: root,
+    hashCache: new FileHashCache({ path: join(root, "hashes.json") }),
+    gpuLayers: 0,
+  });
+  const adapters = new AdapterStore({ dir: join(root, "adapters"), maxBytes: 2 ** 30, sources: [folderAdapterSource(published)] });
+  await adapters.start();
+  const states = new SessionStateStore({ dir: join(root, "states"), ttlMs: 60 * 60_000 });
+  await states.start();
+  stores.push(adapters, states);
+  engineParts = { llama, models: [base], adapters, states };
+  engine = createEngine({ ...engineParts, threads: 1, contextSize: 512, memoryBudgetBytes: 2 ** 30 });
+  await engine.start();
+  book = new VoucherBook({ dir: join(root, "vouchers"), escrow, provider: providerWallet.address, now: () => chainClock });
+  await book.start();
+  const contracts = chainViewOf(connectContracts(f.deployment, chain.provider));
+  view = { ...contracts, now: async (o) => (chainClock = await contracts.now(o)) };
+
+  server = await net.host();
+  client = await net.host();
+  protocols = await serve(server);
+  protocols.addEventListener("request:failed", (e) => failures.push(e.detail));
+});
+
+afterAll(async () => {
+  await protocols?.stop();
+  await net.cleanup();
+  await engine?.stop();
+  for (const store of stores) await store.stop();
+  await book?.stop();
+  await base?.dispose();
+  await llama?.dispose();
+  await chain?.close();
+  if (root) await rm(root, { recursive: true, force: true });
+  await removeTinyFixtures();
+});
+
+function serve(host: ProviderHost, on: InferenceEngine = engine): Promise<ProviderProtocols> {
+  return serveProviderProtocols({
+    libp2p: host.libp2p,
+    engine: on,
+    book,
+    chain: view,
+    signer: providerWallet,
+    escrow,
+    prices: () => PRICES,
+    chainTimeMaxAgeMs: 0,
+  });
+}
+
+const target = (host: ProviderHost = server) => host.multiaddrs().find((m) => !m.toString().includes("/ws"))!;
+
+let sessionNumber = BigInt(Date.now()) * 1000n;
+
+async function sessionRequest(fields: Partial<SessionRequest> = {}): Promise<SessionRequest> {
+  return {
+    payer: payer.address,
+    provider: providerWallet.address,
+    agentId: agentPlain.toString(),
+    personaId: personaPlain.toString(),
+    session: (++sessionNumber).toString(),
+    priceInputPerMillion: PRICES.input.toString(),
+    priceOutputPerMillion: PRICES.output.toString(),
+    spendingCap: (10n * USD).toString(),
+    expiry: ((await chain.now()) + 3600).toString(),
+    chainId: escrow.chainId.toString(),
+    escrow: escrow.address,
+    ...fields,
+  };
+}
+
+async function openMessage(
+  fields: Partial<SessionRequest> = {},
+  options: { signer?: Wallet; adapterCid?: string; stateKey?: string } = {},
+): Promise<SessionOpen> {
+  const request = await sessionRequest(fields);
+  const signer = options.signer ?? (request.payer === poorPayer.address ? poorPayer : payer);
+  return {
+    type: "session.open",
+    request,
+    signature: await signer.signTypedData(...typedData(request)),
+    ...(options.adapterCid !== undefined && { adapterCid: options.adapterCid }),
+    ...(options.stateKey !== undefined && { stateKey: options.stateKey }),
+  };
+}
+
+/** The session request's typed data, signed directly: signSessionRequest refuses to forge, and a test must. */
+function typedData(request: SessionRequest): Parameters<Wallet["signTypedData"]> {
+  const { domain, types, value } = sessionRequestTypedData(request);
+  return [domain, types, value];
+}
+
+const open = (message: SessionOpen) => requestProtocol(client.libp2p, target(), "session", message);
+
+/** Opens a session and returns its id and request. */
+async function openSession(fields: Partial<SessionRequest> = {}, options: { adapterCid?: string } = {}) {
+  const message = await openMessage(fields, options);
+  const answer = await open(message);
+  if (answer.type !== "session.accepted") throw new Error(`not accepted: ${JSON.stringify(answer)}`);
+  return { sessionId: answer.sessionId, request: message.request };
+}
+
+async function turn(request: InferenceRequestInput, options: { timeoutMs?: number } = {}) {
+  const chunks: InferenceChunk[] = [];
+  let done: InferenceDone | undefined;
+  for await (const message of streamProtocol(client.libp2p, target(), "inference", request, options)) {
+    if (message.type === "inference.chunk") chunks.push(message);
+    else done = message;
+  }
+  if (done === undefined) throw new Error("no inference.done");
+  return { chunks, done, text: chunks.map((c) => c.text).join("") };
+}
+
+function inference(sessionId: string, turnNumber: number, prompt: Prompt, fields: Partial<InferenceRequestInput> = {}): InferenceRequestInput {
+  return { type: "inference.request", sessionId, turn: turnNumber, model: fx.base.sha256, adapters: [], prompt, maxTokens: 8, ...fields };
+}
+
+async function voucherFor(request: SessionRequest, totals: { inputTokens: bigint; outputTokens: bigint }, fields: Partial<Voucher> = {}) {
+  const voucher: Voucher = {
+    payer: request.payer,
+    provider: request.provider,
+    agentId: BigInt(request.agentId),
+    session: BigInt(request.session),
+    priceInputPerMillion: BigInt(request.priceInputPerMillion),
+    priceOutputPerMillion: BigInt(request.priceOutputPerMillion),
+    expiry: BigInt(request.expiry),
+    ...totals,
+    ...fields,
+  };
+  return { voucher, signature: await signVoucher(payer, voucher, escrow) };
+}
+
+/** Pays a turn as a client does: a voucher for the receipt's cumulative totals. */
+async function pay(request: SessionRequest, done: InferenceDone) {
+  const totals = { inputTokens: BigInt(done.receipt.cumulativeInputTokens), outputTokens: BigInt(done.receipt.cumulativeOutputTokens) };
+  const { voucher, signature } = await voucherFor(request, totals);
+  return requestProtocol(client.libp2p, target(), "voucher", { type: "voucher", voucher: wire(voucher), signature });
+}
+
+const wire = (v: Voucher) => ({
+  payer: v.payer,
+  provider: v.provider,
+  agentId: v.agentId.toString(),
+  session: v.session.toString(),
+  inputTokens: v.inputTokens.toString(),
+  outputTokens: v.outputTokens.toString(),
+  priceInputPerMillion: v.priceInputPerMillion.toString(),
+  priceOutputPerMillion: v.priceOutputPerMillion.toString(),
+  expiry: v.expiry.toString(),
+});
+
+const info = (sessionId: string) => protocols.sessions().find((s) => s.sessionId === sessionId);
+
+function waitFor<K extends keyof ProviderProtocolEvents>(
+  type: K,
+  match: (detail: ProviderProtocolEvents[K]["detail"]) => boolean,
+  on: ProviderProtocols = protocols,
+): Promise<ProviderProtocolEvents[K]["detail"]> {
+  return new Promise((resolve) => {
+    const listener = (e: Event) => {
+      const detail = (e as ProviderProtocolEvents[K]).detail;
+      if (!match(detail)) return;
+      on.removeEventListener(type, listener);
+      resolve(detail);
+    };
+    on.addEventListener(type, listener);
+  });
+}
+
+const rejection = <T>(p: Promise<T>) => p.then(() => undefined, (e: unknown) => e as Error);
+
+type ChatMessage = { role: "system" | "user" | "assistant"; content: string };
+
+/**
+ * Three turns on a persona with an adapter, each paid for: checks every receipt field, its signature, the
+ * cumulative totals (billed input excludes cached tokens) and the session's and the book's totals.
+ * `cached(t)` is the exact cached count expected, or undefined for "some".
+ */
+async function paidTurns(
+  messages: (t: number) => ChatMessage[],
+  cached: (t: number) => number | undefined,
+  after: (t: number, text: string) => void = () => {},
+) {
+  const { sessionId, request } = await openSession({ agentId: agentAdapter.toString(), personaId: personaAdapter.toString() }, { adapterCid: ADAPTER_CID });
+  const adapters = [fx.adapters[0]!.sha256];
+  const served: ProviderProtocolEvents["turn:served"]["detail"][] = [];
+  const listener = (e: ProviderProtocolEvents["turn:served"]) => e.detail.sessionId === sessionId && served.push(e.detail);
+  protocols.addEventListener("turn:served", listener);
+  let cumulative = { input: 0n, output: 0n };
+  try {
+    for (let t = 0; t < 3; t++) {
+      const chat = messages(t);
+      const prompt: Prompt = { kind: "chat", messages: chat };
+      const { chunks, done, text } = await turn(inference(sessionId, t, prompt, { adapters }));
+      expect(chunks.map((c) => c.index)).toEqual(chunks.map((_, i) => i));
+      expect(done.usage.inputTokens).toBe(tokenizePrompt(base.model, { chat }).tokens.length);
+      expect(done.usage.outputTokens).toBe(8);
+      expect(done.stopReason).toBe("length");
+      const expectedCached = cached(t);
+      if (expectedCached === undefined) expect(done.usage.cachedInputTokens).toBeGreaterThan(0);
+      else expect(done.usage.cachedInputTokens).toBe(expectedCached);
+      cumulative = {
+        input: cumulative.input + BigInt(done.usage.inputTokens - done.usage.cachedInputTokens),
+        output: cumulative.output + 8n,
+      };
+      expect(done.receipt).toEqual({
+        payer: payer.address,
+        provider: providerWallet.address,
+        agentId: agentAdapter.toString(),
+        session: request.session,
+        turn: t,
+        modelSha256: fx.base.sha256,
+        adapterSha256s: adapters,
+        promptHash: hashPrompt(prompt),
+        outputHash: hashOutput(text),
+        usage: done.usage,
+        cumulativeInputTokens: cumulative.input.toString(),
+        cumulativeOutputTokens: cumulative.output.toString(),
+      });
+      expect(verifyReceipt(done.receipt, escrow, done.signature)).toBe(true);
+      expect(info(sessionId)!.served).toEqual({ inputTokens: cumulative.input, outputTokens: cumulative.output });
+
+      const accepted = waitFor("voucher:accepted", (d) => d.sessionId === sessionId && d.outputTokens === cumulative.output);
+      expect(await pay(request, done)).toEqual({
+        type: "voucher.ack",
+        session: request.session,
+        inputTokens: cumulative.input.toString(),
+        outputTokens: cumulative.output.toString(),
+      });
+      expect((await accepted).inputTokens).toBe(cumulative.input);
+      after(t, text);
+    }
+  } finally {
+    protocols.removeEventListener("turn:served", listener);
+  }
+  expect(served.map((s) => s.turn)).toEqual([0, 1, 2]);
+  expect(served.map((s) => BigInt(s.billedInputTokens)).reduce((a, b) => a + b)).toBe(cumulative.input);
+  expect(served.every((s) => s.stopReason === "length" && !s.aborted && s.outputTokens === 8)).toBe(true);
+  expect(info(sessionId)).toMatchObject({
+    nextTurn: 3,
+    served: { inputTokens: cumulative.input, outputTokens: 24n },
+    vouched: { inputTokens: cumulative.input, outputTokens: 24n },
+  });
+  const entry = await book.get(info(sessionId)!.sessionKey);
+  expect([entry!.voucher.inputTokens, entry!.voucher.outputTokens]).toEqual([cumulative.input, 24n]);
+}
+
+const sea: Prompt = { kind: "chat", messages: [{ role: "user", content: "Tell me about the sea." }] };
+const longText: Prompt = { kind: "text", text: "Long ago" };
+
+describe("session open", () => {
+  it("accepts a valid request, opens the engine session, and answers a repeated open the same way", async () => {
+    const message = await openMessage({ agentId: agentAdapter.toString(), personaId: personaAdapter.toString() }, { adapterCid: ADAPTER_CID, stateKey: hexlify(randomBytes(32)) });
+    const opened = waitFor("session:opened", (d) => d.agentId === agentAdapter);
+    const first = await open(message);
+    const again = await open(message);
+    expect(first).toEqual({ type: "session.accepted", sessionId: expect.stringMatching(/^0x[0-9a-f]{64}$/), expiry: message.request.expiry });
+    expect(again).toEqual(first);
+    const id = (first as { sessionId: string }).sessionId;
+    expect(await opened).toEqual({ sessionId: id, payer: payer.address, agentId: agentAdapter, personaId: personaAdapter });
+    expect(engine.session(id)).toMatchObject({ sessionId: id, modelSha256: fx.base.sha256, adapters: [{ sha256: fx.adapters[0]!.sha256, scale: 1 }] });
+    expect(info(id)).toMatchObject({
+      sessionKey: sessionKeyOf({ payer: payer.address, provider: providerWallet.address, agentId: agentAdapter, session: BigInt(message.request.session) }),
+      payer: payer.address,
+      agentId: agentAdapter,
+      personaId: personaAdapter,
+      session: BigInt(message.request.session),
+      modelSha256: fx.base.sha256,
+      adapterSha256s: [fx.adapters[0]!.sha256],
+      prices: PRICES,
+      spendingCap: 10n * USD,
+      expiry: BigInt(message.request.expiry),
+      nextTurn: 0,
+      served: { inputTokens: 0n, outputTokens: 0n },
+      vouched: { inputTokens: 0n, outputTokens: 0n },
+      busy: false,
+    });
+    expect(protocols.sessions().filter((s) => s.sessionId === id)).toHaveLength(1);
+  });
+
+  it("refuses requests it could never accept with typed errors, changing nothing", async () => {
+    const now = await chain.now();
+    const lifetime = BigInt(f.deployment.parameters.maxVoucherLifetime);
+    const before = { sessions: protocols.sessions().length, engine: engine.load.sessions, failures: failures.length };
+    const cases: [string, Promise<SessionOpen>, new (message: string) => Error][] = [
+      ["another provider", openMessage({ provider: stranger.address }), InvalidMessageError],
+      ["another chain", openMessage({ chainId: "1" }), InvalidMessageError],
+      ["another escrow", openMessage({ escrow: f.deployment.contracts.agentRegistry }), InvalidMessageError],
+      ["a forged signature", openMessage({}, { signer: stranger }), InvalidSignatureError],
+      ["an expired request", openMessage({ expiry: String(now + 60) }), SessionExpiredError],
+      ["an expiry too far", openMessage({ expiry: String(BigInt(now) + lifetime + 600n) }), InvalidMessageError],
+      ["an input price too low", openMessage({ priceInputPerMillion: String(PRICES.input - 1n) }), InvalidMessageError],
+      ["an output price too low", openMessage({ priceOutputPerMillion: String(PRICES.output - 1n) }), InvalidMessageError],
+    ];
+    for (const [what, message, type] of cases) {
+      const err = await rejection(open(await message));
+      expect(err, what).toBeInstanceOf(type);
+    }
+    expect(protocols.sessions().length).toBe(before.sessions);
+    expect(engine.load.sessions).toBe(before.engine);
+    expect(failures.slice(before.failures).map((e) => [e.protocol, (e.error as Error).name])).toEqual(
+      cases.map(([, , type]) => ["session", type.name]),
+    );
+  });
+
+  it("rejects what the payer can act on (agent, persona, model, adapter, escrow) as session.rejected", async () => {
+    const before = { sessions: protocols.sessions().length, engine: engine.load.sessions, failures: failures.length };
+    const cases: [string, Promise<SessionOpen>, string][] = [
+      ["an unknown agent", openMessage({ agentId: "999" }), "PersonaUnavailableError"],
+      ["an agent of another persona", openMessage({ agentId: agentPlain.toString(), personaId: personaAdapter.toString() }, { adapterCid: ADAPTER_CID }), "PersonaUnavailableError"],
+      ["a model not served", openMessage({ agentId: agentForeign.toString(), personaId: personaForeign.toString() }), "PersonaUnavailableError"],
+      ["no adapter CID", openMessage({ agentId: agentAdapter.toString(), personaId: personaAdapter.toString() }), "PersonaUnavailableError"],
+      ["an adapter nobody publishes", openMessage({ agentId: agentUnpublished.toString(), personaId: personaUnpublished.toString() }, { adapterCid: "bafyNowhere" }), "PersonaUnavailableError"],
+      ["a deposit below the cap", openMessage({ payer: poorPayer.address, agentId: agentPoor.toString(), spendingCap: String(USD + 1n) }), "InsufficientEscrowError"],
+    ];
+    for (const [what, message, code] of cases) {
+      const answer = await open(await message);
+      expect(answer, what).toMatchObject({ type: "session.rejected", code, retryable: false });
+    }
+    expect(protocols.sessions().length).toBe(before.sessions);
+    expect(engine.load.sessions).toBe(before.engine);
+    expect(failures.slice(before.failures).map((e) => [e.protocol, (e.error as Error).name])).toEqual(
+      cases.map(([, , code]) => ["session", code]),
+    );
+  });
+
+  it("counts what the payer already owes this provider unsettled against its deposit", async () => {
+    // A voucher of an earlier session of the poor payer: 1M input tokens at 0.5 USD per million.
+    const earlier: Voucher = {
+      payer: poorPayer.address, provider: providerWallet.address, agentId: agentPoor, session: 1n,
+      inputTokens: 1_000_000n, outputTokens: 0n, priceInputPerMillion: PRICES.input, priceOutputPerMillion: PRICES.output,
+      expiry: BigInt((await chain.now()) + 3600),
+    };
+    chainClock = await chain.now();
+    await book.accept(earlier, await signVoucher(poorPayer, earlier, escrow));
+    const poor = { payer: poorPayer.address, agentId: agentPoor.toString() };
+    // 1 USD deposited − 0.5 USD owed leaves 0.5 USD: a cap one unit above is refused, the exact amount is not.
+    expect(await open(await openMessage({ ...poor, spendingCap: String(USD / 2n + 1n) }))).toMatchObject({ type: "session.rejected", code: "InsufficientEscrowError" });
+    expect(await open(await openMessage({ ...poor, spendingCap: String(USD / 2n) }))).toMatchObject({ type: "session.accepted" });
+  });
+});
+
+describe("inference and vouchers", () => {
+  it("serves three paid turns: signed receipts, exact cumulative totals, cached input not billed", async () => {
+    // The shape of an assembled prompt: the persona first (cached from turn to turn), then what changes.
+    const persona = { role: "system" as const, content: "You are Mira, a sailor who knows every sea and every port." };
+    const prompts = ["Tell me about the sea.", "What of the harbours?", "And the storms?"].map(
+      (content): ChatMessage[] => [persona, { role: "user", content }],
+    );
+    await paidTurns((t) => prompts[t]!, (t) => {
+      if (t === 0) return 0;
+      // Reused: the tokens this prompt shares with the last one (the persona), which the session's KV holds.
+      const [now, before] = [t, t - 1].map((i) => tokenizePrompt(base.model, { chat: prompts[i]! }).tokens);
+      let shared = 0;
+      while (shared < now!.length && now![shared] === before![shared]) shared++;
+      expect(shared).toBeGreaterThan(10);
+      return shared;
+    });
+  });
+
+  it("serves a conversation that sends its history back, billing only the new tokens", async () => {
+    const history: ChatMessage[] = [{ role: "user", content: "Tell me about the sea." }];
+    await paidTurns(
+      () => [...history],
+      (t) => (t === 0 ? 0 : undefined),
+      (t, text) => history.push({ role: "assistant", content: text }, { role: "user", content: `And turn ${t + 1}?` }),
+    );
+  });
+
+  it("serves the next turn only once the last one is paid for", async () => {
+    const { sessionId, request } = await openSession();
+    const first = await turn(inference(sessionId, 0, sea));
+    expect(await rejection(turn(inference(sessionId, 1, sea)))).toBeInstanceOf(PaymentRequiredError);
+    // A voucher for part of the turn is not enough either.
+    const partial = { inputTokens: BigInt(first.done.receipt.cumulativeInputTokens), outputTokens: 7n };
+    const { voucher, signature } = await voucherFor(request, partial);
+    await requestProtocol(client.libp2p, target(), "voucher", { type: "voucher", voucher: wire(voucher), signature });
+    expect(await rejection(turn(inference(sessionId, 1, sea)))).toBeInstanceOf(PaymentRequiredError);
+    const ack = await pay(request, first.done);
+    // The same voucher again (a lost ack) is acknowledged again with the same totals; a lower one is refused.
+    expect(await pay(request, first.done)).toEqual(ack);
+    expect(await rejection(requestProtocol(client.libp2p, target(), "voucher", { type: "voucher", voucher: wire(voucher), signature }))).toBeInstanceOf(
+      InvalidMessageError,
+    );
+    const second = await turn(inference(sessionId, 1, sea));
+    expect(second.done.receipt.turn).toBe(1);
+    expect(info(sessionId)!.nextTurn).toBe(2);
+  });
+
+  it("refuses wrong turns, unknown sessions, other models or adapters, and turns past the cap", async () => {
+    const { sessionId } = await openSession({ spendingCap: "30" });
+    const cases: [string, InferenceRequestInput, new (message: string) => Error][] = [
+      ["a turn ahead", inference(sessionId, 1, sea), UnexpectedMessageError],
+      ["an unknown session", inference(hexlify(randomBytes(32)), 0, sea), SessionNotFoundError],
+      ["another model", inference(sessionId, 0, sea, { model: fx.adapters[2]!.sha256 }), InvalidMessageError],
+      ["an adapter the session lacks", inference(sessionId, 0, sea, { adapters: [fx.adapters[0]!.sha256] }), InvalidMessageError],
+      // 21 output tokens at 1.5 units each would be 31 units: above the cap of 30.
+      ["a turn past the cap", inference(sessionId, 0, sea, { maxTokens: 21 }), InsufficientEscrowError],
+    ];
+    for (const [what, request, type] of cases) expect(await rejection(turn(request)), what).toBeInstanceOf(type);
+    expect(info(sessionId)).toMatchObject({ nextTurn: 0, served: { inputTokens: 0n, outputTokens: 0n } });
+    // Exactly at the cap is served: 20 tokens cost 30 units.
+    expect((await turn(inference(sessionId, 0, sea, { maxTokens: 20 }))).done.usage.outputTokens).toBe(20);
+    expect(info(sessionId)).toMatchObject({ nextTurn: 1, served: { outputTokens: 20n } });
+  });
+
+  it("refuses a prompt above the context after taking its turn number, and counts nothing for it", async () => {
+    const { sessionId } = await openSession();
+    const tooLong = inference(sessionId, 0, { kind: "text", text: "word ".repeat(600) });
+    expect(await rejection(turn(tooLong))).toBeInstanceOf(InvalidMessageError);
+    expect(info(sessionId)).toMatchObject({ nextTurn: 1, busy: false, served: { inputTokens: 0n, outputTokens: 0n } });
+    expect(await rejection(turn(inference(sessionId, 0, sea)))).toBeInstanceOf(UnexpectedMessageError);
+    expect((await turn(inference(sessionId, 1, sea))).done.receipt.turn).toBe(1);
+  });
+
+  it("refuses vouchers for unknown sessions, above the served totals, at other prices, or forged", async () => {
+    const { sessionId, request } = await openSession();
+    const { done } = await turn(inference(sessionId, 0, sea));
+    const totals = { inputTokens: BigInt(done.receipt.cumulativeInputTokens), outputTokens: BigInt(done.receipt.cumulativeOutputTokens) };
+    const send = async (v: { voucher: Voucher; signature: string }) =>
+      rejection(requestProtocol(client.libp2p, target(), "voucher", { type: "voucher", voucher: wire(v.voucher), signature: v.signature }));
+    expect(await send(await voucherFor(request, totals, { session: BigInt(request.session) + 1n }))).toBeInstanceOf(SessionNotFoundError);
+    expect(await send(await voucherFor(request, { ...totals, outputTokens: totals.outputTokens + 1n }))).toBeInstanceOf(InvalidMessageError);
+    expect(await send(await voucherFor(request, totals, { priceOutputPerMillion: PRICES.output + 1n }))).toBeInstanceOf(InvalidMessageError);
+    const good = await voucherFor(request, totals);
+    const forged = { voucher: good.voucher, signature: await signVoucher(stranger, { ...good.voucher, payer: stranger.address }, escrow) };
+    expect(await send(forged)).toBeInstanceOf(InvalidSignatureError);
+    expect(info(sessionId)!.vouched).toEqual({ inputTokens: 0n, outputTokens: 0n });
+    expect(await send(good)).toBeUndefined();
+    expect(info(sessionId)!.vouched).toEqual(totals);
+  });
+
+  it("counts the tokens generated for a client that went away mid-stream", async () => {
+    const { sessionId } = await openSession();
+    const servedEvent = waitFor("turn:served", (d) => d.sessionId === sessionId);
+    let received = 0;
+    for await (const message of streamProtocol(client.libp2p, target(), "inference", inference(sessionId, 0, longText, { maxTokens: 450 }))) {
+      if (message.type === "inference.chunk" && ++received === 2) break;
+    }
+    const served = await servedEvent;
+    expect(served.aborted).toBe(true);
+    expect(served.stopReason).toBe("abort");
+    expect(served.outputTokens).toBeGreaterThanOrEqual(2);
+    expect(served.outputTokens).toBeLessThan(450);
+    expect(info(sessionId)).toMatchObject({
+      busy: false,
+      nextTurn: 1,
+      served: { inputTokens: BigInt(served.billedInputTokens), outputTokens: BigInt(served.outputTokens) },
+    });
+    // It was not paid for: the session serves no more until it is.
+    expect(await rejection(turn(inference(sessionId, 1, sea)))).toBeInstanceOf(PaymentRequiredError);
+  });
+
+  it("answers ProviderBusyError to a turn sent while the session serves another", async () => {
+    const { sessionId } = await openSession();
+    const stream = streamProtocol(client.libp2p, target(), "inference", inference(sessionId, 0, longText, { maxTokens: 300 }));
+    const first = await stream.next();
+    expect(first.value).toMatchObject({ type: "inference.chunk", index: 0 });
+    expect(info(sessionId)!.busy).toBe(true);
+    expect(await rejection(turn(inference(sessionId, 1, sea)))).toBeInstanceOf(ProviderBusyError);
+    let last: InferenceResponse | undefined;
+    for await (const message of stream) last = message as InferenceResponse;
+    expect(last).toMatchObject({ type: "inference.done", receipt: { turn: 0 } });
+    expect(info(sessionId)).toMatchObject({ busy: false, nextTurn: 1 });
+  });
+
+  it("passes the engine's admission refusal on as ProviderBusyError, the turn number spent", async () => {
+    const single = createEngine({ ...engineParts, threads: 1, contextSize: 512, memoryBudgetBytes: 2 ** 28, maxConcurrent: 1, maxQueued: 0 });
+    await single.start();
+    const host = await net.host();
+    const busyNode = await serve(host, single);
+    try {
+      const opened = [];
+      for (let i = 0; i < 2; i++) {
+        const answer = await requestProtocol(client.libp2p, target(host), "session", await openMessage());
+        opened.push((answer as { sessionId: string }).sessionId);
+      }
+      const [a, b] = opened as [string, string];
+      const stream = streamProtocol(client.libp2p, target(host), "inference", inference(a, 0, longText, { maxTokens: 300 }));
+      expect((await stream.next()).value).toMatchObject({ type: "inference.chunk" });
+      const refused = await rejection(requestProtocol(client.libp2p, target(host), "inference", inference(b, 0, sea)));
+      expect(refused).toBeInstanceOf(ProviderBusyError);
+      expect(busyNode.sessions().find((s) => s.sessionId === b)).toMatchObject({ nextTurn: 1, busy: false, served: { outputTokens: 0n } });
+      for await (const _ of stream);
+      const next = await requestProtocol(client.libp2p, target(host), "inference", inference(b, 1, sea));
+      expect(next).toMatchObject({ type: "inference.chunk", index: 0 });
+    } finally {
+      await busyNode.stop();
+      await single.stop();
+    }
+  });
+
+  it("keeps serving a session while another is fuzzed with garbage inference frames", async () => {
+    const victim = await openSession();
+    const healthy = await openSession();
+    const rand = prng(0x5e55_1011);
+    const utf8 = new TextEncoder();
+    const frame = (body: Uint8Array) => Uint8Array.from([...encodeVarint(body.length), ...body]);
+    const valid = inference(victim.sessionId, 0, sea);
+    const garbage = (i: number): Uint8Array => {
+      const bytes = (n: number) => Uint8Array.from({ length: n }, () => Math.floor(rand() * 256));
+      switch (i % 8) {
+        case 0: return bytes(1 + Math.floor(rand() * 200));
+        case 1: return frame(bytes(1 + Math.floor(rand() * 200)));
+        case 2: return Uint8Array.from([...encodeVarint(FRAME_LIMITS.inference.request + 1), ...bytes(32)]);
+        case 3: return frame(utf8.encode(JSON.stringify({ ...valid, turn: -1 })));
+        case 4: return frame(utf8.encode(JSON.stringify({ ...valid, model: "0x12" })));
+        case 5: return frame(utf8.encode(JSON.stringify({ ...valid, turn: 1 + Math.floor(rand() * 100) })));
+        case 6: return frame(utf8.encode(JSON.stringify({ ...valid, model: fx.adapters[2]!.sha256 })));
+        default: return frame(utf8.encode(`{"type":"inference.request","sessionId":"${victim.sessionId}",${"x".repeat(Math.floor(rand() * 40))}`));
+      }
+    };
+    const codes = new Map<string, number>();
+    const fuzz = async (i: number) => {
+      const stream: Stream = await client.libp2p.dialProtocol(target(), PROTOCOL_IDS.inference);
+      const bytes = garbage(i);
+      if (!stream.send(bytes)) await stream.onDrain();
+      await stream.close();
+      const answers: InferenceResponse[] = [];
+      for await (const m of decodeFrames(readStream(stream), { maxFrameBytes: FRAME_LIMITS.inference.response, schema: InferenceResponseSchema })) {
+        answers.push(m as InferenceResponse);
+      }
+      expect(answers, `case ${i}`).toHaveLength(1);
+      expect(answers[0]!.type, `case ${i}`).toBe("error");
+      const code = (answers[0] as { code: string }).code;
+      codes.set(code, (codes.get(code) ?? 0) + 1);
+    };
+    const fuzzing = (async () => {
+      for (let i = 0; i < 240; i += 8) await Promise.all(Array.from({ length: 8 }, (_, j) => fuzz(i + j)));
+    })();
+    let turns = 0;
+    for (let t = 0; t < 3; t++) {
+      const { done } = await turn(inference(healthy.sessionId, t, sea));
+      await pay(healthy.request, done);
+      turns++;
+    }
+    await fuzzing;
+    expect(turns).toBe(3);
+    expect([...codes.keys()].sort()).toEqual(["FrameTooLargeError", "InvalidMessageError", "MalformedFrameError", "UnexpectedMessageError"]);
+    expect([...codes.values()].reduce((a, b) => a + b, 0)).toBe(240);
+    // The fuzzed session changed in nothing and serves its turn 0.
+    expect(info(victim.sessionId)).toMatchObject({ nextTurn: 0, served: { inputTokens: 0n, outputTokens: 0n } });
+    expect((await turn(valid)).done.receipt.turn).toBe(0);
+  });
+});
+
+describe("session lifetime", () => {
+  it("stop() aborts running turns, counts their tokens, and reports the sessions closed", async () => {
+    const host = await net.host();
+    const second = await serve(host);
+    const message = await openMessage();
+    const accepted = await requestProtocol(client.libp2p, target(host), "session", message);
+    const sessionId = (accepted as { sessionId: string }).sessionId;
+    const served = waitFor("turn:served", (d) => d.sessionId === sessionId, second);
+    const closed = waitFor("session:closed", (d) => d.sessionId === sessionId, second);
+    const stream = streamProtocol(client.libp2p, target(host), "inference", inference(sessionId, 0, longText, { maxTokens: 450 }));
+    expect((await stream.next()).value).toMatchObject({ type: "inference.chunk" });
+    const stopping = second.stop();
+    const rest = rejection((async () => { for await (const _ of stream); })());
+    await stopping;
+    expect(await rest).toBeInstanceOf(Error);
+    const turnServed = await served;
+    expect(turnServed).toMatchObject({ aborted: true, stopReason: "abort" });
+    expect(turnServed.outputTokens).toBeLessThan(450);
+    expect(await closed).toMatchObject({ reason: "stopped", sessionKey: sessionKeyOf({ payer: payer.address, provider: providerWallet.address, agentId: agentPlain, session: BigInt(message.request.session) }) });
+    expect(second.sessions()).toEqual([]);
+    // The engine keeps the session (its state is saved by the engine's own stop); the test closes it.
+    await engine.closeSession(sessionId);
+  });
+
+  it("refuses turns near expiry, closes expired sessions on chain time, and drops engine-idle ones", async () => {
+    const now = await chain.now();
+    const short = await openSession({ expiry: String(now + 200) });
+    const long = await openSession({ expiry: String(now + 3000) });
+    expect(await protocols.closeExpired()).toBe(0);
+    await chain.increaseTime(175); // 25 s before expiry: within the 30 s margin
+    expect(await rejection(turn(inference(short.sessionId, 0, sea)))).toBeInstanceOf(SessionExpiredError);
+    const closed = waitFor("session:closed", (d) => d.sessionId === short.sessionId);
+    const before = protocols.sessions().length;
+    expect(await protocols.closeExpired()).toBe(1);
+    expect(await closed).toEqual({
+      sessionId: short.sessionId,
+      sessionKey: sessionKeyOf({ payer: payer.address, provider: providerWallet.address, agentId: agentPlain, session: BigInt(short.request.session) }),
+      reason: "expired",
+    });
+    expect(protocols.sessions().length).toBe(before - 1);
+    expect(() => engine.session(short.sessionId)).toThrow();
+    expect(await rejection(turn(inference(short.sessionId, 0, sea)))).toBeInstanceOf(SessionNotFoundError);
+    expect(info(long.sessionId)).toBeDefined();
+
+    // The engine closes sessions idle for an hour by itself: the table follows.
+    const idle = new Set<string>();
+    const onClosed = (e: ProviderProtocolEvents["session:closed"]) => e.detail.reason === "idle" && idle.add(e.detail.sessionId);
+    protocols.addEventListener("session:closed", onClosed);
+    const open = protocols.sessions().length;
+    await engine.closeIdleSessions(Date.now() + 2 * 3600_000);
+    protocols.removeEventListener("session:closed", onClosed);
+    expect(idle.has(long.sessionId)).toBe(true);
+    expect(idle.size).toBe(open);
+    expect(protocols.sessions()).toEqual([]);
+  });
+});

@@ -1,0 +1,275 @@
+/**
+ * What the provider's session, inference and voucher protocols share: the chain reads they make (behind a
+ * small view, so tests and the daemon can choose the runner), the chain clock, and the table of open
+ * sessions with their served and vouched totals.
+ */
+import { getAddress } from "ethers";
+import type { SoulmeshContracts } from "../../sdk/chain/contracts.js";
+import { decodeRevert } from "../../sdk/chain/revert.js";
+import type { SessionRequest } from "../../sdk/protocol/index.js";
+
+// ------------------------------------------------------------------------------------------------ chain view
+
+export interface ProviderChainView {
+  /** Unix seconds, chain time (latest block). */
+  now(options?: { signal?: AbortSignal }): Promise<number>;
+  depositOf(payer: string, options?: { signal?: AbortSignal }): Promise<bigint>;
+  /** The persona an agent was minted from, or undefined when the agent does not exist. */
+  agentPersonaOf(agentId: bigint, options?: { signal?: AbortSignal }): Promise<bigint | undefined>;
+  /** A persona's on-chain record, or undefined when it does not exist. adapterSha256 is 0x00…00 for none. */
+  personaOf(
+    personaId: bigint,
+    options?: { signal?: AbortSignal },
+  ): Promise<{ adapterSha256: string; baseModelHash: string } | undefined>;
+  /** The escrow's maxVoucherLifetime() in seconds (cache it: immutable). */
+  maxVoucherLifetime(options?: { signal?: AbortSignal }): Promise<bigint>;
+}
+
+/** The adapter hash a persona without an adapter registers. */
+export const NO_ADAPTER = `0x${"00".repeat(32)}`;
+
+/**
+ * A view over the deployed contracts (read-only runner is enough). Unknown agents and personas read as
+ * undefined (their registries revert with Agent__UnknownAgent / Persona__UnknownPersona); any other failure
+ * (RPC down, wrong deployment) is thrown, so that a refusal is never made on a read that did not happen.
+ *
+ * @example
+ * const chain = chainViewOf(connectContracts(deployment, new JsonRpcProvider(rpcUrl)))
+ * const personaId = await chain.agentPersonaOf(7n, { signal })
+ */
+export function chainViewOf(contracts: SoulmeshContracts): ProviderChainView {
+  const { inferenceEscrow, agentRegistry, personaRegistry } = contracts;
+  let lifetime: Promise<bigint> | undefined;
+  const unlessReverted = async <T>(read: Promise<T>, revert: string): Promise<T | undefined> => {
+    try {
+      return await read;
+    } catch (err) {
+      if (decodeRevert(err)?.reason === revert) return undefined;
+      throw err;
+    }
+  };
+  return {
+    async now(options = {}) {
+      const provider = inferenceEscrow.runner?.provider;
+      if (provider == null) throw new TypeError("chainViewOf needs contracts connected to a provider or a signer with one");
+      const block = await abortable(provider.getBlock("latest"), options.signal);
+      if (block === null) throw new Error("The RPC endpoint returned no latest block.");
+      return block.timestamp;
+    },
+    depositOf: (payer, options = {}) => abortable(inferenceEscrow.depositOf(payer), options.signal),
+    agentPersonaOf: (agentId, options = {}) =>
+      abortable(unlessReverted(agentRegistry.personaOf(agentId), "Agent__UnknownAgent"), options.signal),
+    async personaOf(personaId, options = {}) {
+      const persona = await abortable(
+        unlessReverted(personaRegistry.personaOf(personaId), "Persona__UnknownPersona"),
+        options.signal,
+      );
+      return persona === undefined
+        ? undefined
+        : { adapterSha256: persona.adapterSha256.toLowerCase(), baseModelHash: persona.baseModelHash.toLowerCase() };
+    },
+    maxVoucherLifetime(options = {}) {
+      lifetime ??= inferenceEscrow.maxVoucherLifetime().catch((err: unknown) => {
+        // A failed read must not be cached: the next session open tries again.
+        lifetime = undefined;
+        throw err;
+      });
+      return abortable(lifetime, options.signal);
+    },
+  };
+}
+
+/** `promise`, or the signal's reason as soon as it aborts (ethers calls take no signal; the call itself runs on). */
+export function abortable<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (signal === undefined) return promise;
+  if (signal.aborted) {
+    promise.catch(() => {});
+    return Promise.reject(signal.reason);
+  }
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(
+      (value) => {
+        signal.removeEventListener("abort", onAbort);
+        resolve(value);
+      },
+      (err: unknown) => {
+        signal.removeEventListener("abort", onAbort);
+        reject(err);
+      },
+    );
+  });
+}
+
+/**
+ * Chain time without an RPC round trip on every turn: the last reading plus the wall time since. Chain time
+ * runs with wall time on real chains, and the checks it serves have margins of tens of seconds, so a
+ * reading younger than `maxAgeMs` is good enough; an older one is refreshed before it is used.
+ */
+export class ChainClock {
+  #reading: { chain: number; at: number } | undefined;
+  #pending: Promise<number> | undefined;
+
+  constructor(
+    readonly chain: Pick<ProviderChainView, "now">,
+    readonly maxAgeMs: number,
+  ) {}
+
+  /** Unix seconds on chain, estimated from a reading at most `maxAgeMs` old. */
+  async now(options: { signal?: AbortSignal } = {}): Promise<number> {
+    const reading = this.#reading;
+    if (reading !== undefined && Date.now() - reading.at < this.maxAgeMs) {
+      return reading.chain + Math.floor((Date.now() - reading.at) / 1000);
+    }
+    return this.read(options);
+  }
+
+  /** A fresh reading (concurrent callers share one RPC call). */
+  read(options: { signal?: AbortSignal } = {}): Promise<number> {
+    this.#pending ??= this.chain
+      .now()
+      .then((chain) => {
+        this.#reading = { chain, at: Date.now() };
+        return chain;
+      })
+      .finally(() => (this.#pending = undefined));
+    return abortable(this.#pending, options.signal);
+  }
+
+  /** Takes a reading made elsewhere (a session open reads the time anyway). */
+  record(chain: number): void {
+    this.#reading = { chain, at: Date.now() };
+  }
+}
+
+// ---------------------------------------------------------------------------------------------- the sessions
+
+export interface ProviderSessionInfo {
+  sessionId: string;
+  /** VoucherBook's sessionKeyOf: names the session to the book and the settlement worker. */
+  sessionKey: string;
+  payer: string;
+  agentId: bigint;
+  personaId: bigint;
+  session: bigint;
+  modelSha256: string;
+  adapterSha256s: string[];
+  prices: { input: bigint; output: bigint };
+  spendingCap: bigint;
+  expiry: bigint;
+  nextTurn: number;
+  served: { inputTokens: bigint; outputTokens: bigint };
+  vouched: { inputTokens: bigint; outputTokens: bigint };
+  busy: boolean;
+  /** ms */
+  openedAt: number;
+}
+
+/** Token totals of a session. */
+export interface Totals {
+  inputTokens: bigint;
+  outputTokens: bigint;
+}
+
+/**
+ * An open session: the payer's signed request and the running totals that the credit rule and the receipts
+ * are made of. Mutated only by the inference and voucher handlers, one turn at a time (`busy`).
+ */
+export class ProviderSession {
+  readonly payer: string;
+  readonly provider: string;
+  readonly agentId: bigint;
+  readonly personaId: bigint;
+  readonly session: bigint;
+  readonly prices: { input: bigint; output: bigint };
+  readonly spendingCap: bigint;
+  readonly expiry: bigint;
+  readonly openedAt = Date.now();
+  nextTurn = 0;
+  busy = false;
+  served: Totals;
+  vouched: Totals;
+
+  constructor(
+    readonly sessionId: string,
+    readonly sessionKey: string,
+    readonly request: SessionRequest,
+    readonly modelSha256: string,
+    readonly adapterSha256s: readonly string[],
+    /** Totals the book already holds for this session number (a reopen after a provider restart), else zero. */
+    start: Totals,
+  ) {
+    this.payer = getAddress(request.payer);
+    this.provider = getAddress(request.provider);
+    this.agentId = BigInt(request.agentId);
+    this.personaId = BigInt(request.personaId);
+    this.session = BigInt(request.session);
+    this.prices = { input: BigInt(request.priceInputPerMillion), output: BigInt(request.priceOutputPerMillion) };
+    this.spendingCap = BigInt(request.spendingCap);
+    this.expiry = BigInt(request.expiry);
+    this.served = { ...start };
+    this.vouched = { ...start };
+  }
+
+  /** Whether a turn was served that no voucher covers yet. */
+  get unpaid(): boolean {
+    return this.served.inputTokens > this.vouched.inputTokens || this.served.outputTokens > this.vouched.outputTokens;
+  }
+
+  info(): ProviderSessionInfo {
+    return {
+      sessionId: this.sessionId,
+      sessionKey: this.sessionKey,
+      payer: this.payer,
+      agentId: this.agentId,
+      personaId: this.personaId,
+      session: this.session,
+      modelSha256: this.modelSha256,
+      adapterSha256s: [...this.adapterSha256s],
+      prices: { ...this.prices },
+      spendingCap: this.spendingCap,
+      expiry: this.expiry,
+      nextTurn: this.nextTurn,
+      served: { ...this.served },
+      vouched: { ...this.vouched },
+      busy: this.busy,
+      openedAt: this.openedAt,
+    };
+  }
+}
+
+/** The open sessions, by session id and by the book's session key (vouchers name the latter). */
+export class SessionTable {
+  readonly #byId = new Map<string, ProviderSession>();
+  readonly #byKey = new Map<string, ProviderSession>();
+
+  get size(): number {
+    return this.#byId.size;
+  }
+
+  get(sessionId: string): ProviderSession | undefined {
+    return this.#byId.get(sessionId.toLowerCase());
+  }
+
+  byKey(sessionKey: string): ProviderSession | undefined {
+    return this.#byKey.get(sessionKey);
+  }
+
+  add(session: ProviderSession): void {
+    this.#byId.set(session.sessionId.toLowerCase(), session);
+    this.#byKey.set(session.sessionKey, session);
+  }
+
+  /** Removes the session; false when it was not (or no longer) in the table. */
+  delete(session: ProviderSession): boolean {
+    if (this.#byId.get(session.sessionId.toLowerCase()) !== session) return false;
+    this.#byId.delete(session.sessionId.toLowerCase());
+    this.#byKey.delete(session.sessionKey);
+    return true;
+  }
+
+  values(): ProviderSession[] {
+    return [...this.#byId.values()];
+  }
+}

@@ -1,0 +1,130 @@
+/**
+ * The voucher protocol (/soulmesh/voucher/1.0.0), provider side: the payer's signed cumulative voucher for
+ * an open session. It must pay for no more than the session has served (a client never pays ahead, so a
+ * voucher can never stand for tokens still to come) at exactly the session's prices; the voucher book then
+ * checks the signature, domain and expiry and keeps it for settlement, and the session counts it as paid.
+ */
+import { InvalidVoucherError } from "../../sdk/chain/errors.js";
+import type { Voucher } from "../../sdk/chain/voucher.js";
+import {
+  InternalError,
+  InvalidMessageError,
+  InvalidSignatureError,
+  ProtocolError,
+  SessionExpiredError,
+  SessionNotFoundError,
+  voucherFromWire,
+  type VoucherAck,
+  type VoucherMessage,
+} from "../../sdk/protocol/index.js";
+import {
+  VoucherCumulativeDecreasedError,
+  VoucherExpiredError,
+  VoucherExpiryTooFarError,
+  VoucherPriceMismatchError,
+  VoucherReplayError,
+  VoucherSessionSupersededError,
+  VoucherSignatureError,
+  VoucherWrongDomainError,
+  VoucherWrongProviderError,
+} from "../billing/errors.js";
+import { sessionKeyOf, type VoucherBook } from "../billing/voucher-book.js";
+import type { ProviderSession, SessionTable } from "./sessions.js";
+
+/** What the voucher protocol needs of the provider. */
+export interface VoucherContext {
+  book: VoucherBook;
+  table: SessionTable;
+  onAccepted: (session: ProviderSession, totals: { inputTokens: bigint; outputTokens: bigint }) => void;
+}
+
+/**
+ * The voucher protocol's handler: answers VoucherAck with the totals the provider now counts as paid.
+ *
+ * @example
+ * const accept = voucherHandler({ book, table, onAccepted })
+ * await handleProtocol(libp2p, "voucher", { handler: (message, { signal }) => accept(message, signal) })
+ */
+export function voucherHandler(ctx: VoucherContext): (message: VoucherMessage, signal: AbortSignal) => Promise<VoucherAck> {
+  return async (message, signal) => {
+    let voucher: Voucher;
+    try {
+      voucher = voucherFromWire(message.voucher);
+    } catch (err) {
+      throw wireError(err);
+    }
+    const session = ctx.table.byKey(sessionKeyOf(voucher));
+    if (session === undefined) {
+      throw new SessionNotFoundError(
+        `No open session ${voucher.session} of payer ${voucher.payer} and agent ${voucher.agentId} on this provider.`,
+      );
+    }
+    if (voucher.inputTokens > session.served.inputTokens || voucher.outputTokens > session.served.outputTokens) {
+      throw new InvalidMessageError(
+        `The voucher pays ${voucher.inputTokens}/${voucher.outputTokens} input/output tokens but session ` +
+          `${session.sessionId} has served ${session.served.inputTokens}/${session.served.outputTokens}: vouchers carry ` +
+          `the cumulative totals of the last receipt, never more.`,
+      );
+    }
+    if (voucher.priceInputPerMillion !== session.prices.input || voucher.priceOutputPerMillion !== session.prices.output) {
+      throw new InvalidMessageError(
+        `The voucher prices ${voucher.priceInputPerMillion}/${voucher.priceOutputPerMillion} per million tokens; the ` +
+          `session was opened at ${session.prices.input}/${session.prices.output}.`,
+      );
+    }
+    try {
+      await ctx.book.accept(voucher, message.signature, { prices: session.prices, signal });
+    } catch (err) {
+      signal.throwIfAborted();
+      // The same voucher sent again (its ack was lost on the way back) is acknowledged again, not refused:
+      // the client could not otherwise tell a lost ack from a refusal, and would fail over for nothing.
+      if (!(err instanceof VoucherReplayError && (await isHeld(ctx.book, voucher, message.signature, signal)))) throw wireError(err);
+    }
+    // Vouchers of a session are accepted in the book's order, each above the last; max() keeps a late
+    // resolution from lowering what is counted as paid.
+    session.vouched = {
+      inputTokens: max(session.vouched.inputTokens, voucher.inputTokens),
+      outputTokens: max(session.vouched.outputTokens, voucher.outputTokens),
+    };
+    ctx.onAccepted(session, { inputTokens: voucher.inputTokens, outputTokens: voucher.outputTokens });
+    return {
+      type: "voucher.ack",
+      session: voucher.session.toString(),
+      inputTokens: voucher.inputTokens.toString(),
+      outputTokens: voucher.outputTokens.toString(),
+    };
+  };
+}
+
+const max = (a: bigint, b: bigint): bigint => (a > b ? a : b);
+
+/** Whether the book's latest voucher of the session is exactly this one. */
+async function isHeld(book: VoucherBook, voucher: Voucher, signature: string, signal: AbortSignal): Promise<boolean> {
+  const entry = await book.get(sessionKeyOf(voucher), { signal });
+  return (
+    entry !== undefined &&
+    entry.signature.toLowerCase() === signature.toLowerCase() &&
+    entry.voucher.inputTokens === voucher.inputTokens &&
+    entry.voucher.outputTokens === voucher.outputTokens
+  );
+}
+
+/** The book's refusals as the wire names them. */
+function wireError(err: unknown): ProtocolError {
+  if (err instanceof ProtocolError) return err;
+  if (err instanceof VoucherSignatureError) return new InvalidSignatureError(err.message);
+  if (err instanceof VoucherExpiredError) return new SessionExpiredError(err.message);
+  if (
+    err instanceof VoucherWrongProviderError ||
+    err instanceof VoucherWrongDomainError ||
+    err instanceof VoucherExpiryTooFarError ||
+    err instanceof VoucherReplayError ||
+    err instanceof VoucherCumulativeDecreasedError ||
+    err instanceof VoucherSessionSupersededError ||
+    err instanceof VoucherPriceMismatchError ||
+    err instanceof InvalidVoucherError
+  ) {
+    return new InvalidMessageError(err.message);
+  }
+  return new InternalError("The provider could not record the voucher; retry later.", { cause: err });
+}
