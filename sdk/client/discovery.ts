@@ -1,0 +1,241 @@
+/**
+ * Finding providers: their public records in the ProviderRegistry, their settled history in the escrow's
+ * `VoucherSettled` events, and a dialable address for each (the registry's, else the DHT's).
+ */
+import type { PeerId } from "@libp2p/interface";
+import { peerIdFromString } from "@libp2p/peer-id";
+import { multiaddr, type Multiaddr } from "@multiformats/multiaddr";
+import { getAddress, type EventLog, type Log } from "ethers";
+import type { Libp2p } from "libp2p";
+import type { InferenceEscrow, ProviderRegistry } from "../chain/contracts.js";
+import { SoulmeshError } from "../errors.js";
+
+/** A provider's on-chain record, as the client uses it. */
+export interface ProviderRecord {
+  /** Checksummed address: the provider's identity for sessions, receipts and vouchers. */
+  address: string;
+  /** libp2p peer id, as registered. */
+  peerId: string;
+  multiaddrs: string[];
+  /** SHA-256 of each model file it serves, lower-case 0x hex. */
+  modelHashes: string[];
+  /** Registered prices, token units per million tokens (the quote may differ; sessions use the quote's). */
+  prices: { input: bigint; output: bigint };
+  stake: bigint;
+  /** Registered with at least the minimum stake. */
+  active: boolean;
+}
+
+/** A provider's settled history: what payers actually paid it on chain. */
+export interface Reputation {
+  settledVouchers: number;
+  /** Distinct payers among those vouchers: one payer settling with itself proves little. */
+  payers: number;
+  /** The provider's share of every settled voucher, in token units. */
+  paidToProvider: bigint;
+  inputTokens: bigint;
+  outputTokens: bigint;
+}
+
+/** A provider with an address the local node has dialed successfully. */
+export interface ResolvedProvider {
+  record: ProviderRecord;
+  peerId: PeerId;
+  /**
+   * Where the working address came from: the registry's record, the DHT, or addresses libp2p already knew
+   * for the peer (it adds those to any dial: e.g. learnt from an earlier DHT query).
+   */
+  source: "registry" | "dht" | "peer-store";
+}
+
+/** Neither the registry's addresses nor the DHT led to the provider. */
+export class ProviderUnreachableError extends SoulmeshError {
+  override readonly name = "ProviderUnreachableError";
+  constructor(
+    readonly provider: string,
+    readonly peerId: string,
+    options?: ErrorOptions,
+  ) {
+    super(
+      `Cannot reach provider ${provider} (peer ${peerId}) at its registered addresses nor through the DHT; ` +
+        `it may be offline. Pass bootstrap peers to createClientHost so that the DHT can find it, or pick another provider.`,
+      options,
+    );
+  }
+}
+
+export const EMPTY_REPUTATION: Reputation = Object.freeze({ settledVouchers: 0, payers: 0, paidToProvider: 0n, inputTokens: 0n, outputTokens: 0n });
+
+export interface ReadProvidersOptions {
+  /** Only providers announcing this model (SHA-256). */
+  modelSha256?: string;
+  /** Keep providers below the minimum stake too. Default false. */
+  includeInactive?: boolean;
+  /** Addresses per `providers(offset, limit)` call. Default 100. */
+  pageSize?: number;
+  signal?: AbortSignal;
+}
+
+/**
+ * Every provider in the registry (active ones by default), optionally only those announcing a model.
+ *
+ * @example
+ * const records = await readProviders(contracts.providerRegistry, { modelSha256 })
+ */
+export async function readProviders(registry: ProviderRegistry, options: ReadProvidersOptions = {}): Promise<ProviderRecord[]> {
+  const pageSize = BigInt(options.pageSize ?? 100);
+  const model = options.modelSha256?.toLowerCase();
+  options.signal?.throwIfAborted();
+  const count = await registry.providerCount();
+  const addresses: string[] = [];
+  for (let offset = 0n; offset < count; offset += pageSize) {
+    options.signal?.throwIfAborted();
+    addresses.push(...(await registry.providers(offset, pageSize)));
+  }
+  const records = await Promise.all(
+    addresses.map(async (address): Promise<ProviderRecord> => {
+      options.signal?.throwIfAborted();
+      const [p, active] = await Promise.all([registry.providerOf(address), registry.isActive(address)]);
+      return {
+        address: getAddress(address),
+        peerId: p.peerId,
+        multiaddrs: [...p.multiaddrs],
+        modelHashes: p.modelHashes.map((h) => h.toLowerCase()),
+        prices: { input: p.priceInputPerMillion, output: p.priceOutputPerMillion },
+        stake: p.stake,
+        active,
+      };
+    }),
+  );
+  return records.filter((r) => (options.includeInactive === true || r.active) && (model === undefined || r.modelHashes.includes(model)));
+}
+
+export interface ReadReputationOptions {
+  /** First block to read; the deployment's `startBlock`. Default 0. */
+  fromBlock?: number;
+  toBlock?: number;
+  /** Blocks per `eth_getLogs` call, for nodes that cap ranges. Default 10,000. */
+  chunkSize?: number;
+  signal?: AbortSignal;
+}
+
+/**
+ * The settled history of every provider that has one, keyed by checksummed address. One pass over the
+ * escrow's `VoucherSettled` logs serves all providers, rather than a query each.
+ *
+ * @example
+ * const reputation = await readReputation(contracts.inferenceEscrow, { fromBlock: deployment.startBlock })
+ * reputation.get(provider)?.settledVouchers ?? 0
+ */
+export async function readReputation(escrow: InferenceEscrow, options: ReadReputationOptions = {}): Promise<Map<string, Reputation>> {
+  const provider = escrow.runner?.provider;
+  if (provider == null) throw new TypeError("readReputation needs an escrow handle connected to a provider (it reads logs).");
+  const toBlock = options.toBlock ?? (await provider.getBlockNumber());
+  const chunk = Math.max(1, options.chunkSize ?? 10_000);
+  const filter = escrow.filters.VoucherSettled();
+  const stats = new Map<string, Reputation & { payerSet: Set<string> }>();
+  for (let from = options.fromBlock ?? 0; from <= toBlock; from += chunk) {
+    options.signal?.throwIfAborted();
+    const logs = await escrow.queryFilter(filter, from, Math.min(toBlock, from + chunk - 1));
+    for (const log of logs) {
+      if (!isEventLog(log)) continue;
+      const address = getAddress(log.args.provider);
+      let s = stats.get(address);
+      if (s === undefined) stats.set(address, (s = { ...EMPTY_REPUTATION, payerSet: new Set() }));
+      s.settledVouchers += 1;
+      s.payerSet.add(getAddress(log.args.payer));
+      s.paidToProvider += log.args.providerAmount;
+      s.inputTokens += log.args.inputTokens;
+      s.outputTokens += log.args.outputTokens;
+    }
+  }
+  const out = new Map<string, Reputation>();
+  for (const [address, { payerSet, ...r }] of stats) out.set(address, { ...r, payers: payerSet.size });
+  return out;
+}
+
+function isEventLog(log: Log | EventLog): log is EventLog {
+  return "args" in log;
+}
+
+/**
+ * The registry's multiaddrs as dialable addresses of `peerId`: each ends in /p2p/<peerId>, so that Noise
+ * proves the remote is the registered peer. Unparseable addresses, and those naming another peer, are
+ * left out rather than trusted.
+ *
+ * @example
+ * registryAddresses(record) // [Multiaddr("/ip4/10.0.0.5/tcp/4001/p2p/12D3Koo…")]
+ */
+export function registryAddresses(record: Pick<ProviderRecord, "peerId" | "multiaddrs">): Multiaddr[] {
+  const out: Multiaddr[] = [];
+  for (const text of record.multiaddrs) {
+    let addr: Multiaddr;
+    try {
+      addr = multiaddr(text);
+    } catch {
+      continue;
+    }
+    const p2p = addr.getComponents().filter((c) => c.name === "p2p");
+    if (p2p.length === 0) out.push(addr.encapsulate(`/p2p/${record.peerId}`));
+    else if (p2p.length === 1 && p2p[0]!.value === record.peerId) out.push(addr);
+  }
+  return out;
+}
+
+export interface ResolveProviderOptions {
+  /** Time for each way (registry addresses, then the DHT). Default 5 s. */
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+/**
+ * Connects to a provider: its registered addresses first, and the DHT (peer routing by its peer id) when
+ * those are empty or all fail, since a provider whose IP changed may not have updated its record yet.
+ * Later requests to `peerId` reuse the connection, or the addresses now in the peer store.
+ *
+ * @example
+ * const { peerId, source } = await resolveProvider(libp2p, record, { signal })
+ * @throws ProviderUnreachableError when neither way works.
+ */
+export async function resolveProvider(
+  libp2p: Libp2p,
+  record: ProviderRecord,
+  options: ResolveProviderOptions = {},
+): Promise<ResolvedProvider> {
+  const timeoutMs = options.timeoutMs ?? 5_000;
+  const within = () => (options.signal === undefined ? AbortSignal.timeout(timeoutMs) : AbortSignal.any([options.signal, AbortSignal.timeout(timeoutMs)]));
+  let peerId: PeerId;
+  try {
+    peerId = peerIdFromString(record.peerId);
+  } catch (err) {
+    throw new ProviderUnreachableError(record.address, record.peerId, { cause: err });
+  }
+  const errors: unknown[] = [];
+  const addrs = registryAddresses(record);
+  if (addrs.length > 0) {
+    try {
+      const connection = await libp2p.dial(addrs, { signal: within() });
+      const bare = addrs.map((a) => a.decapsulateCode(421));
+      const remote = connection.remoteAddr.decapsulateCode(421);
+      const viaRegistry = bare.some((a) => a.equals(remote));
+      if (viaRegistry) await libp2p.peerStore.merge(peerId, { multiaddrs: bare });
+      return { record, peerId, source: viaRegistry ? "registry" : "peer-store" };
+    } catch (err) {
+      options.signal?.throwIfAborted();
+      errors.push(err);
+    }
+  }
+  try {
+    const signal = within();
+    // Not from the cache: a failed dial leaves the peer in the peer store with no (or dead) addresses.
+    const found = await libp2p.peerRouting.findPeer(peerId, { signal, useCache: false });
+    if (found.multiaddrs.length === 0) throw new Error("the DHT knows the peer but no address for it");
+    await libp2p.peerStore.merge(peerId, { multiaddrs: found.multiaddrs });
+    await libp2p.dial(peerId, { signal });
+    return { record, peerId, source: "dht" };
+  } catch (err) {
+    options.signal?.throwIfAborted();
+    errors.push(err);
+  }
+  throw new ProviderUnreachableError(record.address, record.peerId, { cause: new AggregateError(errors) });
+}

@@ -1,0 +1,716 @@
+/**
+ * A chat with an agent over the provider network. The client opens a metered session with the best provider,
+ * streams each turn, checks its usage and receipt, and pays it with a cumulative voucher before the turn
+ * returns (the provider serves the next turn only once the last is paid). When a provider dies, stalls or is
+ * busy, the same turn runs again, from scratch, on the next provider; the failed attempt is never vouched,
+ * so the user pays only for turns delivered, and a provider risks at most one unpaid turn.
+ */
+import { getAddress, hexlify, randomBytes, type Signer } from "ethers";
+import type { Libp2p } from "libp2p";
+import type { SoulmeshContracts } from "../chain/contracts.js";
+import { nextSessionNumber, signVoucher, type EscrowRef, type Voucher } from "../chain/voucher.js";
+import { TypedEventTarget } from "../events.js";
+import {
+  InsufficientEscrowError,
+  PaymentRequiredError,
+  ProtocolError,
+  ProtocolStreamError,
+  ProtocolTimeoutError,
+  ProviderBusyError,
+  SessionExpiredError,
+  SessionNotFoundError,
+} from "../protocol/errors.js";
+import type {
+  ChatMessage,
+  InferenceDone,
+  InferenceRequestInput,
+  Prompt,
+  Receipt,
+  Sampling,
+  SessionRequest,
+  StopReason,
+  Usage,
+  VoucherAck,
+} from "../protocol/messages.js";
+import { hashSessionRequest, signSessionRequest, voucherToWire } from "../protocol/signing.js";
+import { requestProtocol, streamProtocol } from "../protocol/stream.js";
+import { ProviderBlocklist } from "./blocklist.js";
+import { readProviders, readReputation } from "./discovery.js";
+import {
+  AllProvidersFailedError,
+  ChatClosedError,
+  EscrowTooLowError,
+  InvalidChatOptionsError,
+  NoProviderError,
+  PersonaMismatchError,
+  ProviderStalledError,
+  ProviderStreamCorruptError,
+  SessionRejectedError,
+  SpendingCapReachedError,
+  TurnInProgressError,
+  UsageViolationError,
+  type ProviderFailure,
+  type ProviderFailureKind,
+} from "./errors.js";
+import { gatherQuotes, rankProviders, requestQuote, type QuotedProvider, type RankOptions } from "./selection.js";
+import type { LocalTokenizer } from "./tokenizer.js";
+import { checkTurnUsage, promptTokenUpperBound, ZERO_TOTALS, type TokenTotals, type UsageViolation } from "./usage.js";
+
+const ZERO_HASH = `0x${"00".repeat(32)}`;
+/** A session is renewed this long before its expiry: the provider refuses turns in its last 30 s. */
+const RENEW_MARGIN_S = 120;
+/** Kept off the escrow's longest voucher lifetime, for clock skew between client, provider and chain. */
+const LIFETIME_MARGIN_S = 60;
+
+/** What a turn sends: a wire prompt, chat messages, or one user message as a string. */
+export type ChatPrompt = Prompt | ChatMessage[] | string;
+
+export interface OpenChatOptions {
+  /** A started (or startable) libp2p node, e.g. `await (await createClientHost()).start()`. */
+  libp2p: Libp2p;
+  /** Contract handles connected to a read provider (the client never sends a transaction). */
+  contracts: Pick<SoulmeshContracts, "providerRegistry" | "personaRegistry" | "agentRegistry" | "inferenceEscrow">;
+  /** The payer's wallet: signs session requests and vouchers, never a transaction. */
+  signer: Signer;
+  escrow: EscrowRef;
+  agentId: bigint;
+  personaId: bigint;
+  /** SHA-256 of the model file: the persona's base model. */
+  modelSha256: string;
+  /** The persona's LoRA adapter (CID from its manifest, SHA-256 as registered); required when it has one. */
+  adapter?: { cid: string; sha256: string };
+  /** The most this chat may cost, provider share at the quoted prices, over all its sessions, in token units. */
+  spendingCap: bigint;
+  /** Length of each provider session (renewed as needed). Default 3600, capped by the escrow's voucher lifetime. */
+  sessionSeconds?: number;
+  /** A vocabulary of the same model: input tokens are then checked exactly. */
+  tokenizer?: LocalTokenizer;
+  /** Longest wait for the next chunk (or the first) before the provider counts as stalled. Default 30 s. */
+  stallTimeoutMs?: number;
+  /** Longest a turn may stream on one provider. Default 10 min. */
+  turnTimeoutMs?: number;
+  /** Time for quotes, session opens and vouchers. Default 10 s. */
+  requestTimeoutMs?: number;
+  /** First block of the escrow's logs, for reputation (the deployment's `startBlock`). Default 0. */
+  fromBlock?: number;
+  /** Providers never to use; overchargers are added to it. Share it between chats. */
+  blocklist?: ProviderBlocklist;
+  /** Tuning of the ranking (weights, typical turn, price ceilings). */
+  ranking?: Omit<RankOptions, "modelSha256" | "adapterSha256">;
+  signal?: AbortSignal;
+}
+
+export interface TurnOptions {
+  prompt: ChatPrompt;
+  maxTokens: number;
+  sampling?: Sampling;
+  stop?: string[];
+  /** Each chunk as it arrives. After a `turn:retry` event, chunks start over from another provider. */
+  onChunk?: (text: string, info: { provider: string; index: number }) => void;
+  /**
+   * Aborts the turn while it streams (the partial turn is not paid and its session is left). Once the
+   * provider has finished, the voucher is sent regardless: the turn was delivered.
+   */
+  signal?: AbortSignal;
+}
+
+/** What the client paid for a turn. */
+export interface TurnPayment {
+  voucher: Voucher;
+  signature: string;
+  /** The provider's acknowledgement, or undefined when the voucher could not be delivered. */
+  ack: VoucherAck | undefined;
+}
+
+export interface TurnResult {
+  text: string;
+  stopReason: StopReason;
+  /** The usage the provider reported. */
+  usage: Usage;
+  /** What this turn was paid for: the reported billed tokens, or less when the provider overcharged. */
+  billed: TokenTotals;
+  receipt: Receipt;
+  receiptSignature: string;
+  /** The provider that served the turn (checksummed address). */
+  provider: string;
+  peerId: string;
+  /** Undefined when the turn cost nothing (no new billed token). */
+  payment: TurnPayment | undefined;
+  /** Attempts at this turn that failed, before the one that served it. */
+  failovers: ProviderFailure[];
+  /** Rules the provider broke; non-empty means it was paid the capped amount and dropped. */
+  violations: UsageViolation[];
+}
+
+export interface ChatEvents {
+  /** A session opened with a provider. */
+  "session:opened": CustomEvent<{ provider: string; sessionId: string; session: bigint; expiry: bigint; spendingCap: bigint }>;
+  /** An attempt at a turn failed; the turn goes on with another provider (or fails if none is left). */
+  "provider:failed": CustomEvent<{ provider: string; turn: number; kind: ProviderFailureKind; error: unknown; discardedText: string }>;
+  /** The turn starts again on another provider: a UI should clear the text it showed for the failed attempt. */
+  "turn:retry": CustomEvent<{ turn: number; attempt: number; failed: string; discardedText: string }>;
+  /** A provider broke the usage rules and is never used again by this client. */
+  "provider:dropped": CustomEvent<{ provider: string; violations: UsageViolation[] }>;
+  /** A voucher was signed and the provider acknowledged it. */
+  "voucher:sent": CustomEvent<{ provider: string; voucher: Voucher; signature: string; ack: VoucherAck }>;
+  /** A signed voucher could not be delivered (the provider went away after the turn); its session is left. */
+  "voucher:failed": CustomEvent<{ provider: string; voucher: Voucher; signature: string; error: unknown }>;
+}
+
+/** A session with one provider, as the client tracks it. */
+interface ProviderSession {
+  provider: QuotedProvider;
+  request: SessionRequest;
+  sessionId: string;
+  expiry: bigint;
+  nextTurn: number;
+  /** Totals of the last voucher the provider acknowledged. */
+  vouched: TokenTotals;
+  prices: { input: bigint; output: bigint };
+  /** False once a turn failed or was not paid in full: the provider's counters and ours may differ. */
+  usable: boolean;
+}
+
+/** Provider share of `totals` at `prices`, rounded down as the escrow does. */
+function costOf(totals: TokenTotals, prices: { input: bigint; output: bigint }): bigint {
+  return (totals.inputTokens * prices.input + totals.outputTokens * prices.output) / 1_000_000n;
+}
+
+function toPrompt(prompt: ChatPrompt): Prompt {
+  if (typeof prompt === "string") return { kind: "chat", messages: [{ role: "user", content: prompt }] };
+  if (Array.isArray(prompt)) return { kind: "chat", messages: prompt };
+  return prompt;
+}
+
+const wallNow = () => BigInt(Math.floor(Date.now() / 1000));
+
+/**
+ * Opens a chat: checks the agent, persona, model and adapter against the chain, finds the providers of the
+ * model, asks each for a quote and ranks them. Sessions open lazily, on the first turn.
+ *
+ * @example
+ * const chat = await openChat({ libp2p, contracts, signer: wallet, escrow, agentId, personaId, modelSha256,
+ *   spendingCap: 5_000_000n, stallTimeoutMs: 15_000 })
+ * const { text } = await chat.turn({ prompt: "Hello!", maxTokens: 256, onChunk: (t) => process.stdout.write(t) })
+ * chat.close()
+ * @throws NoProviderError when no reachable provider serves the model; PersonaMismatchError when the
+ *   agent, persona, model or adapter disagree with the chain; InvalidChatOptionsError.
+ */
+export async function openChat(options: OpenChatOptions): Promise<ChatSession> {
+  const { signal } = options;
+  signal?.throwIfAborted();
+  if (options.spendingCap <= 0n) throw new InvalidChatOptionsError("spendingCap must be positive");
+  const stallTimeoutMs = options.stallTimeoutMs ?? 30_000;
+  if (!(stallTimeoutMs > 0)) throw new InvalidChatOptionsError("stallTimeoutMs must be positive");
+  const model = options.modelSha256.toLowerCase();
+  const tokenizerModel = options.tokenizer?.modelSha256;
+  if (tokenizerModel !== undefined && tokenizerModel.toLowerCase() !== model) {
+    throw new InvalidChatOptionsError(`the tokenizer is of model ${tokenizerModel}, not ${model}: load the same model file`);
+  }
+  const { contracts } = options;
+  const [payer, agentPersona, persona, maxLifetime] = await Promise.all([
+    options.signer.getAddress(),
+    contracts.agentRegistry.personaOf(options.agentId),
+    contracts.personaRegistry.personaOf(options.personaId),
+    contracts.inferenceEscrow.maxVoucherLifetime(),
+  ]);
+  signal?.throwIfAborted();
+  if (agentPersona !== options.personaId) {
+    throw new PersonaMismatchError(`Agent #${options.agentId} runs persona #${agentPersona}, not #${options.personaId}`);
+  }
+  if (persona.baseModelHash.toLowerCase() !== model) {
+    throw new PersonaMismatchError(`Persona #${options.personaId} runs on model ${persona.baseModelHash}, not ${model}`);
+  }
+  const adapterSha = persona.adapterSha256.toLowerCase();
+  if (adapterSha !== ZERO_HASH && options.adapter === undefined) {
+    throw new PersonaMismatchError(`Persona #${options.personaId} needs its adapter ${adapterSha}, and none was given`);
+  }
+  if (options.adapter !== undefined && options.adapter.sha256.toLowerCase() !== adapterSha) {
+    throw new PersonaMismatchError(`Persona #${options.personaId}'s adapter is ${adapterSha}, not ${options.adapter.sha256}`);
+  }
+  const sessionSeconds = Math.min(options.sessionSeconds ?? 3600, Number(maxLifetime) - LIFETIME_MARGIN_S);
+  if (!(sessionSeconds >= RENEW_MARGIN_S + 60)) {
+    throw new InvalidChatOptionsError(`sessionSeconds must be at least ${RENEW_MARGIN_S + 60} (and the escrow's voucher lifetime allow it)`);
+  }
+  if (options.libp2p.status !== "started") await options.libp2p.start();
+  const chat = new ChatSession({ ...options, modelSha256: model, stallTimeoutMs, sessionSeconds, maxLifetime: Number(maxLifetime) }, getAddress(payer));
+  await chat.refreshProviders({ ...(signal !== undefined && { signal }) });
+  return chat;
+}
+
+interface ChatConfig extends OpenChatOptions {
+  stallTimeoutMs: number;
+  sessionSeconds: number;
+  maxLifetime: number;
+}
+
+/**
+ * One chat: turns run one at a time, each on the current provider or, after a failure, the next. Create it
+ * with {@link openChat}.
+ */
+export class ChatSession extends TypedEventTarget<ChatEvents> {
+  /** The payer's address. */
+  readonly payer: string;
+  /** Providers never to use (shared with other chats when given to openChat). */
+  readonly blocklist: ProviderBlocklist;
+  readonly #config: ChatConfig;
+  /** Candidates, best first, from the last ranking. */
+  #ranked: QuotedProvider[] = [];
+  /** Why providers were left out of the last ranking, for NoProviderError. */
+  #unranked: string[] = [];
+  /** Providers that died or stalled in this chat: skipped for the rest of it. */
+  readonly #failed = new Map<string, ProviderFailure>();
+  readonly #sessions = new Map<string, ProviderSession>();
+  /** Every session ever opened, for the spending total. */
+  readonly #allSessions: ProviderSession[] = [];
+  readonly #lastSessionNumber = new Map<string, bigint>();
+  /** The provider of the last successful turn: kept while it works, for its warm KV cache. */
+  #current: string | undefined;
+  #running = false;
+  readonly #closing = new AbortController();
+  #turns = 0;
+
+  /** @internal Use {@link openChat}. */
+  constructor(config: ChatConfig, payer: string) {
+    super();
+    this.#config = config;
+    this.payer = payer;
+    this.blocklist = config.blocklist ?? new ProviderBlocklist();
+  }
+
+  /** Turns completed. */
+  get turns(): number {
+    return this.#turns;
+  }
+
+  get closed(): boolean {
+    return this.#closing.signal.aborted;
+  }
+
+  /** Provider share paid (vouched) so far, over all sessions, in token units. */
+  get spent(): bigint {
+    return this.#allSessions.reduce((sum, s) => sum + costOf(s.vouched, s.prices), 0n);
+  }
+
+  /** The ranked candidates' addresses, best first, without those dropped or failed. */
+  get providers(): string[] {
+    return this.#ranked.filter((p) => this.#eligible(p.address)).map((p) => p.address);
+  }
+
+  /**
+   * Finds, quotes and ranks the model's providers again (say, after a long idle time or a failure of all).
+   *
+   * @example
+   * await chat.refreshProviders({ signal })
+   * @throws NoProviderError when none is left.
+   */
+  async refreshProviders(options: { signal?: AbortSignal; exclude?: ReadonlySet<string> } = {}): Promise<void> {
+    const c = this.#config;
+    const signal = options.signal;
+    const [records, reputation] = await Promise.all([
+      readProviders(c.contracts.providerRegistry, { modelSha256: c.modelSha256, ...(signal !== undefined && { signal }) }),
+      readReputation(c.contracts.inferenceEscrow, { fromBlock: c.fromBlock ?? 0, ...(signal !== undefined && { signal }) }),
+    ]);
+    const reasons: string[] = [];
+    const candidates = records.filter((r) => {
+      if (this.blocklist.has(r.address)) reasons.push(`${r.address} dropped for breaking the usage rules`);
+      else if (this.#failed.has(r.address)) reasons.push(`${r.address} failed earlier in this chat`);
+      else if (options.exclude?.has(r.address) === true) reasons.push(`${r.address} failed this turn`);
+      else return true;
+      return false;
+    });
+    const { quoted, unreachable } = await gatherQuotes(c.libp2p, candidates, {
+      modelSha256: c.modelSha256,
+      ...(c.adapter !== undefined && { adapterSha256: c.adapter.sha256 }),
+      timeoutMs: c.requestTimeoutMs ?? 10_000,
+      reputation,
+      ...(signal !== undefined && { signal }),
+    });
+    for (const u of unreachable) reasons.push(`${u.record.address} unreachable (${u.error instanceof Error ? u.error.message : String(u.error)})`);
+    const ranked = rankProviders(quoted, {
+      ...c.ranking,
+      modelSha256: c.modelSha256,
+      ...(c.adapter !== undefined && { adapterSha256: c.adapter.sha256 }),
+    });
+    if (ranked.length < quoted.length) reasons.push(`${quoted.length - ranked.length} quoted but did not qualify (model, address or limits)`);
+    this.#ranked = ranked.map((r) => r.candidate);
+    this.#unranked = reasons;
+    if (this.#ranked.length === 0) throw new NoProviderError(c.modelSha256, reasons);
+  }
+
+  /**
+   * Runs one turn and pays for it. On a provider failure the turn starts over with the next provider
+   * (`turn:retry`); what the failed one streamed is discarded and not paid.
+   *
+   * @example
+   * const { text, provider, failovers } = await chat.turn({ prompt: [{ role: "user", content: "Hi" }], maxTokens: 128 })
+   * @throws AllProvidersFailedError when every provider failed the turn (nothing was paid);
+   *   SpendingCapReachedError; EscrowTooLowError; TurnInProgressError; ChatClosedError; the signal's reason.
+   */
+  async turn(options: TurnOptions): Promise<TurnResult> {
+    if (this.closed) throw new ChatClosedError();
+    if (this.#running) throw new TurnInProgressError();
+    if (!Number.isInteger(options.maxTokens) || options.maxTokens < 1) throw new InvalidChatOptionsError("maxTokens must be a positive integer");
+    this.#running = true;
+    try {
+      return await this.#turn(options);
+    } finally {
+      this.#running = false;
+    }
+  }
+
+  /** Ends the chat: a running turn is aborted (and not paid). Provider sessions lapse on their own. */
+  close(): void {
+    this.#closing.abort(new ChatClosedError());
+  }
+
+  #eligible(address: string): boolean {
+    return !this.blocklist.has(address) && !this.#failed.has(address);
+  }
+
+  #pick(tried: ReadonlySet<string>): QuotedProvider | undefined {
+    const ok = (p: QuotedProvider) => this.#eligible(p.address) && !tried.has(p.address);
+    const current = this.#ranked.find((p) => p.address === this.#current);
+    if (current !== undefined && ok(current)) return current;
+    return this.#ranked.find(ok);
+  }
+
+  async #turn(options: TurnOptions): Promise<TurnResult> {
+    const prompt = toPrompt(options.prompt);
+    const signal = options.signal === undefined ? this.#closing.signal : AbortSignal.any([options.signal, this.#closing.signal]);
+    const tokenizer = this.#config.tokenizer;
+    const expectedInputTokens = tokenizer?.count(prompt);
+    const failures: ProviderFailure[] = [];
+    const tried = new Set<string>();
+    let refreshed = false;
+    let last: { address: string; discardedText: string } | undefined;
+    for (let attempt = 0; ; attempt++) {
+      signal.throwIfAborted();
+      let provider = this.#pick(tried);
+      if (provider === undefined && !refreshed) {
+        // Every known candidate failed: the registry may know others by now.
+        refreshed = true;
+        try {
+          await this.refreshProviders({ signal, exclude: tried });
+        } catch (err) {
+          if (!(err instanceof NoProviderError)) throw err;
+        }
+        provider = this.#pick(tried);
+      }
+      if (provider === undefined) throw this.#exhausted(failures);
+      if (last !== undefined) {
+        this.dispatchEvent(
+          new CustomEvent("turn:retry", { detail: { turn: this.#turns, attempt, failed: last.address, discardedText: last.discardedText } }),
+        );
+      }
+      tried.add(provider.address);
+      const partial = { text: "" };
+      try {
+        const result = await this.#attempt(provider, prompt, options, signal, partial, expectedInputTokens);
+        this.#turns++;
+        return { ...result, failovers: failures };
+      } catch (err) {
+        const kind = failureKind(err);
+        if (kind === undefined || signal.aborted) throw signal.aborted ? signal.reason : err;
+        const failure: ProviderFailure = { provider: provider.address, kind, error: err };
+        failures.push(failure);
+        if (kind === "stall" || kind === "died" || kind === "error") this.#failed.set(provider.address, failure);
+        if (this.#current === provider.address) this.#current = undefined;
+        this.dispatchEvent(
+          new CustomEvent("provider:failed", {
+            detail: { provider: provider.address, turn: this.#turns, kind, error: err, discardedText: partial.text },
+          }),
+        );
+        last = { address: provider.address, discardedText: partial.text };
+      }
+    }
+  }
+
+  #exhausted(failures: ProviderFailure[]): Error {
+    if (failures.length === 0) return new NoProviderError(this.#config.modelSha256, this.#unranked);
+    const escrowShort = failures.every(
+      (f) => f.error instanceof InsufficientEscrowError || (f.error instanceof SessionRejectedError && f.error.code === "InsufficientEscrowError"),
+    );
+    if (escrowShort) return new EscrowTooLowError(this.payer, this.#config.spendingCap - this.spent);
+    return new AllProvidersFailedError(this.#config.modelSha256, failures);
+  }
+
+  /** One attempt at the turn on `provider`. Any throw leaves its session: our counters may no longer match. */
+  async #attempt(
+    provider: QuotedProvider,
+    prompt: Prompt,
+    options: TurnOptions,
+    signal: AbortSignal,
+    partial: { text: string },
+    expectedInputTokens: number | undefined,
+  ): Promise<Omit<TurnResult, "failovers">> {
+    const c = this.#config;
+    const session = await this.#ensureSession(provider, options.maxTokens, expectedInputTokens, signal);
+    const request: InferenceRequestInput = {
+      type: "inference.request",
+      sessionId: session.sessionId,
+      turn: session.nextTurn,
+      model: c.modelSha256,
+      adapters: c.adapter === undefined ? [] : [c.adapter.sha256],
+      prompt,
+      sampling: options.sampling ?? {},
+      maxTokens: options.maxTokens,
+      stop: options.stop ?? [],
+    };
+    // Consumed even if the turn fails, as on the provider.
+    session.nextTurn++;
+    let done: InferenceDone;
+    try {
+      done = await this.#stream(provider, request, options, signal, partial);
+    } catch (err) {
+      session.usable = false;
+      throw err;
+    }
+    const check = checkTurnUsage({
+      usage: done.usage,
+      maxTokens: options.maxTokens,
+      prompt,
+      ...(expectedInputTokens !== undefined && { expectedInputTokens }),
+      promptUpperBound: promptTokenUpperBound(prompt),
+      outputText: partial.text,
+      previous: session.vouched,
+      receipt: done.receipt,
+      receiptSignature: done.signature,
+      expected: {
+        payer: this.payer,
+        provider: provider.address,
+        agentId: c.agentId,
+        session: session.request.session,
+        turn: request.turn,
+        modelSha256: c.modelSha256,
+        adapterSha256s: request.adapters ?? [],
+      },
+      escrow: c.escrow,
+    });
+    if (check.status !== "ok") {
+      session.usable = false;
+      this.blocklist.drop(provider.address, check.violations);
+      this.dispatchEvent(new CustomEvent("provider:dropped", { detail: { provider: provider.address, violations: check.violations } }));
+      // A receipt that is not this turn's proves nothing was delivered as billed: run the turn elsewhere.
+      if (check.status === "invalid") throw new UsageViolationError(provider.address, check.violations[0]!);
+    }
+    const payment = await this.#pay(session, check.cumulative);
+    if (check.status === "ok" && payment?.ack !== undefined) this.#current = provider.address;
+    return {
+      text: partial.text,
+      stopReason: done.stopReason,
+      usage: done.usage,
+      billed: check.billed,
+      receipt: done.receipt,
+      receiptSignature: done.signature,
+      provider: provider.address,
+      peerId: provider.peerId.toString(),
+      payment,
+      violations: check.violations,
+    };
+  }
+
+  /** Streams the turn; throws ProviderStalledError when no message comes within the stall timeout. */
+  async #stream(
+    provider: QuotedProvider,
+    request: InferenceRequestInput,
+    options: TurnOptions,
+    signal: AbortSignal,
+    partial: { text: string },
+  ): Promise<InferenceDone> {
+    const c = this.#config;
+    const stall = new AbortController();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const arm = () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => stall.abort(new ProviderStalledError(provider.address, c.stallTimeoutMs)), c.stallTimeoutMs);
+    };
+    arm();
+    let done: InferenceDone | undefined;
+    let index = 0;
+    try {
+      const responses = streamProtocol(c.libp2p, provider.peerId, "inference", request, {
+        signal: AbortSignal.any([signal, stall.signal]),
+        timeoutMs: c.turnTimeoutMs ?? 600_000,
+      });
+      for await (const msg of responses) {
+        arm();
+        if (done !== undefined) throw new ProviderStreamCorruptError(provider.address, "a message after inference.done");
+        if (msg.type === "inference.done") {
+          done = msg;
+          continue;
+        }
+        if (msg.index !== index) throw new ProviderStreamCorruptError(provider.address, `chunk ${msg.index} where ${index} was due`);
+        index++;
+        partial.text += msg.text;
+        options.onChunk?.(msg.text, { provider: provider.address, index: msg.index });
+      }
+    } catch (err) {
+      if (stall.signal.aborted && !signal.aborted) throw stall.signal.reason;
+      throw err;
+    } finally {
+      clearTimeout(timer);
+    }
+    // A provider shutting down closes its streams cleanly: an end without a result is a provider gone away.
+    if (done === undefined) throw new ProtocolStreamError(`Provider ${provider.address} closed the inference stream before the end of the turn.`);
+    return done;
+  }
+
+  /** The usable session with `provider`, or a new one; renews one that nears its expiry. */
+  async #ensureSession(
+    provider: QuotedProvider,
+    maxTokens: number,
+    expectedInputTokens: number | undefined,
+    signal: AbortSignal,
+  ): Promise<ProviderSession> {
+    const c = this.#config;
+    const turnBound = (s: { vouched: TokenTotals; prices: { input: bigint; output: bigint } }) =>
+      costOf(
+        { inputTokens: s.vouched.inputTokens + BigInt(expectedInputTokens ?? 0), outputTokens: s.vouched.outputTokens + BigInt(maxTokens) },
+        s.prices,
+      );
+    const existing = this.#sessions.get(provider.address);
+    if (existing !== undefined && existing.usable && wallNow() < existing.expiry - BigInt(RENEW_MARGIN_S)) {
+      // The provider checks the same bound (served + maxTokens within the cap) and would refuse the turn.
+      if (turnBound(existing) <= BigInt(existing.request.spendingCap)) return existing;
+    }
+    // Prices may have changed since the ranking; a session must carry the current ones or be refused.
+    const { quote } = await requestQuote(c.libp2p, provider.peerId, {
+      modelSha256: c.modelSha256,
+      ...(c.adapter !== undefined && { adapterSha256: c.adapter.sha256 }),
+      timeoutMs: c.requestTimeoutMs ?? 10_000,
+      signal,
+    });
+    provider.quote = quote;
+    const prices = { input: BigInt(quote.priceInputPerMillion), output: BigInt(quote.priceOutputPerMillion) };
+    const spent = this.spent;
+    const remaining = c.spendingCap - spent;
+    const needed = turnBound({ vouched: ZERO_TOTALS, prices });
+    if (needed > remaining) throw new SpendingCapReachedError(spent, c.spendingCap, needed);
+
+    const runner = c.contracts.inferenceEscrow.runner?.provider;
+    const [block, settled] = await Promise.all([
+      runner?.getBlock("latest"),
+      c.contracts.inferenceEscrow.settledOf(this.payer, provider.address, c.agentId),
+    ]);
+    signal.throwIfAborted();
+    const wall = wallNow();
+    const chain = block != null ? BigInt(block.timestamp) : wall;
+    const [lo, hi] = chain < wall ? [chain, wall] : [wall, chain];
+    // Within the voucher lifetime by every clock that will judge it (ours, the provider's, the chain's).
+    const expiry = [hi + BigInt(c.sessionSeconds), lo + BigInt(c.maxLifetime - LIFETIME_MARGIN_S)].reduce((a, b) => (a < b ? a : b));
+    const last = [settled[0], this.#lastSessionNumber.get(provider.address) ?? 0n].reduce((a, b) => (a > b ? a : b));
+    const number = nextSessionNumber(last);
+    this.#lastSessionNumber.set(provider.address, number);
+    const request: SessionRequest = {
+      payer: this.payer,
+      provider: provider.address,
+      agentId: c.agentId.toString(),
+      personaId: c.personaId.toString(),
+      session: number.toString(),
+      priceInputPerMillion: prices.input.toString(),
+      priceOutputPerMillion: prices.output.toString(),
+      spendingCap: remaining.toString(),
+      expiry: expiry.toString(),
+      chainId: BigInt(c.escrow.chainId).toString(),
+      escrow: getAddress(c.escrow.address),
+    };
+    const signature = await signSessionRequest(c.signer, request);
+    const response = await requestProtocol(
+      c.libp2p,
+      provider.peerId,
+      "session",
+      {
+        type: "session.open",
+        request,
+        signature,
+        // A fresh key per session: the provider's saved KV state of this session is readable with it alone.
+        stateKey: hexlify(randomBytes(32)),
+        ...(c.adapter !== undefined && { adapterCid: c.adapter.cid }),
+      },
+      { signal, timeoutMs: c.requestTimeoutMs ?? 10_000 },
+    );
+    if (response.type === "session.rejected") throw new SessionRejectedError(provider.address, response.code, response.message, response.retryable);
+    const sessionId = hashSessionRequest(request);
+    if (response.sessionId.toLowerCase() !== sessionId.toLowerCase()) {
+      throw new ProviderStreamCorruptError(provider.address, `session id ${response.sessionId} is not the request's hash ${sessionId}`);
+    }
+    if (existing !== undefined) existing.usable = false;
+    const session: ProviderSession = {
+      provider,
+      request,
+      sessionId,
+      expiry: BigInt(response.expiry) < expiry ? BigInt(response.expiry) : expiry,
+      nextTurn: 0,
+      vouched: ZERO_TOTALS,
+      prices,
+      usable: true,
+    };
+    this.#sessions.set(provider.address, session);
+    this.#allSessions.push(session);
+    this.dispatchEvent(
+      new CustomEvent("session:opened", { detail: { provider: provider.address, sessionId, session: number, expiry, spendingCap: remaining } }),
+    );
+    return session;
+  }
+
+  /**
+   * Signs and sends the voucher for `cumulative`, unless it adds nothing. Not tied to the turn's signal: the
+   * turn was delivered, so it is paid even if the caller has meanwhile given up on it.
+   */
+  async #pay(session: ProviderSession, cumulative: TokenTotals): Promise<TurnPayment | undefined> {
+    const c = this.#config;
+    if (cumulative.inputTokens === session.vouched.inputTokens && cumulative.outputTokens === session.vouched.outputTokens) return undefined;
+    const r = session.request;
+    const voucher: Voucher = {
+      payer: r.payer,
+      provider: r.provider,
+      agentId: BigInt(r.agentId),
+      session: BigInt(r.session),
+      inputTokens: cumulative.inputTokens,
+      outputTokens: cumulative.outputTokens,
+      priceInputPerMillion: BigInt(r.priceInputPerMillion),
+      priceOutputPerMillion: BigInt(r.priceOutputPerMillion),
+      expiry: BigInt(r.expiry),
+    };
+    const signature = await signVoucher(c.signer, voucher, c.escrow);
+    const provider = session.provider.address;
+    try {
+      const ack = await requestProtocol(
+        c.libp2p,
+        session.provider.peerId,
+        "voucher",
+        { type: "voucher", voucher: voucherToWire(voucher), signature },
+        { timeoutMs: c.requestTimeoutMs ?? 10_000, signal: this.#closing.signal },
+      );
+      if (ack.session !== r.session || BigInt(ack.inputTokens) !== voucher.inputTokens || BigInt(ack.outputTokens) !== voucher.outputTokens) {
+        throw new ProviderStreamCorruptError(provider, `voucher acknowledged as ${ack.inputTokens}/${ack.outputTokens} of session ${ack.session}`);
+      }
+      // Counted as spent even if unacknowledged below: the signature is out there and can be settled.
+      session.vouched = cumulative;
+      this.dispatchEvent(new CustomEvent("voucher:sent", { detail: { provider, voucher, signature, ack } }));
+      return { voucher, signature, ack };
+    } catch (error) {
+      session.vouched = cumulative;
+      session.usable = false;
+      this.dispatchEvent(new CustomEvent("voucher:failed", { detail: { provider, voucher, signature, error } }));
+      return { voucher, signature, ack: undefined };
+    }
+  }
+}
+
+/** Which failures move a turn to another provider; undefined for those that would fail anywhere. */
+function failureKind(err: unknown): ProviderFailureKind | undefined {
+  if (err instanceof ProviderStalledError || err instanceof ProtocolTimeoutError) return "stall";
+  if (err instanceof ProviderBusyError) return "busy";
+  if (err instanceof ProtocolStreamError) return "died";
+  if (err instanceof SessionRejectedError) return "rejected";
+  if (err instanceof UsageViolationError) return "receipt";
+  // The session is gone on the provider (restart, expiry) or its counters disagree with ours: the provider
+  // may well serve a new session later, so it is only skipped for this turn.
+  if (err instanceof SessionNotFoundError || err instanceof SessionExpiredError || err instanceof PaymentRequiredError) return "rejected";
+  if (err instanceof InsufficientEscrowError) return "rejected";
+  if (err instanceof ProviderStreamCorruptError || err instanceof ProtocolError) return "error";
+  // Anything else (the signer refusing, the chain unreachable, a bug in onChunk) would fail on any provider.
+  return undefined;
+}

@@ -1,0 +1,416 @@
+// The client SDK against fake providers (node/p2p handleProtocol) over TCP loopback, on a real EDR chain.
+import { hexlify, randomBytes, ZeroHash, type Wallet } from "ethers";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { connectContracts, type SoulmeshContracts } from "../../sdk/chain/contracts.js";
+import { verifyVoucher } from "../../sdk/chain/voucher.js";
+import {
+  AllProvidersFailedError,
+  createClientHost,
+  EscrowTooLowError,
+  NoProviderError,
+  openChat,
+  PersonaMismatchError,
+  ProviderBlocklist,
+  readProviders,
+  readReputation,
+  requestQuote,
+  resolveProvider,
+  SpendingCapReachedError,
+  type ChatEvents,
+  type ChatSession,
+  type ClientHost,
+  type LocalTokenizer,
+  type OpenChatOptions,
+} from "../../sdk/client/index.js";
+import { hashSessionRequest, verifySessionRequest } from "../../sdk/protocol/signing.js";
+import { Fixture as P2pFixture } from "../../node/p2p/test-support.js";
+import { createTestChain, type TestChain } from "../helpers/chain.js";
+import { deployFixture, USD, type Fixture } from "../helpers/soulmesh.js";
+import { FakeProvider, fakeTokenCount, fundedWallet, type FakeProviderOptions } from "./fake-provider.js";
+
+let chain: TestChain;
+let f: Fixture;
+let payer: Wallet;
+let creator: Wallet;
+let reader: SoulmeshContracts;
+let escrow: { chainId: bigint; address: string };
+const p2p = new P2pFixture();
+const clients: ClientHost[] = [];
+
+beforeAll(async () => {
+  chain = await createTestChain();
+  f = await deployFixture(chain);
+  creator = chain.wallets[2]!;
+  payer = await fundedWallet(f);
+  await f.deposit(payer, 1_000n * USD);
+  reader = connectContracts(f.deployment, chain.provider);
+  escrow = { chainId: BigInt(f.deployment.chainId), address: f.deployment.contracts.inferenceEscrow };
+});
+
+afterEach(async () => {
+  await Promise.all(clients.splice(0).map((c) => c.stop()));
+  await p2p.cleanup();
+});
+
+afterAll(async () => {
+  await chain?.close();
+});
+
+/** A persona on a model of its own (so each test sees only its own providers), an agent, and providers. */
+async function world(
+  providers: Omit<FakeProviderOptions, "p2p" | "chain" | "models">[],
+  options: { adapter?: boolean } = {},
+): Promise<{ model: string; agentId: bigint; personaId: bigint; adapter?: { cid: string; sha256: string }; fakes: FakeProvider[] }> {
+  const model = hexlify(randomBytes(32));
+  const adapterSha = options.adapter === true ? hexlify(randomBytes(32)) : ZeroHash;
+  const personaId = await f.createPersona(creator, { baseModelHash: model, adapterSha256: adapterSha, royaltyPerMillion: 100_000n });
+  const agentId = await f.mintAgent(payer, personaId);
+  const fakes: FakeProvider[] = [];
+  // One at a time: they are funded from the same deployer account.
+  for (const p of providers) fakes.push(await FakeProvider.start({ ...p, p2p, chain: f, models: [model] }));
+  return { model, agentId, personaId, ...(options.adapter === true && { adapter: { cid: "bafyadapter", sha256: adapterSha } }), fakes };
+}
+
+async function clientLibp2p() {
+  const host = await createClientHost();
+  clients.push(host);
+  return host.start();
+}
+
+async function chatFor(w: Awaited<ReturnType<typeof world>>, extra: Partial<OpenChatOptions> = {}): Promise<ChatSession> {
+  return openChat({
+    libp2p: await clientLibp2p(),
+    contracts: reader,
+    signer: payer,
+    escrow,
+    agentId: w.agentId,
+    personaId: w.personaId,
+    modelSha256: w.model,
+    ...(w.adapter !== undefined && { adapter: w.adapter }),
+    spendingCap: 10n * USD,
+    stallTimeoutMs: 400,
+    ...extra,
+  });
+}
+
+function record(chat: ChatSession) {
+  const events: { type: keyof ChatEvents; detail: Record<string, unknown> }[] = [];
+  for (const type of ["session:opened", "provider:failed", "turn:retry", "provider:dropped", "voucher:sent", "voucher:failed"] as const) {
+    chat.addEventListener(type, (e: CustomEvent) => events.push({ type, detail: e.detail as Record<string, unknown> }));
+  }
+  return events;
+}
+
+const PRICE = { input: 1_000_000n, output: 2_000_000n };
+
+describe("discovery", () => {
+  it("reads active providers of a model from the registry, with their records", async () => {
+    const w = await world([{ label: "A", prices: PRICE }, { label: "B", prices: { input: 3n, output: 4n } }]);
+    const records = await readProviders(reader.providerRegistry, { modelSha256: w.model });
+    expect(records.map((r) => r.address).sort()).toEqual(w.fakes.map((p) => p.address).sort());
+    const b = records.find((r) => r.address === w.fakes[1]!.address)!;
+    expect(b).toMatchObject({
+      peerId: w.fakes[1]!.host.peerId.toString(),
+      multiaddrs: w.fakes[1]!.host.multiaddrs().map(String),
+      modelHashes: [w.model],
+      prices: { input: 3n, output: 4n },
+      stake: BigInt(f.deployment.parameters.minStake),
+      active: true,
+    });
+    expect(await readProviders(reader.providerRegistry, { modelSha256: hexlify(randomBytes(32)) })).toEqual([]);
+  });
+
+  it("falls back to the DHT when the registered addresses are dead", async () => {
+    const seed = await p2p.host();
+    const bootstrap = [seed.multiaddrs()[0]!.toString()];
+    const w = await world([{ label: "A", registeredMultiaddrs: () => ["/ip4/127.0.0.1/tcp/1"] }]);
+    const peerId = w.fakes[0]!.host.peerId;
+    // The provider joins the DHT through the seed, as `soulmesh provider start` would with a bootstrap list.
+    await w.fakes[0]!.host.libp2p.dial(seed.multiaddrs()[0]!);
+    const [rec] = await readProviders(reader.providerRegistry, { modelSha256: w.model });
+    // The seed adds the provider to its routing table once identify shows it speaks the DHT: until then a
+    // lookup finds nothing. Each try uses a fresh client, which knows nothing of the provider beforehand.
+    const until = Date.now() + 15_000;
+    let resolved: Awaited<ReturnType<typeof resolveProvider>> | undefined;
+    while (resolved === undefined) {
+      const host = await createClientHost({ bootstrap });
+      clients.push(host);
+      const libp2p = await host.start();
+      expect(await libp2p.peerStore.has(peerId)).toBe(false);
+      try {
+        resolved = await resolveProvider(libp2p, rec!, { timeoutMs: 2_000 });
+      } catch (err) {
+        if (Date.now() > until) throw err;
+        await host.stop();
+        await new Promise((r) => setTimeout(r, 200));
+        continue;
+      }
+      expect(resolved.source).toBe("dht");
+      expect(resolved.peerId.toString()).toBe(peerId.toString());
+      // And the protocols work on what the DHT found.
+      const quote = await requestQuote(libp2p, resolved.peerId, { modelSha256: w.model });
+      expect(quote.quote.provider).toBe(w.fakes[0]!.address);
+    }
+  }, 30_000);
+});
+
+describe("chat", () => {
+  it("runs turns on the cheapest provider, paying each with a voucher of the exact cumulative totals", async () => {
+    const w = await world([
+      { label: "A", prices: { input: 3_000_000n, output: 9_000_000n } },
+      { label: "B", prices: PRICE },
+    ]);
+    const [a, b] = w.fakes as [FakeProvider, FakeProvider];
+    const chat = await chatFor(w);
+    expect(chat.providers).toEqual([b.address, a.address]);
+    const events = record(chat);
+    const chunks: string[] = [];
+    const prompts = ["Hello there, how are you?", "Tell me a story about a dragon.", "And then?"];
+    const history: { role: "user" | "assistant"; content: string }[] = [];
+    for (const [i, content] of prompts.entries()) {
+      history.push({ role: "user", content });
+      const result = await chat.turn({ prompt: [...history], maxTokens: 16, onChunk: (t) => chunks.push(t) });
+      history.push({ role: "assistant", content: result.text });
+      expect(result.text).toBe("B0 B1 B2 B3 B4 ");
+      expect(result.provider).toBe(b.address);
+      expect(result.failovers).toEqual([]);
+      expect(result.violations).toEqual([]);
+      expect(result.receipt.turn).toBe(i);
+      // The voucher carries the provider's served totals to the token, and is the payer's signature.
+      const served = b.served();
+      const v = b.vouchers.at(-1)!;
+      expect(b.vouchers).toHaveLength(i + 1);
+      expect([v.voucher.inputTokens, v.voucher.outputTokens]).toEqual([served.input, served.output]);
+      expect(result.payment!.voucher).toEqual(v.voucher);
+      expect(verifyVoucher(v.voucher, escrow, v.signature)).toBe(true);
+    }
+    expect(chunks.join("")).toBe("B0 B1 B2 B3 B4 ".repeat(3));
+    expect(chat.turns).toBe(3);
+    expect(a.inferences).toEqual([]);
+
+    // One session: signed by the payer, at the quoted prices, within the escrow's voucher lifetime.
+    expect(b.opens).toHaveLength(1);
+    const open = b.opens[0]!;
+    expect(verifySessionRequest(open.request, open.signature)).toBe(true);
+    expect(open.request).toMatchObject({
+      payer: payer.address,
+      provider: b.address,
+      agentId: w.agentId.toString(),
+      personaId: w.personaId.toString(),
+      priceInputPerMillion: "1000000",
+      priceOutputPerMillion: "2000000",
+      spendingCap: (10n * USD).toString(),
+    });
+    expect(open.stateKey).toMatch(/^0x[0-9a-f]{64}$/);
+    const now = await chain.now();
+    expect(Number(open.request.expiry)).toBeLessThanOrEqual(now + f.deployment.parameters.maxVoucherLifetime);
+    expect(Number(open.request.expiry)).toBeGreaterThan(now + 3000);
+    expect(events.filter((e) => e.type === "session:opened")[0]!.detail).toMatchObject({ sessionId: hashSessionRequest(open.request) });
+
+    // Later turns reuse the KV cache: billed input counts only the new part of the prompt.
+    const v = b.vouchers.map((x) => x.voucher);
+    const firstPrompt = fakeTokenCount({ kind: "chat", messages: history.slice(0, 1) });
+    expect(v[0]!.inputTokens).toBe(BigInt(firstPrompt));
+    expect(v[2]!.inputTokens).toBe(BigInt(fakeTokenCount({ kind: "chat", messages: history.slice(0, 5) })));
+    expect(events.filter((e) => e.type === "voucher:sent")).toHaveLength(3);
+    expect(chat.spent).toBe((v[2]!.inputTokens * PRICE.input + v[2]!.outputTokens * PRICE.output) / 1_000_000n);
+
+    // The provider settles the last voucher on chain: it now has a reputation.
+    const last = b.vouchers.at(-1)!;
+    await (await b.contracts.inferenceEscrow.settle(last.voucher, last.signature)).wait();
+    const reputation = await readReputation(reader.inferenceEscrow, { fromBlock: f.deployment.startBlock });
+    expect(reputation.get(b.address)).toMatchObject({ settledVouchers: 1, payers: 1, inputTokens: last.voucher.inputTokens, outputTokens: last.voucher.outputTokens });
+    expect(reputation.get(b.address)!.paidToProvider).toBe(chat.spent);
+    chat.close();
+  });
+
+  it("sends the persona's adapter and checks the agent, persona and model against the chain", async () => {
+    const w = await world([{ label: "A", cachedAdapters: [] }], { adapter: true });
+    const chat = await chatFor(w);
+    const result = await chat.turn({ prompt: "hi", maxTokens: 3 });
+    expect(result.text).toBe("A0 A1 A2 ");
+    expect(result.stopReason).toBe("length");
+    expect(w.fakes[0]!.opens[0]!.adapterCid).toBe("bafyadapter");
+    expect(w.fakes[0]!.inferences[0]!.adapters).toEqual([w.adapter!.sha256]);
+    const { adapter: _adapter, ...noAdapter } = w;
+    await expect(chatFor(noAdapter)).rejects.toBeInstanceOf(PersonaMismatchError);
+    await expect(chatFor({ ...w, model: hexlify(randomBytes(32)) })).rejects.toThrow(/runs on model/);
+    await expect(chatFor({ ...w, personaId: w.personaId + 1000n })).rejects.toThrow();
+  });
+
+  it("says how to get a provider when none serves the model", async () => {
+    const w = await world([]);
+    const err = await chatFor(w).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(NoProviderError);
+    expect((err as Error).message).toMatch(/No active provider serves model .*soulmesh provider start/);
+  });
+
+  it("fails over when the provider stalls: the turn completes elsewhere, the stalled one is not paid", async () => {
+    const w = await world([
+      { label: "A", prices: PRICE, behavior: { kind: "stall", afterChunks: 2 } },
+      { label: "B", prices: { input: 2_000_000n, output: 4_000_000n } },
+    ]);
+    const [a, b] = w.fakes as [FakeProvider, FakeProvider];
+    const chat = await chatFor(w);
+    const events = record(chat);
+    const chunks: string[] = [];
+    const started = Date.now();
+    const result = await chat.turn({ prompt: "Hello", maxTokens: 8, onChunk: (t) => chunks.push(t) });
+    expect(Date.now() - started).toBeGreaterThanOrEqual(400);
+    expect(result.text).toBe("B0 B1 B2 B3 B4 ");
+    expect(result.provider).toBe(b.address);
+    expect(result.failovers).toEqual([expect.objectContaining({ provider: a.address, kind: "stall" })]);
+    expect((result.failovers[0]!.error as Error).name).toBe("ProviderStalledError");
+    // The UI saw A's two chunks, then was told to clear them, then got B's.
+    expect(chunks.join("")).toBe("A0 A1 B0 B1 B2 B3 B4 ");
+    const retry = events.find((e) => e.type === "turn:retry")!;
+    expect(retry.detail).toMatchObject({ turn: 0, attempt: 1, failed: a.address, discardedText: "A0 A1 " });
+    expect(events.map((e) => e.type)).toEqual(["session:opened", "provider:failed", "turn:retry", "session:opened", "voucher:sent"]);
+    // A served two tokens but never gets a voucher: its loss is bounded by the one turn.
+    expect(a.served().output).toBe(2n);
+    expect(a.vouchers).toEqual([]);
+    expect(b.vouchers).toHaveLength(1);
+    expect(b.vouchers[0]!.voucher.outputTokens).toBe(5n);
+    // The next turn stays on B.
+    expect((await chat.turn({ prompt: "Again", maxTokens: 8 })).provider).toBe(b.address);
+    expect(a.inferences).toHaveLength(1);
+  });
+
+  it("fails over when the provider dies mid-stream", async () => {
+    const w = await world([
+      { label: "A", prices: PRICE, behavior: { kind: "die", afterChunks: 3 } },
+      { label: "B", prices: { input: 2_000_000n, output: 4_000_000n } },
+    ]);
+    const [a, b] = w.fakes as [FakeProvider, FakeProvider];
+    const chat = await chatFor(w, { stallTimeoutMs: 10_000 });
+    const events = record(chat);
+    const result = await chat.turn({ prompt: "Hello", maxTokens: 8 });
+    expect(result.provider).toBe(b.address);
+    expect(result.failovers.map((x) => x.kind)).toEqual(["died"]);
+    expect(events.find((e) => e.type === "turn:retry")!.detail["discardedText"]).toBe("A0 A1 A2 ");
+    expect(a.vouchers).toEqual([]);
+    expect(b.vouchers.map((v) => v.voucher.outputTokens)).toEqual([5n]);
+  });
+
+  it("fails over when the provider is busy, and pays only the one that served", async () => {
+    const w = await world([
+      { label: "A", prices: PRICE, behavior: { kind: "busy" } },
+      { label: "B", prices: { input: 2_000_000n, output: 4_000_000n } },
+    ]);
+    const [a, b] = w.fakes as [FakeProvider, FakeProvider];
+    const chat = await chatFor(w);
+    const result = await chat.turn({ prompt: "Hello", maxTokens: 8 });
+    expect(result.provider).toBe(b.address);
+    expect(result.failovers.map((x) => x.kind)).toEqual(["busy"]);
+    expect(a.vouchers).toEqual([]);
+    // A busy provider is not held against it: once free, it serves the next turns again (it is cheaper).
+    a.behavior = { kind: "honest" };
+    const second = await chat.turn({ prompt: "Hello again", maxTokens: 8 });
+    expect(second.provider).toBe(b.address); // the provider that served last is kept while it works
+    expect(chat.providers).toEqual([a.address, b.address]);
+  });
+
+  it("pays an overcharging provider only the capped amount, drops it, and moves on", async () => {
+    const w = await world([
+      { label: "A", prices: PRICE, behavior: { kind: "overcharge", extraOutput: 50, extraInput: 7 } },
+      { label: "B", prices: { input: 2_000_000n, output: 4_000_000n } },
+    ]);
+    const [a, b] = w.fakes as [FakeProvider, FakeProvider];
+    const blocklist = new ProviderBlocklist();
+    const tokenizer: LocalTokenizer = { modelSha256: w.model, count: fakeTokenCount, dispose: async () => {} };
+    const chat = await chatFor(w, { blocklist, tokenizer });
+    const events = record(chat);
+    const prompt = "Overcharge me if you can";
+    const result = await chat.turn({ prompt, maxTokens: 8, onChunk: () => {} });
+    // The text was delivered and is kept; the payment is capped: output at maxTokens, input at the local count.
+    expect(result.provider).toBe(a.address);
+    expect(result.text).toBe("A0 A1 A2 A3 A4 ");
+    expect(result.violations.map((v) => v.kind)).toEqual(["output-over-max", "input-mismatch"]);
+    const local = BigInt(fakeTokenCount({ kind: "chat", messages: [{ role: "user", content: prompt }] }));
+    expect(result.billed).toEqual({ inputTokens: local, outputTokens: 8n });
+    expect(a.vouchers).toHaveLength(1);
+    const paid = a.vouchers[0]!.voucher;
+    expect([paid.inputTokens, paid.outputTokens]).toEqual([local, 8n]);
+    // The excess was never signed: the provider claims far more than any voucher it holds.
+    expect(a.served()).toEqual({ input: local + 7n, output: 55n });
+    expect(blocklist.has(a.address)).toBe(true);
+    expect(events.find((e) => e.type === "provider:dropped")!.detail["provider"]).toBe(a.address);
+    // Never used again, by this chat or another sharing the blocklist.
+    const next = await chat.turn({ prompt: "Hello", maxTokens: 8 });
+    expect(next.provider).toBe(b.address);
+    expect(a.inferences).toHaveLength(1);
+    const other = await chatFor(w, { blocklist });
+    expect(other.providers).toEqual([b.address]);
+  });
+
+  it("pays nothing for a turn whose receipt is not the provider's, and runs it elsewhere", async () => {
+    const w = await world([
+      { label: "A", prices: PRICE, behavior: { kind: "bad-receipt" } },
+      { label: "B", prices: { input: 2_000_000n, output: 4_000_000n } },
+    ]);
+    const [a, b] = w.fakes as [FakeProvider, FakeProvider];
+    const chat = await chatFor(w);
+    const events = record(chat);
+    const result = await chat.turn({ prompt: "Hello", maxTokens: 8 });
+    expect(result.provider).toBe(b.address);
+    expect(result.failovers.map((x) => x.kind)).toEqual(["receipt"]);
+    expect(a.vouchers).toEqual([]);
+    expect(chat.blocklist.has(a.address)).toBe(true);
+    expect(events.find((e) => e.type === "turn:retry")!.detail["discardedText"]).toBe("A0 A1 A2 A3 A4 ");
+  });
+
+  it("when every provider fails, the turn fails typed and nothing is paid", async () => {
+    const w = await world([
+      { label: "A", behavior: { kind: "stall", afterChunks: 0 } },
+      { label: "B", behavior: { kind: "busy" } },
+    ]);
+    const chat = await chatFor(w, { stallTimeoutMs: 300 });
+    const err = await chat.turn({ prompt: "Hello", maxTokens: 8 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(AllProvidersFailedError);
+    expect((err as AllProvidersFailedError).failures.map((x) => x.kind).sort()).toEqual(["busy", "stall"]);
+    expect((err as Error).message).toMatch(/not charged/);
+    expect(w.fakes.flatMap((p) => p.vouchers)).toEqual([]);
+    expect(chat.spent).toBe(0n);
+  });
+
+  it("reports an escrow too low for the cap as such", async () => {
+    const w = await world([{ label: "A", prices: PRICE }]);
+    const chat = await chatFor(w, { spendingCap: 100_000n * USD });
+    const err = await chat.turn({ prompt: "Hello", maxTokens: 8 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(EscrowTooLowError);
+    expect((err as Error).message).toMatch(/deposit more/);
+  });
+
+  it("stops at the spending cap before asking for a turn that could exceed it", async () => {
+    const w = await world([{ label: "A", prices: { input: 1_000_000n, output: 1_000_000n } }]);
+    const chat = await chatFor(w, { spendingCap: 40n });
+    const first = await chat.turn({ prompt: "Hi", maxTokens: 5 });
+    expect(first.payment!.ack).toBeDefined();
+    const err = await chat.turn({ prompt: "Hi", maxTokens: 40 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(SpendingCapReachedError);
+    expect(w.fakes[0]!.inferences).toHaveLength(1);
+  });
+
+  it("aborts a turn on its signal without paying it, and the next turn opens a fresh session", async () => {
+    const w = await world([{ label: "A", prices: PRICE, chunkDelayMs: 100, outputLength: 20 }]);
+    const [a] = w.fakes as [FakeProvider];
+    const chat = await chatFor(w, { stallTimeoutMs: 5_000 });
+    const controller = new AbortController();
+    const reason = new Error("user pressed stop");
+    const pending = chat.turn({
+      prompt: "Long answer please",
+      maxTokens: 20,
+      signal: controller.signal,
+      onChunk: (_t, { index }) => index === 1 && controller.abort(reason),
+    });
+    await expect(pending).rejects.toBe(reason);
+    expect(a.vouchers).toEqual([]);
+    const next = await chat.turn({ prompt: "Short then", maxTokens: 2 });
+    expect(next.text).toBe("A0 A1 ");
+    expect(a.opens).toHaveLength(2);
+    expect(next.receipt.turn).toBe(0);
+    expect(a.vouchers).toHaveLength(1);
+    chat.close();
+    await expect(chat.turn({ prompt: "x", maxTokens: 1 })).rejects.toMatchObject({ name: "ChatClosedError" });
+  });
+});
