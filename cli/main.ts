@@ -2,6 +2,7 @@ import { Command, CommanderError } from "commander";
 import { registerDeploy } from "./commands/deploy.js";
 import { registerDevnet } from "./commands/devnet.js";
 import { registerModel } from "./commands/model.js";
+import { registerProvider } from "./commands/provider.js";
 import { reportError } from "./output.js";
 
 const program = new Command()
@@ -15,6 +16,7 @@ const program = new Command()
 registerDevnet(program);
 registerDeploy(program);
 registerModel(program);
+registerProvider(program);
 
 try {
   await program.parseAsync(process.argv);
