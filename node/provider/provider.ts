@@ -328,6 +328,15 @@ export async function startProvider(config: ProviderConfig, options: StartProvid
     const contracts = connectContracts(deployment, signer);
     const reader = connectContracts(deployment, rpc);
     const escrow: EscrowRef = { chainId: deployment.chainId, address: deployment.contracts.inferenceEscrow };
+    // Vouchers expire by chain time, which a devnet's time travel (or a skewed host clock) moves away from
+    // ours: the voucher book judges them by chain time, as the escrow will, estimated from the offset between
+    // the two clocks, which the session sweep keeps fresh.
+    let chainOffsetSeconds = 0;
+    const readChainOffset = async (): Promise<void> => {
+      const block = await rpc.getBlock("latest");
+      if (block !== null) chainOffsetSeconds = block.timestamp - Math.floor(Date.now() / 1000);
+    };
+    await readChainOffset();
     step(`provider ${address} on chain ${deployment.chainId} (escrow ${escrow.address})`);
 
     // ------------------------------------------------------------------------------------ models and engine
@@ -398,6 +407,7 @@ export async function startProvider(config: ProviderConfig, options: StartProvid
       escrow,
       provider: address,
       maxLifetimeSeconds: deployment.parameters.maxVoucherLifetime,
+      now: () => Math.floor(Date.now() / 1000) + chainOffsetSeconds,
     });
     await book.start(signal ? { signal } : {});
     undo.push(() => book.stop());
@@ -480,6 +490,7 @@ export async function startProvider(config: ProviderConfig, options: StartProvid
     undo.push(() => quotes.stop());
     metrics.bindService(quotes, "quote");
     const sweeper = setInterval(() => {
+      readChainOffset().catch((err: unknown) => warn("reading chain time failed", err));
       protocols.closeExpired().catch((err: unknown) => warn("closing expired sessions failed", err));
     }, config.sessionSweepMs ?? 5_000);
     sweeper.unref();

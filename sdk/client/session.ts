@@ -261,6 +261,8 @@ export class ChatSession extends TypedEventTarget<ChatEvents> {
   /** Providers that died or stalled in this chat: skipped for the rest of it. */
   readonly #failed = new Map<string, ProviderFailure>();
   readonly #sessions = new Map<string, ProviderSession>();
+  /** Chain time minus wall time, in seconds, from the last block read. */
+  #clockOffset = 0n;
   /** Every session ever opened, for the spending total. */
   readonly #allSessions: ProviderSession[] = [];
   readonly #lastSessionNumber = new Map<string, bigint>();
@@ -285,6 +287,11 @@ export class ChatSession extends TypedEventTarget<ChatEvents> {
 
   get closed(): boolean {
     return this.#closing.signal.aborted;
+  }
+
+  /** Chain time now, estimated from the last block read and the wall clock since. */
+  #chainNow(): bigint {
+    return wallNow() + this.#clockOffset;
   }
 
   /** Provider share paid (vouched) so far, over all sessions, in token units. */
@@ -570,7 +577,7 @@ export class ChatSession extends TypedEventTarget<ChatEvents> {
         s.prices,
       );
     const existing = this.#sessions.get(provider.address);
-    if (existing !== undefined && existing.usable && wallNow() < existing.expiry - BigInt(RENEW_MARGIN_S)) {
+    if (existing !== undefined && existing.usable && this.#chainNow() < existing.expiry - BigInt(RENEW_MARGIN_S)) {
       // The provider checks the same bound (served + maxTokens within the cap) and would refuse the turn.
       if (turnBound(existing) <= BigInt(existing.request.spendingCap)) return existing;
     }
@@ -594,11 +601,11 @@ export class ChatSession extends TypedEventTarget<ChatEvents> {
       c.contracts.inferenceEscrow.settledOf(this.payer, provider.address, c.agentId),
     ]);
     signal.throwIfAborted();
-    const wall = wallNow();
-    const chain = block != null ? BigInt(block.timestamp) : wall;
-    const [lo, hi] = chain < wall ? [chain, wall] : [wall, chain];
-    // Within the voucher lifetime by every clock that will judge it (ours, the provider's, the chain's).
-    const expiry = [hi + BigInt(c.sessionSeconds), lo + BigInt(c.maxLifetime - LIFETIME_MARGIN_S)].reduce((a, b) => (a < b ? a : b));
+    if (block != null) this.#clockOffset = BigInt(block.timestamp) - wallNow();
+    // Chain time is the one that judges a voucher (the escrow) and the provider's checks; a devnet's time
+    // travel moves it away from the wall clock, so the expiry is reckoned from it.
+    const chain = this.#chainNow();
+    const expiry = chain + BigInt(Math.min(c.sessionSeconds, c.maxLifetime - LIFETIME_MARGIN_S));
     const last = [settled[0], this.#lastSessionNumber.get(provider.address) ?? 0n].reduce((a, b) => (a > b ? a : b));
     const number = nextSessionNumber(last);
     this.#lastSessionNumber.set(provider.address, number);
