@@ -37,6 +37,7 @@ import {
   type InferenceResponse,
   type Prompt,
   type SessionOpen,
+  voucherToWire,
   type SessionRequest,
 } from "../../sdk/protocol/index.js";
 import { createTestChain, type TestChain } from "../../test/helpers/chain.js";
@@ -257,17 +258,7 @@ async function pay(request: SessionRequest, done: InferenceDone) {
   return requestProtocol(client.libp2p, target(), "voucher", { type: "voucher", voucher: wire(voucher), signature });
 }
 
-const wire = (v: Voucher) => ({
-  payer: v.payer,
-  provider: v.provider,
-  agentId: v.agentId.toString(),
-  session: v.session.toString(),
-  inputTokens: v.inputTokens.toString(),
-  outputTokens: v.outputTokens.toString(),
-  priceInputPerMillion: v.priceInputPerMillion.toString(),
-  priceOutputPerMillion: v.priceOutputPerMillion.toString(),
-  expiry: v.expiry.toString(),
-});
+const wire = voucherToWire;
 
 const info = (sessionId: string) => protocols.sessions().find((s) => s.sessionId === sessionId);
 

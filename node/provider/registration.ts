@@ -6,27 +6,15 @@
 import { getAddress, isHexString } from "ethers";
 import type { ContractTransactionResponse } from "ethers";
 import type { SoulmeshContracts } from "../../sdk/chain/contracts.js";
-import { decodeRevert, withRevertDecoding } from "../../sdk/chain/revert.js";
+import { withRevertDecoding } from "../../sdk/chain/revert.js";
+import { readProviderRecord as readRecord, type ProviderRecord } from "../../sdk/chain/providers.js";
 import { InsufficientStakeTokensError, InvalidProviderRecordError, StakeBelowMinimumError } from "./errors.js";
 
 /** The registry's limits (ProviderRegistry.sol constants). */
 export const REGISTRY_LIMITS = { maxMultiaddrs: 16, maxModels: 32, maxAddressBytes: 256 } as const;
 
-/** A provider's record as the registry holds it. */
-export interface OnChainProvider {
-  address: string;
-  peerId: string;
-  multiaddrs: string[];
-  /** 0x + 64 lowercase hex digits. */
-  modelHashes: string[];
-  prices: { input: bigint; output: bigint };
-  stake: bigint;
-  unbonding: bigint;
-  /** Unix seconds. */
-  registeredAt: number;
-  /** Stake ≥ the registry's minimum. */
-  active: boolean;
-}
+/** A provider's record as the registry holds it (the SDK's ProviderRecord). */
+export type OnChainProvider = ProviderRecord;
 
 export interface EnsureRegisteredOptions {
   /** Connected to the provider's signer: it registers, pays the gas and stakes. */
@@ -56,35 +44,16 @@ export interface RegistrationResult {
 }
 
 /**
- * The registry's record of `address`, or undefined when it never registered.
+ * The registry's record of `address`, or undefined when it is not registered.
  *
  * @example
  * const record = await readProviderRecord(connectContracts(deployment, rpc), wallet.address)
  */
-export async function readProviderRecord(
+export function readProviderRecord(
   contracts: Pick<SoulmeshContracts, "providerRegistry">,
   address: string,
 ): Promise<OnChainProvider | undefined> {
-  const registry = contracts.providerRegistry;
-  let p: Awaited<ReturnType<typeof registry.providerOf>>;
-  try {
-    p = await registry.providerOf(address);
-  } catch (err) {
-    if (decodeRevert(err)?.reason === "Provider__NotRegistered") return undefined;
-    throw err;
-  }
-  const active = await registry.isActive(address);
-  return {
-    address: getAddress(address),
-    peerId: p.peerId,
-    multiaddrs: [...p.multiaddrs],
-    modelHashes: p.modelHashes.map((h) => h.toLowerCase()),
-    prices: { input: p.priceInputPerMillion, output: p.priceOutputPerMillion },
-    stake: p.stake,
-    unbonding: p.unbonding,
-    registeredAt: Number(p.registeredAt),
-    active,
-  };
+  return readRecord(contracts.providerRegistry, address);
 }
 
 /**

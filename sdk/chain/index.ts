@@ -5,5 +5,6 @@ export * from "./dev-accounts.js";
 export * from "./errors.js";
 export * from "./revert.js";
 export * from "./rpc.js";
+export * from "./providers.js";
 export * from "./usage.js";
 export * from "./voucher.js";

@@ -8,23 +8,10 @@ import { multiaddr, type Multiaddr } from "@multiformats/multiaddr";
 import { getAddress, type EventLog, type Log } from "ethers";
 import type { Libp2p } from "libp2p";
 import type { InferenceEscrow, ProviderRegistry } from "../chain/contracts.js";
+import { readProviderRecord, type ProviderRecord } from "../chain/providers.js";
 import { SoulmeshError } from "../errors.js";
 
-/** A provider's on-chain record, as the client uses it. */
-export interface ProviderRecord {
-  /** Checksummed address: the provider's identity for sessions, receipts and vouchers. */
-  address: string;
-  /** libp2p peer id, as registered. */
-  peerId: string;
-  multiaddrs: string[];
-  /** SHA-256 of each model file it serves, lower-case 0x hex. */
-  modelHashes: string[];
-  /** Registered prices, token units per million tokens (the quote may differ; sessions use the quote's). */
-  prices: { input: bigint; output: bigint };
-  stake: bigint;
-  /** Registered with at least the minimum stake. */
-  active: boolean;
-}
+export type { ProviderRecord };
 
 /** A provider's settled history: what payers actually paid it on chain. */
 export interface Reputation {
@@ -95,16 +82,10 @@ export async function readProviders(registry: ProviderRegistry, options: ReadPro
   const records = await Promise.all(
     addresses.map(async (address): Promise<ProviderRecord> => {
       options.signal?.throwIfAborted();
-      const [p, active] = await Promise.all([registry.providerOf(address), registry.isActive(address)]);
-      return {
-        address: getAddress(address),
-        peerId: p.peerId,
-        multiaddrs: [...p.multiaddrs],
-        modelHashes: p.modelHashes.map((h) => h.toLowerCase()),
-        prices: { input: p.priceInputPerMillion, output: p.priceOutputPerMillion },
-        stake: p.stake,
-        active,
-      };
+      const record = await readProviderRecord(registry, address);
+      // Listed by the registry itself, so registered: a missing record is a node out of sync, not a gap.
+      if (record === undefined) throw new Error(`The registry lists ${address} but has no record of it.`);
+      return record;
     }),
   );
   return records.filter((r) => (options.includeInactive === true || r.active) && (model === undefined || r.modelHashes.includes(model)));
