@@ -4,12 +4,11 @@
  * one without), a LevelDB voucher book, and two libp2p hosts over TCP loopback.
  */
 import { randomBytes } from "node:crypto";
-import { copyFile, mkdir, mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Stream } from "@libp2p/interface";
 import { hexlify, keccak256, toUtf8Bytes, type Wallet } from "ethers";
-import { getLlama, LlamaLogLevel, type Llama } from "node-llama-cpp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { connectContracts } from "../../sdk/chain/contracts.js";
 import { signVoucher, type Voucher } from "../../sdk/chain/voucher.js";
@@ -43,14 +42,10 @@ import {
 import { createTestChain, type TestChain } from "../../test/helpers/chain.js";
 import { deployFixture, USD, type Fixture as ChainFixture } from "../../test/helpers/soulmesh.js";
 import { removeTinyFixtures, tinyFixtures, type TinyFixtures } from "../../test/fixtures/gguf/llama.js";
+import { startTinyEngine, type TinyEngine } from "../../test/helpers/tiny-engine.js";
 import { sessionKeyOf, VoucherBook } from "../billing/voucher-book.js";
 import {
-  AdapterStore,
   createEngine,
-  FileHashCache,
-  folderAdapterSource,
-  loadBaseModel,
-  SessionStateStore,
   tokenizePrompt,
   type EngineOptions,
   type InferenceEngine,
@@ -77,13 +72,12 @@ let personaAdapter: bigint, personaPlain: bigint, personaForeign: bigint, person
 let agentAdapter: bigint, agentPlain: bigint, agentForeign: bigint, agentUnpublished: bigint, agentPoor: bigint;
 
 let fx: TinyFixtures;
-let llama: Llama;
+let tiny: TinyEngine;
 let base: LoadedModel;
 let root: string;
 let engine: InferenceEngine;
 let engineParts: Pick<EngineOptions, "llama" | "models" | "adapters" | "states">;
 let book: VoucherBook;
-const stores: { stop(): Promise<void> }[] = [];
 /** The book's clock follows the chain's (the last time the provider read it). */
 let chainClock = 0;
 let view: ProviderChainView;
@@ -114,24 +108,10 @@ beforeAll(async () => {
   await f.deposit(poorPayer, 1n * USD);
 
   root = await mkdtemp(join(tmpdir(), "soulmesh-provider-protocols-"));
-  const published = join(root, "published");
-  await mkdir(published);
-  await copyFile(fx.adapters[0]!.path, join(published, ADAPTER_CID));
-  llama = await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error });
-  base = await loadBaseModel(llama, {
-    source: fx.base.path,
-    modelsDir: root,
-    hashCache: new FileHashCache({ path: join(root, "hashes.json") }),
-    gpuLayers: 0,
-  });
-  const adapters = new AdapterStore({ dir: join(root, "adapters"), maxBytes: 2 ** 30, sources: [folderAdapterSource(published)] });
-  await adapters.start();
-  const states = new SessionStateStore({ dir: join(root, "states"), ttlMs: 60 * 60_000 });
-  await states.start();
-  stores.push(adapters, states);
-  engineParts = { llama, models: [base], adapters, states };
-  engine = createEngine({ ...engineParts, threads: 1, contextSize: 512, memoryBudgetBytes: 2 ** 30 });
-  await engine.start();
+  tiny = await startTinyEngine(root, fx, { [ADAPTER_CID]: fx.adapters[0]!.path });
+  engine = tiny.engine;
+  base = tiny.base;
+  engineParts = { llama: tiny.llama, models: [tiny.base], adapters: tiny.adapters, states: tiny.states };
   book = new VoucherBook({ dir: join(root, "vouchers"), escrow, provider: providerWallet.address, now: () => chainClock });
   await book.start();
   const contracts = chainViewOf(connectContracts(f.deployment, chain.provider));
@@ -146,11 +126,8 @@ beforeAll(async () => {
 afterAll(async () => {
   await protocols?.stop();
   await net.cleanup();
-  await engine?.stop();
-  for (const store of stores) await store.stop();
+  await tiny?.stop();
   await book?.stop();
-  await base?.dispose();
-  await llama?.dispose();
   await chain?.close();
   if (root) await rm(root, { recursive: true, force: true });
   await removeTinyFixtures();

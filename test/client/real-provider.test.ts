@@ -1,32 +1,23 @@
 // The client SDK against the real provider protocols (node/p2p/provider-protocols.ts) on the tiny fixture
 // model: engine, voucher book, EDR chain, libp2p over TCP loopback. One chat of two turns, input tokens
 // checked exactly with a local vocabulary-only tokenizer of the same model file.
-import { copyFile, mkdir, mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Wallet } from "ethers";
-import { getLlama, LlamaLogLevel, type Llama } from "node-llama-cpp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { connectContracts } from "../../sdk/chain/contracts.js";
 import { verifyVoucher } from "../../sdk/chain/voucher.js";
 import { createClientHost, loadLocalTokenizer, openChat, type ClientHost, type LocalTokenizer } from "../../sdk/client/index.js";
 import { VoucherBook } from "../../node/billing/voucher-book.js";
-import {
-  AdapterStore,
-  createEngine,
-  FileHashCache,
-  folderAdapterSource,
-  loadBaseModel,
-  SessionStateStore,
-  type InferenceEngine,
-  type LoadedModel,
-} from "../../node/engine/index.js";
+import type { InferenceEngine } from "../../node/engine/index.js";
 import type { ProviderHost } from "../../node/p2p/host.js";
 import { serveProviderProtocols, type ProviderProtocols } from "../../node/p2p/provider-protocols.js";
 import { serveQuotes } from "../../node/p2p/quote.js";
 import { chainViewOf } from "../../node/p2p/sessions.js";
 import { Fixture as NetFixture } from "../../node/p2p/test-support.js";
 import { removeTinyFixtures, tinyFixtures, type TinyFixtures } from "../fixtures/gguf/llama.js";
+import { startTinyEngine, type TinyEngine } from "../helpers/tiny-engine.js";
 import { createTestChain, type TestChain } from "../helpers/chain.js";
 import { deployFixture, USD, type Fixture } from "../helpers/soulmesh.js";
 
@@ -38,8 +29,7 @@ let f: Fixture;
 let providerWallet: Wallet, payer: Wallet, creator: Wallet;
 let escrow: { chainId: number; address: string };
 let fx: TinyFixtures;
-let llama: Llama;
-let base: LoadedModel;
+let tiny: TinyEngine;
 let root: string;
 let engine: InferenceEngine;
 let book: VoucherBook;
@@ -47,7 +37,6 @@ let protocols: ProviderProtocols;
 let tokenizer: LocalTokenizer;
 let server: ProviderHost;
 let client: ClientHost;
-const stores: { stop(): Promise<void> }[] = [];
 const net = new NetFixture();
 
 beforeAll(async () => {
@@ -57,23 +46,8 @@ beforeAll(async () => {
   escrow = { chainId: f.deployment.chainId, address: f.deployment.contracts.inferenceEscrow };
   fx = await tinyFixtures();
   root = await mkdtemp(join(tmpdir(), "soulmesh-client-real-"));
-  const published = join(root, "published");
-  await mkdir(published);
-  await copyFile(fx.adapters[0]!.path, join(published, ADAPTER_CID));
-  llama = await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error });
-  base = await loadBaseModel(llama, {
-    source: fx.base.path,
-    modelsDir: root,
-    hashCache: new FileHashCache({ path: join(root, "hashes.json") }),
-    gpuLayers: 0,
-  });
-  const adapters = new AdapterStore({ dir: join(root, "adapters"), maxBytes: 2 ** 30, sources: [folderAdapterSource(published)] });
-  await adapters.start();
-  const states = new SessionStateStore({ dir: join(root, "states"), ttlMs: 60 * 60_000 });
-  await states.start();
-  stores.push(adapters, states);
-  engine = createEngine({ llama, models: [base], adapters, states, threads: 1, contextSize: 512, memoryBudgetBytes: 2 ** 30 });
-  await engine.start();
+  tiny = await startTinyEngine(root, fx, { [ADAPTER_CID]: fx.adapters[0]!.path });
+  engine = tiny.engine;
   book = new VoucherBook({ dir: join(root, "vouchers"), escrow, provider: providerWallet.address });
   await book.start();
 
@@ -106,7 +80,7 @@ beforeAll(async () => {
     await asProvider.providerRegistry.register(server.peerId.toString(), server.multiaddrs().map(String), [fx.base.sha256], PRICES.input, PRICES.output, stake)
   ).wait();
   await f.deposit(payer, 100n * USD);
-  tokenizer = await loadLocalTokenizer(fx.base.path, { modelSha256: fx.base.sha256, llama });
+  tokenizer = await loadLocalTokenizer(fx.base.path, { modelSha256: fx.base.sha256, llama: tiny.llama });
   client = await createClientHost();
 }, 120_000);
 
@@ -115,11 +89,8 @@ afterAll(async () => {
   await protocols?.stop();
   await net.cleanup();
   await tokenizer?.dispose();
-  await engine?.stop();
-  for (const store of stores) await store.stop();
   await book?.stop();
-  await base?.dispose();
-  await llama?.dispose();
+  await tiny?.stop();
   await chain?.close();
   if (root) await rm(root, { recursive: true, force: true });
   await removeTinyFixtures();
