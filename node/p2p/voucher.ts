@@ -72,6 +72,15 @@ export function voucherHandler(ctx: VoucherContext): (message: VoucherMessage, s
           `session was opened at ${session.prices.input}/${session.prices.output}.`,
       );
     }
+    // The book keeps only a session's latest voucher: one expiring sooner than the session would leave the
+    // whole session unsettleable once it lapses (and one later than the escrow's lifetime could not settle
+    // before the payer withdraws), while the credit rule counts it as paid. Vouchers carry the request's expiry.
+    if (voucher.expiry !== session.expiry) {
+      throw new InvalidMessageError(
+        `The voucher expires at ${voucher.expiry}; session ${session.sessionId} was opened to expire at ` +
+          `${session.expiry}, the expiry every voucher of it must carry.`,
+      );
+    }
     try {
       await ctx.book.accept(voucher, message.signature, { prices: session.prices, signal });
     } catch (err) {

@@ -6,6 +6,7 @@ import { decodeFrame, encodeFrame } from "./codec.js";
 import { InvalidMessageError, InvalidSignatureError } from "./errors.js";
 import { MAX_CONTROL_FRAME_BYTES, MAX_PROMPT_FRAME_BYTES } from "./limits.js";
 import {
+  Uint64String,
   InferenceRequestSchema,
   InferenceResponseSchema,
   PROTOCOL_SCHEMAS,
@@ -186,6 +187,16 @@ describe("field validation", () => {
       expect(() => encodeFrame(open, { maxFrameBytes: MAX_CONTROL_FRAME_BYTES, schema: SessionOpenSchema })).toThrow(InvalidMessageError);
     });
   }
+
+  it("refuses numbers that are not decimal integers without throwing, and never parses oversized digit strings", () => {
+    for (const bad of ["1.5", "1e3", "NaN", "-1", "01", "0x10", " 1", "9".repeat(79), "9".repeat(65_536)]) {
+      expect(Uint64String.safeParse(bad).success, bad).toBe(false);
+    }
+    expect(Uint64String.safeParse("18446744073709551616").success).toBe(false);
+    expect(Uint64String.safeParse("18446744073709551615").success).toBe(true);
+    // A receipt whose numbers are malformed fails its fields' checks; its cross-field check must not throw.
+    expect(ReceiptParse(receipt({ cumulativeInputTokens: "1.5" }))).toBe(false);
+  });
 
   it("refuses cached tokens above input tokens, and cumulative totals below the turn", () => {
     expect(ReceiptParse(receipt({ usage: { inputTokens: 1, cachedInputTokens: 2, outputTokens: 0 } }))).toBe(false);

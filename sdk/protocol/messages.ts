@@ -28,9 +28,13 @@ export function uintString(max: bigint) {
   // 78 digits is 2^256's length; the length cap keeps BigInt() from parsing megabytes of digits.
   return z
     .string()
-    .regex(/^(0|[1-9][0-9]{0,77})$/, "expected a decimal integer string")
-    .refine((s) => BigInt(s) <= max, `out of range (0..${max})`);
+    .regex(UINT_DIGITS, "expected a decimal integer string")
+    // zod runs a string's checks on even after one fails: BigInt() must only see what the regex let through,
+    // or "1.5" would throw a SyntaxError out of safeParse (and a 64 KiB digit string would be parsed).
+    .refine((s) => !UINT_DIGITS.test(s) || BigInt(s) <= max, `out of range (0..${max})`);
 }
+
+const UINT_DIGITS = /^(0|[1-9][0-9]{0,77})$/;
 
 export const Uint64String = uintString(UINT64_MAX);
 export const Uint128String = uintString(UINT128_MAX);
@@ -241,12 +245,18 @@ export const ReceiptSchema = z
     cumulativeInputTokens: Uint64String,
     cumulativeOutputTokens: Uint64String,
   })
-  .refine(
-    (r) =>
-      BigInt(r.cumulativeInputTokens) >= BigInt(r.usage.inputTokens - r.usage.cachedInputTokens) &&
-      BigInt(r.cumulativeOutputTokens) >= BigInt(r.usage.outputTokens),
-    "cumulative totals below the turn's billed usage",
-  );
+  .refine((r) => {
+    // zod runs this even when a field failed its own check (then reported already): such values must not
+    // throw out of safeParse.
+    try {
+      return (
+        BigInt(r.cumulativeInputTokens) >= BigInt(r.usage.inputTokens - r.usage.cachedInputTokens) &&
+        BigInt(r.cumulativeOutputTokens) >= BigInt(r.usage.outputTokens)
+      );
+    } catch {
+      return true;
+    }
+  }, "cumulative totals below the turn's billed usage");
 export type Receipt = z.infer<typeof ReceiptSchema>;
 
 export const StopReasonSchema = z.enum(["stop", "length", "abort", "error"]);
