@@ -1,0 +1,228 @@
+/**
+ * One provider under load: SESSIONS chats (default 32), each of its own payer (a fresh wallet with a deposit and
+ * an agent) and its own client libp2p host, all taking TURNS turns (default 4) at once against one real provider
+ * (node/provider startProvider: engine, libp2p, quote/session/inference/voucher protocols, voucher book,
+ * settlement worker) on the tiny fixture model (test/fixtures/gguf tinyFixtures(), 0.46M parameters), over TCP
+ * loopback with Noise and Yamux, on an in-process EDR chain.
+ *
+ * Engine settings are the provider's defaults (threads cores − 1, contextSize the model's 2048, 4 sequences
+ * per context, maxConcurrent 2, maxQueued 16, memory budget half the free memory): 18 turns are admitted at
+ * once and the rest are answered ProviderBusyError, as a deployed node would answer them.
+ *
+ * How: the chats are opened first (registry, quotes; not timed; at most 4 new connections a second, since libp2p
+ * refuses a 6th inbound connection within a second from one IP and every client here is on 127.0.0.1), then every chat runs its turns one after
+ * another, all chats at once. Each turn sends the whole conversation so far (a user message of 12 words, the
+ * answers kept verbatim) and asks for TOKENS tokens (default 16) greedily; the first turn of a chat also opens
+ * its provider session, and every turn ends with its voucher exchange, as in real use. With one provider, a
+ * busy answer makes the client's turn fail (AllProvidersFailedError, its failures of kind "busy"): the bench
+ * waits 100–200 ms (random) and runs the turn again, and counts one busy rejection per "provider:failed" event
+ * of kind "busy". Any other failure is an error (printed on stderr, the turn skipped).
+ * - turnsPerSec: turns completed over the wall time from the start to the last chat's end;
+ * - p50Ms / p95Ms / maxMs: turn latency, from the first call of turn() to its success, busy retries and waits
+ *   included; firstTurnP50Ms / laterTurnP50Ms split it by turns that open a session and those that do not;
+ * - outputTokensPerSec: output tokens of completed turns over the same wall time;
+ * - busyRejections, busyTurns (turns that met at least one), errors (anything but busy), providerBusy (busy
+ *   answers the provider counted, from its request:failed events), sessionsOpened (the client opens a new
+ *   session after a busy turn, so this exceeds SESSIONS when there were busy answers).
+ * One repetition (`--runs N` repeats the whole load on the same provider with new chats; figures are then over
+ * all turns).
+ *
+ *   npm run bench -- provider-load [--sessions N] [--turns N] [--tokens N] [--runs N]
+ */
+import { mkdtemp, rm } from "node:fs/promises";
+import { rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Wallet, ZeroHash } from "ethers";
+import { getLlama, LlamaLogLevel } from "node-llama-cpp";
+import { connectContracts } from "../sdk/chain/contracts.js";
+import { AllProvidersFailedError, createClientHost, openChat, type ChatSession, type ClientHost } from "../sdk/client/index.js";
+import type { ChatMessage } from "../sdk/protocol/messages.js";
+import { ProviderBusyError } from "../sdk/protocol/errors.js";
+import { defaultThreads } from "../node/engine/threads.js";
+import { startProvider } from "../node/provider/provider.js";
+import { removeTinyFixtures, tinyFixtures } from "../test/fixtures/gguf/llama.js";
+import { createTestChain } from "../test/helpers/chain.js";
+import { deployFixture, USD } from "../test/helpers/soulmesh.js";
+import { argNumber, log, median, round, sentence } from "./_util.js";
+
+const PRICES = { input: 500_000n, output: 1_500_000n };
+const DEPOSIT = 10n * USD;
+
+/** The value at quantile `q` (0–1) of a non-empty list, nearest rank. */
+function quantile(values: readonly number[], q: number): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))]!;
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function main(): Promise<void> {
+  const sessions = argNumber("sessions", 32);
+  const turns = argNumber("turns", 4);
+  const maxTokens = argNumber("tokens", 16);
+  const repetitions = argNumber("runs", 1);
+  const root = await mkdtemp(join(tmpdir(), "soulmesh-bench-load-"));
+  process.once("exit", () => rmSync(root, { recursive: true, force: true }));
+
+  log("starting the chain and deploying…");
+  const chain = await createTestChain();
+  const f = await deployFixture(chain);
+  const [deployer, providerWallet, , creator] = chain.wallets as [Wallet, Wallet, Wallet, Wallet];
+  const escrow = { chainId: f.deployment.chainId, address: f.deployment.contracts.inferenceEscrow };
+  const fx = await tinyFixtures();
+  const llama = await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error });
+  await f.fund(providerWallet.address, BigInt(f.deployment.parameters.minStake));
+  log("starting the provider…");
+  const node = await startProvider({
+    dataDir: join(root, "provider"),
+    models: [fx.base.path],
+    prices: PRICES,
+    deployment: f.deployment,
+    rpc: chain.provider,
+    privateKey: providerWallet.privateKey,
+    metricsPort: 0,
+    llama,
+  });
+  const { protocols, engine } = node.parts;
+  let providerBusy = 0;
+  const providerErrors: string[] = [];
+  protocols.addEventListener("request:failed", (e) => {
+    const { protocol, error } = e.detail;
+    if (error instanceof ProviderBusyError) providerBusy++;
+    else providerErrors.push(`${protocol}: ${error instanceof Error ? `${error.name}: ${error.message}` : String(error)}`);
+  });
+
+  const personaId = await f.createPersona(creator, { adapterSha256: ZeroHash, baseModelHash: fx.base.sha256, royaltyPerMillion: 200_000n });
+  const contracts = connectContracts(f.deployment, chain.provider);
+
+  interface Turn {
+    ms: number;
+    first: boolean;
+    outputTokens: number;
+  }
+  const done: Turn[] = [];
+  const errors: string[] = [];
+  let busyRejections = 0;
+  let busyTurns = 0;
+  let sessionsOpened = 0;
+  let wallMs = 0;
+
+  for (let rep = 0; rep < repetitions; rep++) {
+    log(`repetition ${rep + 1}/${repetitions}: ${sessions} payers (wallet, deposit, agent), client hosts, chats…`);
+    const total = DEPOSIT * BigInt(sessions);
+    await f.fund(deployer.address, total);
+    await (await f.contracts.token.approve(f.deployment.contracts.inferenceEscrow, total)).wait();
+    const payers: { wallet: Wallet; agentId: bigint }[] = [];
+    for (let i = 0; i < sessions; i++) {
+      const wallet = new Wallet(Wallet.createRandom().privateKey, chain.provider);
+      await chain.provider.send("hardhat_setBalance", [wallet.address, "0x8AC7230489E80000"]);
+      await (await f.contracts.inferenceEscrow.depositFor(wallet.address, DEPOSIT)).wait();
+      payers.push({ wallet, agentId: await f.mintAgent(wallet, personaId) });
+    }
+    const hosts: ClientHost[] = [];
+    const chats: ChatSession[] = [];
+    for (const [i, payer] of payers.entries()) {
+      // libp2p refuses more than 5 inbound connections per second from one IP (its inboundConnectionThreshold
+      // default), and every client here comes from 127.0.0.1: connect at most 4 a second.
+      if (i > 0 && i % 4 === 0) await sleep(1_100);
+      const host = await createClientHost();
+      hosts.push(host);
+      const chat = await openChat({
+        libp2p: await host.start(),
+        contracts,
+        signer: payer.wallet,
+        escrow,
+        agentId: payer.agentId,
+        personaId,
+        modelSha256: fx.base.sha256,
+        spendingCap: USD,
+        stallTimeoutMs: 60_000,
+      });
+      chat.addEventListener("provider:failed", (e) => {
+        if (e.detail.kind === "busy") busyRejections++;
+      });
+      chat.addEventListener("session:opened", () => sessionsOpened++);
+      chats.push(chat);
+    }
+
+    log(`${sessions} chats × ${turns} turns of ${maxTokens} tokens, all at once…`);
+    const start = performance.now();
+    await Promise.all(
+      chats.map(async (chat, c) => {
+        const history: ChatMessage[] = [];
+        for (let t = 0; t < turns; t++) {
+          history.push({ role: "user", content: sentence(c * 31 + t, 12) });
+          const begin = performance.now();
+          let sawBusy = false;
+          for (;;) {
+            try {
+              const result = await chat.turn({ prompt: [...history], maxTokens, sampling: { temperature: 0 } });
+              if (result.failovers.some((x) => x.kind === "busy")) sawBusy = true;
+              done.push({ ms: performance.now() - begin, first: t === 0, outputTokens: result.usage.outputTokens });
+              history.push({ role: "assistant", content: result.text });
+              break;
+            } catch (err) {
+              if (err instanceof AllProvidersFailedError && err.failures.length > 0 && err.failures.every((x) => x.kind === "busy")) {
+                sawBusy = true;
+                await sleep(100 + Math.random() * 100);
+                continue;
+              }
+              errors.push(`chat ${c} turn ${t}: ${err instanceof Error ? `${err.name}: ${err.message}` : String(err)}`);
+              history.pop();
+              break;
+            }
+          }
+          if (sawBusy) busyTurns++;
+        }
+      }),
+    );
+    const elapsed = performance.now() - start;
+    wallMs += elapsed;
+    log(`  ${(elapsed / 1000).toFixed(1)} s; busy so far ${busyRejections}, errors so far ${errors.length}; engine ${JSON.stringify(engine.load)}`);
+    for (const chat of chats) chat.close();
+    await Promise.all(hosts.map((h) => h.stop()));
+  }
+
+  for (const e of errors) log(`error: ${e}`);
+  for (const e of providerErrors) log(`provider error: ${e}`);
+  const load = engine.load;
+  await node.stop();
+  await llama.dispose();
+  await chain.close();
+  await removeTinyFixtures();
+  await rm(root, { recursive: true, force: true });
+
+  const ms = done.map((t) => t.ms);
+  const outputTokens = done.reduce((sum, t) => sum + t.outputTokens, 0);
+  const firsts = done.filter((t) => t.first).map((t) => t.ms);
+  const laters = done.filter((t) => !t.first).map((t) => t.ms);
+  const figures = {
+    turnsPerSec: round((done.length * 1000) / wallMs, 2),
+    p50Ms: round(quantile(ms, 0.5)),
+    p95Ms: round(quantile(ms, 0.95)),
+    maxMs: round(Math.max(...ms)),
+    busyRejections,
+    errors: errors.length,
+    sessions,
+    turnsPerSession: turns,
+    maxTokens,
+    turns: done.length,
+    outputTokensPerSec: round((outputTokens * 1000) / wallMs, 1),
+    firstTurnP50Ms: round(firsts.length > 0 ? median(firsts) : 0),
+    laterTurnP50Ms: round(laters.length > 0 ? median(laters) : 0),
+    busyTurns,
+    providerBusy,
+    providerErrors: providerErrors.length,
+    sessionsOpened,
+    wallSeconds: round(wallMs / 1000, 2),
+    repetitions,
+    engine: { threads: defaultThreads(), maxConcurrent: 2, maxQueued: 16, sequencesPerContext: 4, contexts: load.contexts },
+  };
+  console.log(JSON.stringify(figures));
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});
