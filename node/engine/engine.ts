@@ -10,6 +10,7 @@ import {
   SessionNotFoundError,
   SessionStateError,
 } from "./errors.js";
+import { chatWrapperOf } from "../../sdk/client/tokenizer.js";
 import { checkRequest, generate, type GenerateOptions, type GenerateResult } from "./generate.js";
 import type { AdapterLease, AdapterStore } from "./adapters.js";
 import type { LoadedModel } from "./models.js";
@@ -188,6 +189,9 @@ export class InferenceEngine extends EventTarget {
   async start(): Promise<void> {
     if (this.#running) return;
     this.#running = true;
+    // node-llama-cpp picks a model's chat wrapper by rendering its template, ~0.5 s: done now, not in the
+    // first client's time to first token.
+    for (const m of this.#models.values()) chatWrapperOf(m.model);
     this.#sweeper = setInterval(() => void this.closeIdleSessions(), Math.min(this.#sessionIdleMs, 60_000));
     this.#sweeper.unref();
   }
@@ -314,7 +318,7 @@ export class InferenceEngine extends EventTarget {
   async generate(sessionId: string, options: GenerateOptions): Promise<TurnResult> {
     this.#ensureRunning();
     const session = this.#session(sessionId);
-    checkRequest(session.model.model, this.contextSize, options);
+    const checked = checkRequest(session.model.model, this.contextSize, options);
     const signal = options.signal;
     return this.#queue.run(
       () =>
@@ -324,7 +328,8 @@ export class InferenceEngine extends EventTarget {
           try {
             await session.settled();
             const restored = await this.#ensureSequence(session, signal);
-            const result = await generate(session.sequence!, options);
+            const sequence = session.sequence!;
+            const result = await generate(sequence, options, sequence.contextSize === this.contextSize ? checked : undefined);
             return { ...result, restored };
           } finally {
             session.busy = false;

@@ -194,9 +194,14 @@ export function checkRequest(model: LlamaModel, contextSize: number, options: Ge
  * @example
  * const { text, usage } = await generate(sequence, { prompt: { text: "Once upon" }, maxTokens: 16 })
  */
-export async function generate(sequence: LlamaContextSequence, options: GenerateOptions): Promise<GenerateResult> {
+export async function generate(
+  sequence: LlamaContextSequence,
+  options: GenerateOptions,
+  /** The same request already checked on this model and context size (spares rendering the template twice). */
+  checked: CheckedRequest = checkRequest(sequence.model, sequence.contextSize, options),
+): Promise<GenerateResult> {
   const model = sequence.model;
-  const { tokens, stopTriggers, stops, room } = checkRequest(model, sequence.contextSize, options);
+  const { tokens, stopTriggers, stops, room } = checked;
   const maxTokens = Math.min(options.maxTokens ?? room, room);
   options.signal?.throwIfAborted();
 

@@ -104,6 +104,8 @@ export async function loadLocalTokenizer(
   options.signal?.throwIfAborted();
   const llama = options.llama ?? (await getLlama({ gpu: false }));
   const model = await llama.loadModel({ modelPath, vocabOnly: true, ...(options.signal !== undefined && { loadSignal: options.signal }) });
+  // Resolving the chat wrapper renders the template (~0.5 s): at load, not in the first turn.
+  chatWrapperOf(model);
   return {
     modelSha256: options.modelSha256?.toLowerCase(),
     count: (prompt) => countPromptTokens(model, prompt),
