@@ -123,6 +123,9 @@ export function inferenceHandler(
       },
       (err: unknown) => {
         session.busy = false;
+        // Refused at admission, before anything ran: the turn number is given back, so that busy means the
+        // same to a client whichever queue was full, and it can send the same turn again on this session.
+        if (err instanceof EngineBusyError && session.nextTurn === turn + 1) session.nextTurn = turn;
         throw wireError(err, session);
       },
     );

@@ -552,7 +552,7 @@ describe("inference and vouchers", () => {
     expect(info(sessionId)).toMatchObject({ busy: false, nextTurn: 1 });
   });
 
-  it("passes the engine's admission refusal on as ProviderBusyError, the turn number spent", async () => {
+  it("passes the engine's admission refusal on as ProviderBusyError, giving the turn number back", async () => {
     const single = createEngine({ ...engineParts, threads: 1, contextSize: 512, memoryBudgetBytes: 2 ** 28, maxConcurrent: 1, maxQueued: 0 });
     await single.start();
     const host = await net.host();
@@ -568,9 +568,10 @@ describe("inference and vouchers", () => {
       expect((await stream.next()).value).toMatchObject({ type: "inference.chunk" });
       const refused = await rejection(requestProtocol(client.libp2p, target(host), "inference", inference(b, 0, sea)));
       expect(refused).toBeInstanceOf(ProviderBusyError);
-      expect(busyNode.sessions().find((s) => s.sessionId === b)).toMatchObject({ nextTurn: 1, busy: false, served: { outputTokens: 0n } });
+      expect(busyNode.sessions().find((s) => s.sessionId === b)).toMatchObject({ nextTurn: 0, busy: false, served: { outputTokens: 0n } });
       for await (const _ of stream);
-      const next = await requestProtocol(client.libp2p, target(host), "inference", inference(b, 1, sea));
+      // The same turn again, on the same session, once the engine has room.
+      const next = await requestProtocol(client.libp2p, target(host), "inference", inference(b, 0, sea));
       expect(next).toMatchObject({ type: "inference.chunk", index: 0 });
     } finally {
       await busyNode.stop();

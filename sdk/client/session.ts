@@ -59,6 +59,26 @@ import { checkTurnUsage, promptTokenUpperBound, ZERO_TOTALS, type TokenTotals, t
 const ZERO_HASH = `0x${"00".repeat(32)}`;
 /** A session is renewed this long before its expiry: the provider refuses turns in its last 30 s. */
 const RENEW_MARGIN_S = 120;
+/** Rounds of waiting for busy providers before a turn fails, and the first wait (doubled each round). */
+const BUSY_ROUNDS = 3;
+const BUSY_BACKOFF_MS = 150;
+
+/** Resolves after `ms`, or rejects with the signal's reason. */
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) return reject(signal.reason);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal.reason);
+    };
+    const timer = setTimeout(() => {
+      signal.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
 /** Kept off the escrow's longest voucher lifetime, for clock skew between client, provider and chain. */
 const LIFETIME_MARGIN_S = 60;
 
@@ -340,9 +360,12 @@ export class ChatSession extends TypedEventTarget<ChatEvents> {
       ...(c.adapter !== undefined && { adapterSha256: c.adapter.sha256 }),
     });
     if (ranked.length < quoted.length) reasons.push(`${quoted.length - ranked.length} quoted but did not qualify (model, address or limits)`);
-    this.#ranked = ranked.map((r) => r.candidate);
     this.#unranked = reasons;
-    if (this.#ranked.length === 0) throw new NoProviderError(c.modelSha256, reasons);
+    // Nothing new qualifies: the last ranking stays (its providers failed this turn only, e.g. busy).
+    if (ranked.length === 0) throw new NoProviderError(c.modelSha256, reasons);
+    // Those left out as failing this turn stay candidates for later turns, after the fresh ones.
+    const excluded = this.#ranked.filter((p) => options.exclude?.has(p.address) === true && !ranked.some((r) => r.candidate.address === p.address));
+    this.#ranked = [...ranked.map((r) => r.candidate), ...excluded];
   }
 
   /**
@@ -390,6 +413,7 @@ export class ChatSession extends TypedEventTarget<ChatEvents> {
     const failures: ProviderFailure[] = [];
     const tried = new Set<string>();
     let refreshed = false;
+    let busyRounds = 0;
     let last: { address: string; discardedText: string } | undefined;
     for (let attempt = 0; ; attempt++) {
       signal.throwIfAborted();
@@ -403,6 +427,17 @@ export class ChatSession extends TypedEventTarget<ChatEvents> {
           if (!(err instanceof NoProviderError)) throw err;
         }
         provider = this.#pick(tried);
+      }
+      if (provider === undefined && busyRounds < BUSY_ROUNDS) {
+        // Every candidate left is only busy: wait a little (backing off, with jitter so that clients refused
+        // together do not return together) and ask them again rather than failing the turn.
+        const busy = [...tried].filter((address) => failures.findLast((f) => f.provider === address)?.kind === "busy");
+        if (busy.length > 0) {
+          await sleep(BUSY_BACKOFF_MS * 2 ** busyRounds * (1 + Math.random()), signal);
+          busyRounds++;
+          for (const address of busy) tried.delete(address);
+          provider = this.#pick(tried);
+        }
       }
       if (provider === undefined) throw this.#exhausted(failures);
       if (last !== undefined) {
@@ -470,7 +505,12 @@ export class ChatSession extends TypedEventTarget<ChatEvents> {
     try {
       done = await this.#stream(provider, request, options, signal, partial);
     } catch (err) {
-      session.usable = false;
+      if (err instanceof ProviderBusyError && partial.text === "") {
+        // Refused before it started: the provider kept its turn number and counters, so the session stays.
+        session.nextTurn--;
+      } else {
+        session.usable = false;
+      }
       throw err;
     }
     const check = checkTurnUsage({

@@ -310,6 +310,32 @@ describe("chat", () => {
     expect(chat.providers).toEqual([a.address, b.address]);
   });
 
+  it("waits for the only provider while it is busy, then serves the same turn on the same session", async () => {
+    const w = await world([{ label: "A", prices: PRICE }]);
+    const [a] = w.fakes as [FakeProvider];
+    const chat = await chatFor(w);
+    await chat.turn({ prompt: "Hello", maxTokens: 8 });
+    a.behavior = { kind: "busy" };
+    // Free again during the client's first wait (150–300 ms): no new session, no failed turn.
+    setTimeout(() => (a.behavior = { kind: "honest" }), 50);
+    const second = await chat.turn({ prompt: "Hello again", maxTokens: 8 });
+    expect(second.provider).toBe(a.address);
+    expect(second.failovers.map((x) => x.kind)).toEqual(["busy"]);
+    expect(second.receipt.turn).toBe(1);
+    expect(a.opens).toHaveLength(1);
+    expect(a.vouchers.map((v) => v.voucher.outputTokens)).toEqual([5n, 10n]);
+  });
+
+  it("fails a turn typed once the only provider stays busy through every wait, paying nothing for it", async () => {
+    const w = await world([{ label: "A", prices: PRICE, behavior: { kind: "busy" } }]);
+    const chat = await chatFor(w);
+    const err = await chat.turn({ prompt: "Hello", maxTokens: 8 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(AllProvidersFailedError);
+    // The first refusal and one per wait.
+    expect((err as AllProvidersFailedError).failures.map((x) => x.kind)).toEqual(["busy", "busy", "busy", "busy"]);
+    expect(w.fakes[0]!.vouchers).toEqual([]);
+  });
+
   it("pays an overcharging provider only the capped amount, drops it, and moves on", async () => {
     const w = await world([
       { label: "A", prices: PRICE, behavior: { kind: "overcharge", extraOutput: 50, extraInput: 7 } },
@@ -367,7 +393,8 @@ describe("chat", () => {
     const chat = await chatFor(w, { stallTimeoutMs: 300 });
     const err = await chat.turn({ prompt: "Hello", maxTokens: 8 }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(AllProvidersFailedError);
-    expect((err as AllProvidersFailedError).failures.map((x) => x.kind).sort()).toEqual(["busy", "stall"]);
+    // The stalled one is not asked again; the busy one is, after each wait.
+    expect((err as AllProvidersFailedError).failures.map((x) => x.kind).sort()).toEqual(["busy", "busy", "busy", "busy", "stall"]);
     expect((err as Error).message).toMatch(/not charged/);
     expect(w.fakes.flatMap((p) => p.vouchers)).toEqual([]);
     expect(chat.spent).toBe(0n);

@@ -219,9 +219,10 @@ export class FakeProvider {
     if ((s.served.input * pIn + (s.served.output + BigInt(req.maxTokens)) * pOut) / 1_000_000n > BigInt(s.request.spendingCap)) {
       throw new InsufficientEscrowError("the turn could exceed the spending cap");
     }
-    s.nextTurn++;
     const behavior = this.behavior;
+    // As the real provider: refused at admission, the turn number is not spent.
     if (behavior.kind === "busy") throw new ProviderBusyError("queue full");
+    s.nextTurn++;
     s.busy = true;
     try {
       const input = fakeTokenCount(req.prompt);
