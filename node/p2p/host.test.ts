@@ -2,8 +2,10 @@ import { stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { PeerKeyCorruptError } from "./errors.js";
+import { requestProtocol } from "./handler.js";
 import { createProviderHost, PEER_KEY_FILE } from "./host.js";
-import { Fixture } from "./test-support.js";
+import { serveQuotes } from "./quote.js";
+import { FACTS, Fixture } from "./test-support.js";
 
 const fx = new Fixture();
 afterEach(() => fx.cleanup());
@@ -35,6 +37,15 @@ describe("provider host", () => {
     expect(err).toBeInstanceOf(PeerKeyCorruptError);
     expect((err as Error).name).toBe("PeerKeyCorruptError");
     expect((err as Error).message).toMatch(/Restore it from a backup.*or delete it/);
+  });
+
+  it("accepts a burst of new clients from one address (libp2p alone would refuse the sixth within a second)", async () => {
+    const server = await fx.host();
+    await serveQuotes(server.libp2p, { quoteSource: () => FACTS });
+    const target = server.multiaddrs().find((m) => !m.toString().includes("/ws"))!;
+    const clients = await Promise.all(Array.from({ length: 12 }, () => fx.host()));
+    const quotes = await Promise.all(clients.map((c) => requestProtocol(c.libp2p, target, "quote", { type: "quote.request" }, { timeoutMs: 10_000 })));
+    expect(quotes.map((q) => q.type)).toEqual(Array(12).fill("quote"));
   });
 
   it("reports an unreachable bootstrap peer and runs anyway", async () => {

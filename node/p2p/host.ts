@@ -40,6 +40,12 @@ export interface ProviderHostOptions {
    * set false on the public internet so that peers are not told addresses they cannot reach.
    */
   announcePrivateAddresses?: boolean;
+  /**
+   * New inbound connections accepted per second from one IP address; default 64. libp2p's own default of 5
+   * refuses the 6th client behind one NAT (or on one machine) within a second; the total stays bounded by
+   * libp2p's connection limit.
+   */
+  inboundConnectionsPerSecondPerHost?: number;
   signal?: AbortSignal;
 }
 
@@ -165,6 +171,11 @@ export async function createProviderHost(options: ProviderHostOptions): Promise<
     start: false,
     privateKey,
     addresses: { listen: [...(options.listen ?? DEFAULT_LISTEN)] },
+    connectionManager: {
+      inboundConnectionThreshold: options.inboundConnectionsPerSecondPerHost ?? 64,
+      // Handshakes in flight at once; raised with the rate so that a burst of clients is not cut short.
+      maxIncomingPendingConnections: 32,
+    },
     transports: [tcp(), webSockets()],
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
