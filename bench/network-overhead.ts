@@ -29,8 +29,9 @@
  *   first over the time from the first chunk to the last (the receipt and voucher come after the last chunk
  *   and are not counted). Afterwards the chat is closed, the provider's session closed (its sequence freed for
  *   the next run) and its voucher settled, before the next run starts.
- * Figures are medians: throughputRatio = network / bare tokens per second, ttftOverheadMs = network − bare
- * TTFT (goals: ≥ 0.97 and ≤ 15 ms). `breakdown` splits the network TTFT (medians, ms): client request to the
+ * Figures are medians over the interleaved pairs (bare run i, network run i), so that the machine's drift
+ * between runs cancels out: throughputRatio = median of network / bare tokens per second of each pair,
+ * ttftOverheadMs = median of network − bare TTFT of each pair (goals: ≥ 0.97 and ≤ 15 ms). `breakdown` splits the network TTFT (medians, ms): client request to the
  * provider's handler, handler to engine.generate, engine.generate to its first chunk, that chunk to the
  * client's onChunk; `engineTokensPerSecond` is the generation speed seen at the engine's onChunk.
  * Two diagnostics less sensitive to other processes on the machine: `tokenIntervalMs`, the median gap between
@@ -296,8 +297,8 @@ async function main(): Promise<void> {
   const networkTtft = m((r) => r.ttftMs);
   const bareTtft = median(bares.map((r) => r.ttftMs));
   const figures = {
-    throughputRatio: round(networkTps / bareTps, 3),
-    ttftOverheadMs: round(networkTtft - bareTtft),
+    throughputRatio: round(median(nets.map((r, i) => r.tokensPerSecond / bares[i]!.tokensPerSecond)), 3),
+    ttftOverheadMs: round(median(nets.map((r, i) => r.ttftMs - bares[i]!.ttftMs))),
     networkTokensPerSecond: round(networkTps),
     bareTokensPerSecond: round(bareTps),
     networkTtftMs: round(networkTtft),

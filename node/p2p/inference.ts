@@ -141,7 +141,9 @@ export function inferenceHandler(
     try {
       let index = 0;
       for (;;) {
-        const text = chunks.shift();
+        // Whatever the engine produced while the last frame was being sent goes out as one frame: under load
+        // the stream carries fewer, larger frames instead of falling behind by one frame per token.
+        const text = chunks.length > 0 ? chunks.splice(0).join("") : undefined;
         if (text !== undefined) {
           // Engine chunks are a token's text; only a stop sequence held back at the end could be longer.
           for (let at = 0; at < text.length; at += MAX_CHUNK_TEXT_CHARS) {
