@@ -22,6 +22,7 @@ import { decodeRevert } from "../../sdk/chain/revert.js";
 import { SettlementFailedError, UnknownSessionError } from "./errors.js";
 import type { BookEntry, VoucherBook } from "./voucher-book.js";
 import { TypedEventTarget } from "../../sdk/events.js";
+import { sleep } from "../../sdk/time.js";
 
 // ---------------------------------------------------------------------------------------------------------
 // Types
@@ -463,17 +464,3 @@ export function expiryOrder(queues: Map<string, BookEntry[]>): BookEntry[] {
   return out;
 }
 
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal.aborted) return reject(signal.reason);
-    const onAbort = () => {
-      clearTimeout(timer);
-      reject(signal.reason);
-    };
-    const timer = setTimeout(() => {
-      signal.removeEventListener("abort", onAbort);
-      resolve();
-    }, ms);
-    signal.addEventListener("abort", onAbort, { once: true });
-  });
-}

@@ -16,7 +16,7 @@ import {
 } from "../../sdk/protocol/index.js";
 import { readStream, requestProtocol } from "./handler.js";
 import { serveQuotes } from "./quote.js";
-import { FACTS, Fixture, MODEL_A, prng } from "./test-support.js";
+import { FACTS, Fixture, MODEL_A, prng, rawFrame, rawJsonFrame } from "./test-support.js";
 
 const fx = new Fixture();
 afterEach(() => fx.cleanup());
@@ -27,15 +27,9 @@ const SEED = 0x50_11_3e_54;
 const TYPED_CODES = new Set(["MalformedFrameError", "InvalidMessageError", "FrameTooLargeError"]);
 const utf8 = new TextEncoder();
 
-function frame(body: Uint8Array): Uint8Array {
-  const prefix = encodeVarint(body.length);
-  const out = new Uint8Array(prefix.length + body.length);
-  out.set(prefix);
-  out.set(body, prefix.length);
-  return out;
-}
+const frame = rawFrame;
 
-const json = (value: unknown) => frame(utf8.encode(JSON.stringify(value)));
+const json = rawJsonFrame;
 
 /** One bad input per kind, chosen by `rand`; `kind` names it in failure messages. */
 function junk(rand: () => number, i: number): { kind: string; bytes: Uint8Array } {

@@ -38,6 +38,7 @@ import {
   type Prompt,
   type SessionOpen,
   type SessionRequest,
+  voucherToWire,
 } from "../../sdk/protocol/index.js";
 import { createTestChain, type TestChain } from "../../test/helpers/chain.js";
 import { deployFixture, USD, type Fixture as ChainFixture } from "../../test/helpers/soulmesh.js";
@@ -49,7 +50,7 @@ import { readStream, requestProtocol, streamProtocol } from "./handler.js";
 import type { ProviderHost } from "./host.js";
 import { serveProviderProtocols, type ProviderProtocols, type ProviderSessionInfo } from "./provider-protocols.js";
 import { chainViewOf, NO_ADAPTER, type ProviderChainView } from "./sessions.js";
-import { Fixture as NetFixture, prng } from "./test-support.js";
+import { Fixture as NetFixture, prng, rawFrame, rawJsonFrame } from "./test-support.js";
 
 const PRICES = { input: 500_000n, output: 1_500_000n };
 const CASES = 3_000;
@@ -201,17 +202,7 @@ function voucherOf(request: SessionRequest, totals: { inputTokens: bigint; outpu
   };
 }
 
-const wire = (v: Voucher) => ({
-  payer: v.payer,
-  provider: v.provider,
-  agentId: v.agentId.toString(),
-  session: v.session.toString(),
-  inputTokens: v.inputTokens.toString(),
-  outputTokens: v.outputTokens.toString(),
-  priceInputPerMillion: v.priceInputPerMillion.toString(),
-  priceOutputPerMillion: v.priceOutputPerMillion.toString(),
-  expiry: v.expiry.toString(),
-});
+const wire = voucherToWire;
 
 /** Signs the typed data directly: signVoucher refuses to sign for another payer, and these tests must. */
 async function voucherMessage(v: Voucher, signer: Wallet = payer, domain: EscrowRef = escrow) {
@@ -256,14 +247,8 @@ interface Junk {
 }
 
 const utf8 = new TextEncoder();
-const frame = (body: Uint8Array): Uint8Array => {
-  const prefix = encodeVarint(body.length);
-  const out = new Uint8Array(prefix.length + body.length);
-  out.set(prefix);
-  out.set(body, prefix.length);
-  return out;
-};
-const json = (value: unknown) => frame(utf8.encode(JSON.stringify(value)));
+const frame = rawFrame;
+const json = rawJsonFrame;
 /** A frame whose JSON text is exactly `size` bytes: `value` with a padding string at `pad` (a key of `value`). */
 function jsonOfSize(value: Record<string, unknown>, size: number, set: (value: Record<string, unknown>, pad: string) => void): Uint8Array {
   const probe = structuredClone(value);

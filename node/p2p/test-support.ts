@@ -2,6 +2,7 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { encodeVarint } from "../../sdk/protocol/index.js";
 import { createProviderHost, type ProviderHost, type ProviderHostOptions } from "./host.js";
 import type { QuoteFacts } from "./quote.js";
 
@@ -54,3 +55,15 @@ export function prng(seed: number): () => number {
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
 }
+
+/** `body` behind its varint length prefix, whatever the body holds: for sending malformed frames. */
+export function rawFrame(body: Uint8Array): Uint8Array {
+  const prefix = encodeVarint(body.length);
+  const out = new Uint8Array(prefix.length + body.length);
+  out.set(prefix);
+  out.set(body, prefix.length);
+  return out;
+}
+
+/** A frame of `value`'s JSON, unchecked by any schema. */
+export const rawJsonFrame = (value: unknown): Uint8Array => rawFrame(new TextEncoder().encode(JSON.stringify(value)));

@@ -55,6 +55,7 @@ import {
 import { gatherQuotes, rankProviders, requestQuote, type QuotedProvider, type RankOptions } from "./selection.js";
 import type { LocalTokenizer } from "./tokenizer.js";
 import { checkTurnUsage, promptTokenUpperBound, ZERO_TOTALS, type TokenTotals, type UsageViolation } from "./usage.js";
+import { sleep } from "../time.js";
 
 const ZERO_HASH = `0x${"00".repeat(32)}`;
 /** A session is renewed this long before its expiry: the provider refuses turns in its last 30 s. */
@@ -62,22 +63,6 @@ const RENEW_MARGIN_S = 120;
 /** Rounds of waiting for busy providers before a turn fails, and the first wait (doubled each round). */
 const BUSY_ROUNDS = 3;
 const BUSY_BACKOFF_MS = 150;
-
-/** Resolves after `ms`, or rejects with the signal's reason. */
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal.aborted) return reject(signal.reason);
-    const onAbort = () => {
-      clearTimeout(timer);
-      reject(signal.reason);
-    };
-    const timer = setTimeout(() => {
-      signal.removeEventListener("abort", onAbort);
-      resolve();
-    }, ms);
-    signal.addEventListener("abort", onAbort, { once: true });
-  });
-}
 
 /** Kept off the escrow's longest voucher lifetime, for clock skew between client, provider and chain. */
 const LIFETIME_MARGIN_S = 60;

@@ -1,0 +1,20 @@
+/**
+ * Resolves after `ms`, or rejects with the signal's reason as soon as it aborts (the timer is cleared).
+ *
+ * @example
+ * await sleep(250, signal) // a retry's backoff that a shutdown cuts short
+ */
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted === true) return reject(signal.reason);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal!.reason);
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}
