@@ -1,0 +1,212 @@
+import { describe, expect, it } from "vitest";
+import { MEMORY_KINDS, mayHear, type Audience, type Listener, type MemoryItem } from "../types.js";
+import { EmbedderMismatchError, InvalidMemoryItemError, MemoryIndexFormatError } from "./errors.js";
+import { MemoryIndex, type SearchHit } from "./memory-index.js";
+import { hashEmbedder, prng } from "./test-helpers.js";
+import { terms } from "./tokenize.js";
+
+const DAY = 86_400_000;
+const NOW = Date.UTC(2025, 5, 1);
+const owner: Listener = { userId: "owner", isOwner: true };
+
+function item(id: string, text: string, extra: Partial<MemoryItem> = {}): MemoryItem {
+  return { id, kind: "turn", text, speaker: "alice", audience: "everyone", time: NOW - DAY, ...extra };
+}
+
+const ids = (hits: SearchHit[]): string[] => hits.map((h) => h.item.id);
+
+describe("MemoryIndex", () => {
+  it("finds memories by words and by meaning, and keeps size, get and items in step", async () => {
+    const index = MemoryIndex.create({ embedder: hashEmbedder() });
+    await index.upsert([
+      item("a", "I signed up for a pottery class yesterday"),
+      item("b", "We went camping at the beach with the kids"),
+      item("c", "My sister is visiting from Sweden next week"),
+    ]);
+    expect(index.size).toBe(3);
+    expect(index.get("b")?.text).toContain("camping");
+    expect([...index.items()].map((i) => i.id).sort()).toEqual(["a", "b", "c"]);
+    expect(ids(await index.search("pottery class", { k: 1, listener: owner, now: NOW }))).toEqual(["a"]);
+    expect(ids(await index.searchBm25("camping beach", { k: 3, listener: owner }))[0]).toBe("b");
+    expect(ids(await index.searchVector("sister visiting Sweden", { k: 1, listener: owner }))).toEqual(["c"]);
+  });
+
+  it("replaces a memory with the same id and forgets removed ones", async () => {
+    const index = MemoryIndex.create({ embedder: hashEmbedder() });
+    await index.upsert([item("a", "my favourite colour is blue"), item("b", "the weather is nice")]);
+    await index.upsert([item("a", "my favourite colour is green")]);
+    expect(index.size).toBe(2);
+    expect(ids(await index.searchBm25("blue", { k: 5, listener: owner }))).toEqual([]);
+    expect(ids(await index.search("green colour", { k: 1, listener: owner, now: NOW }))).toEqual(["a"]);
+    index.remove(["a", "missing"]);
+    expect(index.size).toBe(1);
+    expect(index.get("a")).toBeUndefined();
+    expect(ids(await index.search("green colour", { k: 5, listener: owner, now: NOW }))).not.toContain("a");
+    expect(ids(await index.searchVector("favourite colour green", { k: 5, listener: owner }))).not.toContain("a");
+  });
+
+  // Ties at a ranking's cut-off go to the lower slot, which depends on history: k and depth here cover everything.
+  it("incremental upserts and removes answer like a fresh build of the survivors", async () => {
+    const rand = prng(21);
+    const vocab = "dog cat beach pottery sister sweden camping book painting music coffee garden hiking adoption".split(" ");
+    const text = (): string => Array.from({ length: 4 + Math.floor(rand() * 6) }, () => vocab[Math.floor(rand() * vocab.length)]).join(" ");
+    const embedder = hashEmbedder();
+    const weights = { candidates: 500 };
+    const incremental = MemoryIndex.create({ embedder, weights });
+    const live = new Map<string, MemoryItem>();
+    for (let round = 0; round < 40; round++) {
+      const batch = Array.from({ length: 10 }, () => item(`m${Math.floor(rand() * 120)}`, text(), { time: NOW - Math.floor(rand() * 90) * DAY }));
+      await incremental.upsert(batch);
+      for (const m of batch) live.set(m.id, m);
+      const gone = Array.from({ length: 4 }, () => `m${Math.floor(rand() * 120)}`);
+      incremental.remove(gone);
+      for (const id of gone) live.delete(id);
+    }
+    const fresh = MemoryIndex.create({ embedder, weights });
+    await fresh.upsert([...live.values()]);
+    expect(incremental.size).toBe(live.size);
+    for (let q = 0; q < 20; q++) {
+      const query = text();
+      const o = { k: 500, listener: owner, now: NOW };
+      const round6 = (hits: SearchHit[]) => hits.map((h) => [h.item.id, Number(h.score.toFixed(6))]);
+      expect(round6(await incremental.search(query, o))).toEqual(round6(await fresh.search(query, o)));
+      expect(round6(await incremental.searchBm25(query, o))).toEqual(round6(await fresh.searchBm25(query, o)));
+      expect(round6(await incremental.searchVector(query, o))).toEqual(round6(await fresh.searchVector(query, o)));
+    }
+  });
+
+  it("ranks a topic summary above a segment summary that matched equally, and distilled kinds above turns", async () => {
+    const index = MemoryIndex.create({ embedder: hashEmbedder() });
+    const text = "alice adopted a cat named Miso";
+    await index.upsert([
+      item("seg", text, { kind: "segment-summary" }),
+      item("topic", text, { kind: "topic-summary" }),
+      item("turn", text, { kind: "turn" }),
+    ]);
+    expect(ids(await index.search("cat Miso", { k: 3, listener: owner, now: NOW }))).toEqual(["topic", "seg", "turn"]);
+    expect(ids(await index.search("cat Miso", { k: 3, listener: owner, now: NOW, kinds: ["turn", "segment-summary"] }))).toEqual(["seg", "turn"]);
+  });
+
+  it("prefers recent memories on a tie, relative to `now`", async () => {
+    const index = MemoryIndex.create({ embedder: hashEmbedder() });
+    await index.upsert([item("old", "we talked about the garden", { time: NOW - 300 * DAY }), item("new", "we talked about the garden", { time: NOW - DAY })]);
+    expect(ids(await index.search("garden", { k: 2, listener: owner, now: NOW }))).toEqual(["new", "old"]);
+    // Seen from a year before, both are in the future and count as new; then the id order breaks the tie.
+    const hits = await index.search("garden", { k: 2, listener: owner, now: NOW - 400 * DAY });
+    expect(hits[0]!.score).toBeCloseTo(hits[1]!.score, 12);
+  });
+
+  it("puts the listener's own memories first on a tie, then those of a speaker the query names", async () => {
+    const index = MemoryIndex.create({ embedder: hashEmbedder() });
+    await index.upsert([
+      item("bob", "my dog is called Rex", { speaker: "bob" }),
+      item("carol", "my dog is called Rex", { speaker: "carol" }),
+    ]);
+    expect(ids(await index.search("dog Rex", { k: 2, listener: { userId: "carol", isOwner: false }, now: NOW }))).toEqual(["carol", "bob"]);
+    expect(ids(await index.search("dog Rex", { k: 2, listener: { userId: "bob", isOwner: false }, now: NOW }))).toEqual(["bob", "carol"]);
+    expect(ids(await index.search("what is Carol's dog called?", { k: 2, listener: owner, now: NOW }))[0]).toBe("carol");
+  });
+
+  it("weighs importance", async () => {
+    const index = MemoryIndex.create({ embedder: hashEmbedder() });
+    await index.upsert([item("low", "allergic to peanuts", { importance: 0 }), item("high", "allergic to peanuts", { importance: 1 })]);
+    expect(ids(await index.search("peanuts", { k: 2, listener: owner, now: NOW }))).toEqual(["high", "low"]);
+  });
+
+  it("never returns a memory the listener may not hear (random data, every method)", async () => {
+    const rand = prng(99);
+    const users = ["alice", "bob", "carol", "owner"];
+    const audiences: Audience[] = ["everyone", "speaker", "owner"];
+    const vocab = "secret plan dog hospital tomorrow birthday gift money trip paris sister job".split(" ");
+    const text = (): string => Array.from({ length: 3 + Math.floor(rand() * 5) }, () => vocab[Math.floor(rand() * vocab.length)]).join(" ");
+    const index = MemoryIndex.create({ embedder: hashEmbedder() });
+    const all: MemoryItem[] = [];
+    for (let i = 0; i < 400; i++) {
+      all.push({
+        id: `m${i}`,
+        kind: MEMORY_KINDS[Math.floor(rand() * MEMORY_KINDS.length)]!,
+        text: text(),
+        speaker: users[Math.floor(rand() * users.length)]!,
+        audience: audiences[Math.floor(rand() * audiences.length)]!,
+        time: NOW - Math.floor(rand() * 100) * DAY,
+        importance: rand(),
+      });
+    }
+    await index.upsert(all);
+    index.remove(all.filter(() => rand() < 0.1).map((m) => m.id));
+    let checked = 0;
+    for (let q = 0; q < 200; q++) {
+      const listener: Listener = { userId: users[Math.floor(rand() * users.length)]!, isOwner: rand() < 0.3 };
+      const o = { k: 1 + Math.floor(rand() * 50), listener, now: NOW };
+      const query = text();
+      // The mask itself, not only the final mayHear guard: with room for every match, BM25 returns exactly the
+      // matching memories the listener may hear (a forbidden one let through would push one of them out).
+      const queryTerms = new Set(terms(query));
+      const hearable = [...index.items()].filter((m) => mayHear(m, listener) && terms(m.text).some((t) => queryTerms.has(t)));
+      const exact = await index.searchBm25(query, { ...o, k: hearable.length });
+      expect(new Set(ids(exact))).toEqual(new Set(hearable.map((m) => m.id)));
+      for (const hits of [await index.search(query, o), await index.searchBm25(query, o), await index.searchVector(query, o)]) {
+        for (const hit of hits) {
+          expect(mayHear(hit.item, listener)).toBe(true);
+          checked++;
+        }
+      }
+    }
+    expect(checked).toBeGreaterThan(1000);
+  });
+
+  it("round-trips through serialize/deserialize with equal results", async () => {
+    const rand = prng(5);
+    const vocab = "dog cat beach pottery sister sweden camping book painting music".split(" ");
+    const embedder = hashEmbedder();
+    const index = MemoryIndex.create({ embedder, weights: { recencyFloor: 0.5 }, bm25: { k1: 0.9 } });
+    await index.upsert(
+      Array.from({ length: 200 }, (_, i) =>
+        item(`m${i}`, Array.from({ length: 6 }, () => vocab[Math.floor(rand() * vocab.length)]).join(" "), {
+          time: NOW - i * DAY,
+          audience: i % 7 === 0 ? "speaker" : "everyone",
+          speaker: i % 2 === 0 ? "alice" : "bob",
+          sources: [`t${i}`],
+        }),
+      ),
+    );
+    index.remove(["m3", "m50"]);
+    const bytes = index.serialize();
+    const copy = MemoryIndex.deserialize(bytes, { embedder });
+    expect(copy.size).toBe(index.size);
+    expect(copy.get("m10")).toEqual(index.get("m10"));
+    const o = { k: 20, listener: { userId: "bob", isOwner: false }, now: NOW };
+    for (const query of ["dog beach", "sister in sweden", "painting music"]) {
+      expect(await copy.search(query, o)).toEqual(await index.search(query, o));
+      expect(await copy.searchBm25(query, o)).toEqual(await index.searchBm25(query, o));
+    }
+    // An unaligned copy of the bytes reads the same.
+    const shifted = new Uint8Array(bytes.length + 1).subarray(1);
+    shifted.set(bytes);
+    expect(MemoryIndex.deserialize(shifted, { embedder }).size).toBe(index.size);
+  });
+
+  it("refuses another embedder's index and bytes that are not an index", async () => {
+    const index = MemoryIndex.create({ embedder: hashEmbedder("space-a") });
+    await index.upsert([item("a", "hello")]);
+    const bytes = index.serialize();
+    expect(() => MemoryIndex.deserialize(bytes, { embedder: hashEmbedder("space-b") })).toThrow(EmbedderMismatchError);
+    expect(() => MemoryIndex.deserialize(bytes, { embedder: hashEmbedder("space-a", 16) })).toThrow(EmbedderMismatchError);
+    expect(() => MemoryIndex.deserialize(bytes.subarray(0, bytes.length - 4), { embedder: hashEmbedder("space-a") })).toThrow(MemoryIndexFormatError);
+    expect(() => MemoryIndex.deserialize(new TextEncoder().encode("not an index at all"), { embedder: hashEmbedder("space-a") })).toThrow(
+      MemoryIndexFormatError,
+    );
+  });
+
+  it("rejects malformed memories and leaves the index unchanged when embedding is aborted", async () => {
+    const index = MemoryIndex.create({ embedder: hashEmbedder() });
+    await expect(index.upsert([item("", "x")])).rejects.toThrow(InvalidMemoryItemError);
+    await expect(index.upsert([{ ...item("a", "x"), audience: "nobody" as Audience }])).rejects.toThrow(InvalidMemoryItemError);
+    await expect(index.upsert([item("a", "x", { importance: 2 })])).rejects.toThrow(InvalidMemoryItemError);
+    const controller = new AbortController();
+    controller.abort();
+    await expect(index.upsert([item("a", "hello")], { signal: controller.signal })).rejects.toThrow();
+    expect(index.size).toBe(0);
+    await expect(index.search("hello", { k: 1, listener: owner, signal: controller.signal })).rejects.toThrow();
+  });
+});
