@@ -1,13 +1,14 @@
 import { readdir, readFile, mkdtemp, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import * as dagCbor from "@ipld/dag-cbor";
 import { Wallet } from "ethers";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createHeliaBlockStore, type HeliaBlockStore } from "./block-store.js";
 import { generateAgentKey, openSharedAgentKey, ownerKeyFromSigner, shareAgentKey, type AgentRef } from "./crypto.js";
-import { VaultDecryptError } from "./errors.js";
+import { InvalidVaultInputError, VaultDecryptError } from "./errors.js";
 import { TurnJournal } from "./journal.js";
-import { AgentVault, loadAgent, type Turn } from "./vault.js";
+import { AgentVault, decodeTurn, encodeTurn, loadAgent, type Turn } from "./vault.js";
 
 const deployment = { chainId: 31337n, registry: "0x5FbDB2315678afecb367f032d93F642f64180aa3" };
 const agent: AgentRef = { ...deployment, agentId: 42n };
@@ -144,6 +145,22 @@ describe("agent vault", () => {
     expect(order.slice(-2)).toEqual(["flush", "journal"]);
     expect(order.lastIndexOf("put")).toBeLessThan(order.indexOf("flush"));
     await journal.close();
+  });
+
+  it("keeps a turn's confidential flag, and reads and writes turns without it as before", async () => {
+    const agentKey = generateAgentKey();
+    const { vault, journal } = await openVault(join(root, "journal-confidential"), agentKey);
+    await vault.appendTurn({ ...turn(0), speaker: "alice", confidential: true });
+    await vault.appendTurn({ ...turn(1), confidential: false });
+    const head = (await vault.commit())!;
+    await journal.close();
+    const loaded = await loadAgent({ store: writerStore, agent, ownerKey, head: head.cid });
+    expect(loaded.turns).toEqual([{ ...turn(0), speaker: "alice", confidential: true }, turn(1)]);
+    // A turn that is not confidential encodes to the bytes it had before the flag existed.
+    const plain = turn(2);
+    expect(encodeTurn({ ...plain, confidential: false })).toEqual(dagCbor.encode({ role: plain.role, text: plain.text, time: plain.time }));
+    expect(decodeTurn(dagCbor.encode({ role: "user", text: "old", time: 5 }))).toEqual({ role: "user", text: "old", time: 5 });
+    expect(() => encodeTurn({ ...plain, confidential: "yes" as unknown as boolean })).toThrow(InvalidVaultInputError);
   });
 
   it("writes no plaintext to the journal or the block store", async () => {

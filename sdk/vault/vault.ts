@@ -30,6 +30,8 @@ export interface Turn {
   text: string;
   /** Milliseconds since the epoch. */
   time: number;
+  /** Said in confidence: memory keeps it to its speaker (absent on turns written before it existed). */
+  confidential?: boolean;
 }
 
 type JournalRecord = { t: "turn"; turn: Turn } | { t: "item"; kind: ItemKind; content: Uint8Array | null };
@@ -45,9 +47,17 @@ function checkTurn(turn: Turn): Turn {
     if (typeof turn.text !== "string" || turn.text.length > MAX_TEXT) problems.push(`text is a string of at most ${MAX_TEXT} characters`);
     if (!Number.isSafeInteger(turn.time) || turn.time < 0) problems.push("time is milliseconds since the epoch");
     if (turn.speaker !== undefined && (typeof turn.speaker !== "string" || turn.speaker.length > 256)) problems.push("speaker is a string of at most 256 characters");
+    if (turn.confidential !== undefined && typeof turn.confidential !== "boolean") problems.push("confidential is a boolean");
   }
   if (problems.length > 0) throw new InvalidVaultInputError(problems);
-  return { role: turn.role, text: turn.text, time: turn.time, ...(turn.speaker !== undefined && { speaker: turn.speaker }) };
+  return {
+    role: turn.role,
+    text: turn.text,
+    time: turn.time,
+    ...(turn.speaker !== undefined && { speaker: turn.speaker }),
+    // Only a true flag is written, so a turn without confidence encodes to the same bytes as before it existed.
+    ...(turn.confidential === true && { confidential: true }),
+  };
 }
 
 /**
