@@ -40,6 +40,7 @@ export {
 } from "./maintenance.js";
 export type { SegmentLine, SegmentRequest } from "./maintenance.js";
 export { wake, WAKE_MAX_TOKENS } from "./wake.js";
+export { completeThroughChat } from "./complete.js";
 export type { WakeMessage, WakeOptions } from "./wake.js";
 export * from "./persona/index.js";
 export * from "./retrieval/index.js";
