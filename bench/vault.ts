@@ -62,6 +62,7 @@ import {
 } from "../sdk/vault/dag.js";
 import type { BlockStore } from "../sdk/vault/types.js";
 import { log, argNumber, round } from "./_util.js";
+import { prng } from "../test/helpers/prng.js";
 
 
 const SIZES = [10, 1_000, 10_000] as const;
@@ -84,17 +85,6 @@ function percentile(values: readonly number[], p: number): number {
 // ---------------------------------------------------------------------------------------------------------
 // Deterministic content
 
-/** mulberry32: a small seeded PRNG, so every run writes the same texts. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const WORDS = (
   "i you we they the a an and but so because if when then maybe really think know want need like love feel " +

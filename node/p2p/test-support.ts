@@ -5,6 +5,8 @@ import { join } from "node:path";
 import { encodeVarint } from "../../sdk/protocol/index.js";
 import { createProviderHost, type ProviderHost, type ProviderHostOptions } from "./host.js";
 import type { QuoteFacts } from "./quote.js";
+export { prng } from "../../test/helpers/prng.js";
+import { prng } from "../../test/helpers/prng.js";
 
 export const MODEL_A = `0x${"ab".repeat(32)}`;
 export const MODEL_B = `0x${"cd".repeat(32)}`;
@@ -44,17 +46,6 @@ export class Fixture {
   }
 }
 
-/** A small deterministic PRNG (mulberry32), so that a failing fuzz case can be replayed from its seed. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** `body` behind its varint length prefix, whatever the body holds: for sending malformed frames. */
 export function rawFrame(body: Uint8Array): Uint8Array {

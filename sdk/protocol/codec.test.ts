@@ -12,21 +12,11 @@ import {
 import { MAX_CONTROL_FRAME_BYTES } from "./limits.js";
 import { InferenceResponseSchema, QuoteRequestSchema, SessionOpenSchema } from "./messages.js";
 import { z } from "zod";
+import { prng } from "../../test/helpers/prng.js";
 
 const TEXT_SCHEMA = z.strictObject({ type: z.literal("t"), text: z.string() });
 const opts = { maxFrameBytes: MAX_CONTROL_FRAME_BYTES, schema: InferenceResponseSchema };
 
-/** mulberry32: a seeded PRNG, so that a failing fuzz case can be replayed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
   const out: T[] = [];

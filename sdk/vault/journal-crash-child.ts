@@ -17,6 +17,8 @@
 import { writeSync } from "node:fs";
 import { pathToFileURL } from "node:url";
 import { TurnJournal } from "./journal.js";
+export { prng } from "../../test/helpers/prng.js";
+import { prng } from "../../test/helpers/prng.js";
 
 export const CRASH_AGENT = {
   agentId: 7n,
@@ -24,17 +26,6 @@ export const CRASH_AGENT = {
   registry: "0x5FbDB2315678afecb367f032d93F642f64180aa3",
 } as const;
 
-/** mulberry32: small, seedable, good enough to shape a test. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 // Synchronous writes: a line is in the pipe before the next await, so the parent never sees an ack later
 // than the kernel state it describes (an ack lost to the kill only weakens the check, never fools it).

@@ -4,6 +4,7 @@
  * so that a bug in the reader cannot be hidden by the same bug in the writer.
  */
 import { deflateSync } from "node:zlib";
+export { prng as seededRandom } from "../../../test/helpers/prng.js";
 
 /** A V1 card: flat fields, plus fields some V1 tools add. */
 export function v1Card(): Record<string, unknown> {
@@ -221,14 +222,3 @@ export function concatBytes(parts: Uint8Array[]): Uint8Array {
   return out;
 }
 
-/** A small seeded PRNG (mulberry32): property tests that fail can be replayed. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}

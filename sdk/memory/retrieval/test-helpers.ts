@@ -4,18 +4,9 @@
  */
 import { normalize, type Embedder } from "./embedder.js";
 import { words } from "./tokenize.js";
+export { prng } from "../../../test/helpers/prng.js";
+import { prng } from "../../../test/helpers/prng.js";
 
-/** mulberry32. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function hash(word: string): number {
   let h = 2166136261;

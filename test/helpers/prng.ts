@@ -1,0 +1,17 @@
+/**
+ * mulberry32: a small seeded PRNG for tests, fuzzers and benchmarks, so that a failing case can be replayed
+ * from its seed and a benchmark writes the same data every run.
+ *
+ * @example
+ * const rand = prng(42); rand() // 0.6011037519201636
+ */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
