@@ -7,7 +7,9 @@
  * Ingest: one MemoryItem per turn: id = dia_id, speaker = the speaker's name, audience "everyone", time = the
  * session's date plus 30 s per turn. A turn that shares a photo carries the dataset's caption of it, as an
  * agent that sees images would remember it: `text [shares a photo of …]` (the image search "query" field is
- * dataset-building metadata and is not used). The listener is the owner (may hear everything); `now` is one
+ * dataset-building metadata and is not used). Each turn's `context` is the text of its neighbours in the same
+ * session (`--context both`, the default: the previous and the next turn; `prev`: the previous only, what
+ * AgentMemory gives a turn as it is recorded; `none`). The listener is the owner (may hear everything); `now` is one
  * day after the conversation's last session.
  *
  * Evidence ids are normalised where the data mistypes them ("D8:6; D9:17" → two ids, "D:11:26" → "D11:26");
@@ -21,11 +23,12 @@
  * bytes.
  *
  * What was tuned on this data (on conversations 26 and 41, then checked on 43, 47 and 49; the defaults live in
- * sdk/memory/retrieval): BM25 b = 0.4, the SIF smoothing 1e-3, the vector ranking at half weight in the fusion,
+ * sdk/memory/retrieval): BM25 b = 0.4, the SIF smoothing 1e-3, the vector ranking at 0.4 weight and rrfK 20 in
+ * the fusion, the context field at weight 1,
  * the named-speaker weight 1.5, embedding "speaker: text", leaving speaker names out of the vector query, and
  * the light stemmer (on). Nothing reads the answers.
  *
- *   npm run bench -- memory-locomo [--data DIR] [--pad N]
+ *   npm run bench -- memory-locomo [--data DIR] [--pad N] [--context both|prev|none]
  */
 import { readdirSync, readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
@@ -34,6 +37,7 @@ import { MemoryIndex, type SearchHit } from "../sdk/memory/retrieval/memory-inde
 import { loadWordVectorEmbedder } from "../sdk/memory/retrieval/word-vectors.js";
 import type { Listener, MemoryItem } from "../sdk/memory/types.js";
 import { argNumber, log, round } from "./_util.js";
+import { prng } from "../test/helpers/prng.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
 
@@ -54,17 +58,6 @@ function percentile(values: readonly number[], p: number): number {
   return sorted[lo]! + (sorted[hi]! - sorted[lo]!) * (rank - lo);
 }
 
-/** mulberry32: the synthetic padding is the same every run. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 // ---------------------------------------------------------------------------------------------------------
 // The data
@@ -100,6 +93,8 @@ function parseSessionDate(text: string): number {
 }
 
 let evidenceDropped = 0;
+const contextMode = argString("context", "both");
+if (!["both", "prev", "none"].includes(contextMode)) throw new Error("--context is both, prev or none");
 
 function loadConversation(path: string, name: string): Conversation {
   const data = JSON.parse(readFileSync(path, "utf8")) as Record<string, unknown>;
@@ -112,11 +107,15 @@ function loadConversation(path: string, name: string): Conversation {
       continue; // a dated session without turns
     }
     const start = parseSessionDate(String(data[`session_${n}_date_time`]));
+    const texts = turns.map((turn) => turn.text + (turn.blip_caption ? ` [shares ${turn.blip_caption}]` : ""));
     turns.forEach((turn, i) => {
-      const caption = turn.blip_caption ? ` [shares ${turn.blip_caption}]` : "";
       const time = start + i * 30_000;
       lastTime = Math.max(lastTime, time);
-      items.push({ id: turn.dia_id, kind: "turn", text: turn.text + caption, speaker: turn.speaker, audience: "everyone", time });
+      const context = [
+        ...(contextMode !== "none" && i > 0 ? [texts[i - 1]!] : []),
+        ...(contextMode === "both" && i + 1 < texts.length ? [texts[i + 1]!] : []),
+      ].join("\n");
+      items.push({ id: turn.dia_id, kind: "turn", text: texts[i]!, speaker: turn.speaker, audience: "everyone", time, ...(context && { context }) });
     });
   }
   const ids = new Set(items.map((item) => item.id));
@@ -161,6 +160,14 @@ function padding(corpus: readonly MemoryItem[], count: number, start: number): M
       speaker: speakers[i % speakers.length]!,
       audience: "everyone",
       time: start - Math.floor(rand() * 3 * 365) * 86_400_000,
+    });
+  }
+  // Synthetic turns get neighbours' text as context like real ones, so the context field's postings are as long.
+  if (contextMode !== "none") {
+    const texts = out.map((item) => item.text);
+    out.forEach((item, i) => {
+      const context = [...(i > 0 ? [texts[i - 1]!] : []), ...(contextMode === "both" && i + 1 < texts.length ? [texts[i + 1]!] : [])].join("\n");
+      if (context) item.context = context;
     });
   }
   return out;
@@ -272,6 +279,7 @@ async function main(): Promise<void> {
     questions: r.hybrid10.length,
     conversations: conversations.length,
     evidenceDropped,
+    context: contextMode,
     embedder: embedder.id,
     embedderLoadMs: round(embedderLoadMs),
     wallS: round((performance.now() - runStart) / 1000),

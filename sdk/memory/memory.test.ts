@@ -252,6 +252,13 @@ describe("the privacy rule", () => {
     await memory.recordTurn(said("alice", "Thanks.", T0 + 4000)); // closes bob's segment
     await memory.settled();
     expect(memory.segmentSummaries).toHaveLength(2);
+    // Bob's turn follows the agent's confidential answer: it must not carry that answer as retrieval context,
+    // or the confidence would be found through a public turn.
+    const bobTurn = [...memory.items()].find((i) => i.kind === "turn" && i.speaker === "bob");
+    expect(bobTurn).toBeDefined();
+    expect(bobTurn!.context ?? "").not.toContain("secret");
+    const sailingReply = [...memory.items()].find((i) => i.kind === "turn" && i.text === "Sailing sounds lovely.");
+    expect(sailingReply!.context).toBe("I went sailing. Does anyone work at Globex?");
 
     const message = "Who is interviewing at Globex?";
     const forBob = await assemblePrompt({ memory, listener: BOB, message, now: T0 + HOUR });

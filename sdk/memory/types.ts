@@ -34,6 +34,12 @@ export interface MemoryItem {
   topic?: string;
   /** Ids of the memories it was made from (a summary's turns), for provenance and forgetting. */
   sources?: string[];
+  /**
+   * Text around the memory that helps find it but is not part of it: for a turn, the turns just before and
+   * after it in the same conversation ("what did you paint?" → "a sunset"). Retrieval matches it at a lower
+   * weight than `text`; prompts show `text` only.
+   */
+  context?: string;
 }
 
 /** Who is asking: retrieval and prompt assembly only ever show what this listener may hear. */

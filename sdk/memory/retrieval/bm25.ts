@@ -42,7 +42,6 @@ export class Bm25Index {
   private lengths = new Float64Array(64);
   private totalLength = 0;
   private count = 0;
-  private scratch = new Float64Array(64);
 
   constructor(readonly params: Bm25Params = DEFAULT_BM25) {}
 
@@ -151,20 +150,25 @@ export class Bm25Index {
    * const { slots } = index.search(terms("beach dog"), allowed, 10)
    */
   search(query: readonly string[], allowed: Uint8Array, n: number): Ranking {
+    return searchFields([{ index: this, weight: 1 }], query, allowed, n);
+  }
+
+  /**
+   * Adds `weight` × this index's BM25 score of each allowed document to `acc[slot]`, pushing each slot it
+   * touches first onto `touched` (callers reset `acc` for those slots after).
+   */
+  accumulate(query: readonly string[], allowed: Uint8Array, weight: number, acc: Float64Array, touched: number[]): void {
     const N = this.count;
-    if (N === 0 || n <= 0) return { slots: new Int32Array(0), scores: new Float64Array(0) };
+    if (N === 0 || weight === 0) return;
     const { k1, b } = this.params;
     const avgdl = this.totalLength / N || 1;
-    if (this.scratch.length < this.lengths.length) this.scratch = new Float64Array(this.lengths.length);
-    const acc = this.scratch;
     const lengths = this.lengths;
-    const touched: number[] = [];
     for (const term of query) {
       const id = this.termIds.get(term);
       if (id === undefined) continue;
       const df = this.postingLength[id]!;
       if (df === 0) continue;
-      const idf = Math.log(1 + (N - df + 0.5) / (df + 0.5));
+      const idf = weight * Math.log(1 + (N - df + 0.5) / (df + 0.5));
       const slots = this.postingSlots[id]!;
       const tfs = this.postingTf[id]!;
       for (let i = 0; i < df; i++) {
@@ -176,10 +180,37 @@ export class Bm25Index {
         acc[slot]! += (idf * tf * (k1 + 1)) / (tf + norm);
       }
     }
-    const ranking = topN(touched, acc, n);
-    for (const slot of touched) acc[slot] = 0;
-    return ranking;
   }
+
+  /** One past the highest slot this index has held (the size an accumulator must have). */
+  get slotBound(): number {
+    return this.lengths.length;
+  }
+}
+
+let sharedScratch = new Float64Array(64);
+
+/**
+ * The best `n` documents for `query` by a weighted sum of BM25 scores over several indexes sharing slots (a
+ * memory's text and its context, each its own field with its own statistics, as in BM25F's simplest form).
+ *
+ * @example
+ * searchFields([{ index: text, weight: 1 }, { index: context, weight: 0.3 }], terms("beach dog"), allowed, 10)
+ */
+export function searchFields(
+  fields: readonly { index: Bm25Index; weight: number }[],
+  query: readonly string[],
+  allowed: Uint8Array,
+  n: number): Ranking {
+  if (n <= 0 || fields.every((f) => f.index.size === 0)) return { slots: new Int32Array(0), scores: new Float64Array(0) };
+  const bound = Math.max(...fields.map((f) => f.index.slotBound));
+  if (sharedScratch.length < bound) sharedScratch = new Float64Array(Math.max(bound, sharedScratch.length * 2));
+  const acc = sharedScratch;
+  const touched: number[] = [];
+  for (const { index, weight } of fields) index.accumulate(query, allowed, weight, acc, touched);
+  const ranking = topN(touched, acc, n);
+  for (const slot of touched) acc[slot] = 0;
+  return ranking;
 }
 
 function grow(array: Float64Array, min: number): Float64Array<ArrayBuffer> {

@@ -31,6 +31,24 @@ describe("MemoryIndex", () => {
     expect(ids(await index.searchVector("sister visiting Sweden", { k: 1, listener: owner }))).toEqual(["c"]);
   });
 
+  it("finds a memory by its context below its own text, and keeps, replaces and forgets the context with it", async () => {
+    const index = MemoryIndex.create({ embedder: hashEmbedder() });
+    await index.upsert([
+      item("reply", "Yes, last Tuesday, it was great!", { context: "Did you finish the pottery class?" }),
+      item("own", "The pottery class starts soon"),
+      item("other", "Nothing much happened today"),
+    ]);
+    expect(ids(await index.searchBm25("pottery", { k: 3, listener: owner }))).toEqual(["own", "reply"]);
+    const reloaded = MemoryIndex.deserialize(index.serialize(), { embedder: hashEmbedder() });
+    expect(reloaded.get("reply")?.context).toBe("Did you finish the pottery class?");
+    expect(ids(await reloaded.searchBm25("pottery", { k: 3, listener: owner }))).toEqual(["own", "reply"]);
+    await index.upsert([item("reply", "Yes, last Tuesday, it was great!")]);
+    expect(ids(await index.searchBm25("pottery", { k: 3, listener: owner }))).toEqual(["own"]);
+    await index.upsert([item("reply", "Yes!", { context: "Did you go camping?" })]);
+    index.remove(["reply"]);
+    expect(ids(await index.searchBm25("camping", { k: 3, listener: owner }))).toEqual([]);
+  });
+
   it("replaces a memory with the same id and forgets removed ones", async () => {
     const index = MemoryIndex.create({ embedder: hashEmbedder() });
     await index.upsert([item("a", "my favourite colour is blue"), item("b", "the weather is nice")]);

@@ -7,7 +7,7 @@
  * cannot surface, not in the hybrid nor in the single-method rankings.
  */
 import { MEMORY_KINDS, mayHear, type Audience, type Listener, type MemoryItem, type MemoryKind } from "../types.js";
-import { Bm25Index, DEFAULT_BM25, type Bm25Params, type Ranking } from "./bm25.js";
+import { Bm25Index, DEFAULT_BM25, searchFields, type Bm25Params, type Ranking } from "./bm25.js";
 import type { Embedder } from "./embedder.js";
 import { EmbedderMismatchError, EmbeddingShapeError, InvalidMemoryItemError, MemoryIndexFormatError } from "./errors.js";
 import { stem, terms, words } from "./tokenize.js";
@@ -58,6 +58,8 @@ const FORMAT_VERSION = 1;
 export class MemoryIndex {
   private readonly weights: RetrievalWeights;
   private readonly bm25: Bm25Index;
+  /** The memories' `context` as a second BM25 field, slot for slot. */
+  private readonly contextBm25: Bm25Index;
   private readonly vectors: VectorStore;
   private readonly indexSpeaker: boolean;
   private readonly slotOf = new Map<string, number>();
@@ -74,6 +76,7 @@ export class MemoryIndex {
   private constructor(readonly embedder: Embedder, private readonly options: Omit<MemoryIndexOptions, "embedder">) {
     this.weights = resolveWeights(options.weights);
     this.bm25 = new Bm25Index({ ...DEFAULT_BM25, ...options.bm25 });
+    this.contextBm25 = new Bm25Index({ ...DEFAULT_BM25, ...options.bm25 });
     this.vectors = new VectorStore(embedder.dimensions);
     this.indexSpeaker = options.indexSpeaker ?? true;
   }
@@ -141,6 +144,7 @@ export class MemoryIndex {
       this.bySlot[slot] = undefined;
       this.audience[slot] = 0;
       this.bm25.delete(slot);
+      this.contextBm25.delete(slot);
       this.vectors.clear(slot);
       this.free.push(slot);
     }
@@ -159,7 +163,7 @@ export class MemoryIndex {
     const queryTerms = this.queryTerms(query);
     const named = this.namedSpeakers(queryTerms);
     const vector = await this.embedQuery(this.withoutNames(query, named), options.signal);
-    const lexical = this.bm25.search(queryTerms, allowed, depth);
+    const lexical = this.lexical(queryTerms, allowed, depth);
     const semantic = this.vectors.search(vector, allowed, depth);
     const fused = new Map<number, number>();
     const { rrfK, bm25, vector: vectorWeight } = this.weights;
@@ -190,7 +194,7 @@ export class MemoryIndex {
    */
   async searchBm25(query: string, options: SearchOptions): Promise<SearchHit[]> {
     options.signal?.throwIfAborted();
-    const ranking = this.bm25.search(this.queryTerms(query), this.allowed(options), options.k);
+    const ranking = this.lexical(this.queryTerms(query), this.allowed(options), options.k);
     return this.finish(this.hitsOf(ranking), options);
   }
 
@@ -286,6 +290,8 @@ export class MemoryIndex {
     const docTerms = terms(item.text);
     if (this.indexSpeaker) docTerms.push(...terms(item.speaker));
     this.bm25.set(slot, docTerms);
+    if (item.context !== undefined && item.context.length > 0) this.contextBm25.set(slot, terms(item.context));
+    else this.contextBm25.delete(slot);
     this.vectors.set(slot, vector);
   }
 
@@ -358,6 +364,16 @@ export class MemoryIndex {
     return words(query)
       .filter((w) => !nameTerms.has(stem(w)))
       .join(" ");
+  }
+
+  /** BM25 over the text plus BM25 over the context at its weight (each field with its own statistics). */
+  private lexical(queryTerms: readonly string[], allowed: Uint8Array, n: number): Ranking {
+    if (this.contextBm25.size === 0) return this.bm25.search(queryTerms, allowed, n);
+    const fields = [
+      { index: this.bm25, weight: 1 },
+      { index: this.contextBm25, weight: this.weights.context },
+    ];
+    return searchFields(fields, queryTerms, allowed, n);
   }
 
   private queryTerms(query: string): string[] {
