@@ -8,8 +8,8 @@
  * session's date plus 30 s per turn. A turn that shares a photo carries the dataset's caption of it, as an
  * agent that sees images would remember it: `text [shares a photo of …]` (the image search "query" field is
  * dataset-building metadata and is not used). Each turn's `context` is the text of its neighbours in the same
- * session (`--context both`, the default: the previous and the next turn; `prev`: the previous only, what
- * AgentMemory gives a turn as it is recorded; `none`). The listener is the owner (may hear everything); `now` is one
+ * session, up to `--window` turns away (default 2): `--context both`, the default, on both sides; `prev`: the
+ * earlier ones only, what AgentMemory gives a turn as it is recorded (the previous two); `none`. The listener is the owner (may hear everything); `now` is one
  * day after the conversation's last session.
  *
  * Evidence ids are normalised where the data mistypes them ("D8:6; D9:17" → two ids, "D:11:26" → "D11:26");
@@ -28,7 +28,7 @@
  * the named-speaker weight 1.5, embedding "speaker: text", leaving speaker names out of the vector query, and
  * the light stemmer (on). Nothing reads the answers.
  *
- *   npm run bench -- memory-locomo [--data DIR] [--pad N] [--context both|prev|none]
+ *   npm run bench -- memory-locomo [--data DIR] [--pad N] [--context both|prev|none] [--window N]
  */
 import { readdirSync, readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
@@ -95,6 +95,18 @@ function parseSessionDate(text: string): number {
 let evidenceDropped = 0;
 const contextMode = argString("context", "both");
 if (!["both", "prev", "none"].includes(contextMode)) throw new Error("--context is both, prev or none");
+const contextWindow = argNumber("window", 2);
+
+/** The texts up to `contextWindow` turns before (and, for `both`, after) turn i, nearest first. */
+function neighbours(texts: readonly string[], i: number): string {
+  const out: string[] = [];
+  if (contextMode === "none") return "";
+  for (let d = 1; d <= contextWindow; d++) {
+    if (i - d >= 0) out.push(texts[i - d]!);
+    if (contextMode === "both" && i + d < texts.length) out.push(texts[i + d]!);
+  }
+  return out.join("\n");
+}
 
 function loadConversation(path: string, name: string): Conversation {
   const data = JSON.parse(readFileSync(path, "utf8")) as Record<string, unknown>;
@@ -111,10 +123,7 @@ function loadConversation(path: string, name: string): Conversation {
     turns.forEach((turn, i) => {
       const time = start + i * 30_000;
       lastTime = Math.max(lastTime, time);
-      const context = [
-        ...(contextMode !== "none" && i > 0 ? [texts[i - 1]!] : []),
-        ...(contextMode === "both" && i + 1 < texts.length ? [texts[i + 1]!] : []),
-      ].join("\n");
+      const context = neighbours(texts, i);
       items.push({ id: turn.dia_id, kind: "turn", text: texts[i]!, speaker: turn.speaker, audience: "everyone", time, ...(context && { context }) });
     });
   }
@@ -166,7 +175,7 @@ function padding(corpus: readonly MemoryItem[], count: number, start: number): M
   if (contextMode !== "none") {
     const texts = out.map((item) => item.text);
     out.forEach((item, i) => {
-      const context = [...(i > 0 ? [texts[i - 1]!] : []), ...(contextMode === "both" && i + 1 < texts.length ? [texts[i + 1]!] : [])].join("\n");
+      const context = neighbours(texts, i);
       if (context) item.context = context;
     });
   }
@@ -280,6 +289,7 @@ async function main(): Promise<void> {
     conversations: conversations.length,
     evidenceDropped,
     context: contextMode,
+    contextWindow,
     embedder: embedder.id,
     embedderLoadMs: round(embedderLoadMs),
     wallS: round((performance.now() - runStart) / 1000),

@@ -259,6 +259,9 @@ describe("the privacy rule", () => {
     expect(bobTurn!.context ?? "").not.toContain("secret");
     const sailingReply = [...memory.items()].find((i) => i.kind === "turn" && i.text === "Sailing sounds lovely.");
     expect(sailingReply!.context).toBe("I went sailing. Does anyone work at Globex?");
+    // Two earlier turns give context when both may be heard: the reply and the question it answers.
+    const thanks = [...memory.items()].find((i) => i.kind === "turn" && i.text === "Thanks.");
+    expect(thanks!.context).toBe("I went sailing. Does anyone work at Globex?\nSailing sounds lovely.");
 
     const message = "Who is interviewing at Globex?";
     const forBob = await assemblePrompt({ memory, listener: BOB, message, now: T0 + HOUR });

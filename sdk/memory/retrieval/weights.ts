@@ -40,7 +40,8 @@ export interface RetrievalWeights {
  * of the two (recall@10 0.49 against 0.69), and at equal weight it pulled the hybrid below BM25 alone. rrfK 20
  * rather than the textbook 60 lets a ranking's top few count more (+0.01 to +0.03 on each half). A memory's
  * context (its neighbouring turns) counts as much as its text in BM25: a reply is found by the question it
- * answers (+0.06 hybrid recall@10 on each half; 0.3 and 0.7 gave less on the tuning half).
+ * answers (+0.06 hybrid recall@10 on each half with ±1 turn; 0.3 and 0.7 gave less on the tuning half; with
+ * ±2 turns, 1 again beat 0.5, 0.7, 1.2 and 1.5).
  * Kinds: distilled memories (profile, notebook, topic summaries) above the turns they came from.
  * The recency floor is high because in a long companion relationship old facts stay true (LoCoMo questions
  * reach back months); recency breaks near-ties rather than deciding.
