@@ -253,7 +253,8 @@ const REGEX_TEST = new Script("re.test(s)");
 /** Matches keys against the scanned text: plain keys by (whole-word) search, regex keys under guards. */
 class KeyMatcher {
   private context: Context | undefined;
-  private readonly deadline: number;
+  /** Set at the first regex key, so that parsing, counting and the context's creation do not use up its time. */
+  private deadline: number | undefined;
   /** One slow key may take a quarter of the time, so that it cannot starve the keys after it. */
   private readonly perKeyMs: number;
   private readonly regexCache = new Map<string, RegExp | null>();
@@ -262,10 +263,9 @@ class KeyMatcher {
 
   constructor(
     private readonly wholeWords: boolean,
-    regexTimeMs: number,
+    private readonly regexTimeMs: number,
     private readonly warnings: string[],
   ) {
-    this.deadline = performance.now() + regexTimeMs;
     this.perKeyMs = Math.max(1, Math.ceil(regexTimeMs / 4));
   }
 
@@ -285,12 +285,13 @@ class KeyMatcher {
   private matchesRegex(key: string, haystack: string, caseSensitive: boolean): boolean {
     const re = this.compile(key, caseSensitive);
     if (re === null) return false;
+    this.context ??= createContext({});
+    this.deadline ??= performance.now() + this.regexTimeMs;
     const remaining = this.deadline - performance.now();
     if (remaining < 1) {
       this.warn(`regex key ${quote(key)} skipped: the time for regex keys ran out`);
       return false;
     }
-    this.context ??= createContext({});
     this.context.re = re;
     this.context.s = haystack.length > MAX_REGEX_SCAN_CHARS ? haystack.slice(-MAX_REGEX_SCAN_CHARS) : haystack;
     try {
