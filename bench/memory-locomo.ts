@@ -8,8 +8,9 @@
  * session's date plus 30 s per turn. A turn that shares a photo carries the dataset's caption of it, as an
  * agent that sees images would remember it: `text [shares a photo of …]` (the image search "query" field is
  * dataset-building metadata and is not used). Each turn's `context` is the text of its neighbours in the same
- * session, up to `--window` turns away (default 2): `--context both`, the default, on both sides; `prev`: the
- * earlier ones only, what AgentMemory gives a turn as it is recorded (the previous two); `none`. The listener is the owner (may hear everything); `now` is one
+ * session, up to `--window` turns away (default 2): `--context both`, the default, on both sides, which is what
+ * AgentMemory gives a turn (its previous two as it is recorded, the next two as they arrive, with no new
+ * embedding); `prev`: the earlier ones only, what a turn has until the next ones arrive; `none`. The listener is the owner (may hear everything); `now` is one
  * day after the conversation's last session.
  *
  * Evidence ids are normalised where the data mistypes them ("D8:6; D9:17" → two ids, "D:11:26" → "D11:26");
@@ -25,8 +26,9 @@
  * What was tuned on this data (on conversations 26 and 41, then checked on 43, 47 and 49; the defaults live in
  * sdk/memory/retrieval): BM25 b = 0.4, the SIF smoothing 1e-3, the vector ranking at 0.4 weight and rrfK 20 in
  * the fusion, the context field at weight 1,
- * the named-speaker weight 1.5, embedding "speaker: text", leaving speaker names out of the vector query, and
- * the light stemmer (on). Nothing reads the answers.
+ * the named-speaker weight 1.5, embedding "speaker: text", leaving speaker names out of the vector query, the
+ * light stemmer (on), and query expansion (each query word's nearest indexed word by word vector, at 0.2).
+ * Nothing reads the answers.
  *
  *   npm run bench -- memory-locomo [--data DIR] [--pad N] [--context both|prev|none] [--window N]
  */

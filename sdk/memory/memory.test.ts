@@ -257,8 +257,10 @@ describe("the privacy rule", () => {
     const bobTurn = [...memory.items()].find((i) => i.kind === "turn" && i.speaker === "bob");
     expect(bobTurn).toBeDefined();
     expect(bobTurn!.context ?? "").not.toContain("secret");
+    // Later turns join an earlier turn's context as they arrive (the two after it, here the reply and "Thanks.").
+    expect(bobTurn!.context).toBe("Sailing sounds lovely.\nThanks.");
     const sailingReply = [...memory.items()].find((i) => i.kind === "turn" && i.text === "Sailing sounds lovely.");
-    expect(sailingReply!.context).toBe("I went sailing. Does anyone work at Globex?");
+    expect(sailingReply!.context).toBe("I went sailing. Does anyone work at Globex?\nThanks.");
     // Two earlier turns give context when both may be heard: the reply and the question it answers.
     const thanks = [...memory.items()].find((i) => i.kind === "turn" && i.text === "Thanks.");
     expect(thanks!.context).toBe("I went sailing. Does anyone work at Globex?\nSailing sounds lovely.");
@@ -277,6 +279,50 @@ describe("the privacy rule", () => {
     expect(aliceSees).toContain("Your Globex secret is safe with me.");
     expect(aliceSees).toContain("Interviewing at Globex.");
     expect(aliceSees).not.toContain("Loves sailing.");
+    await memory.close();
+  });
+
+  it("gives a turn the two turns after it as context when they come, without embedding it again, never a later confidence", async () => {
+    let embedded = 0;
+    const base = bagOfWords();
+    const counting: Embedder = {
+      id: base.id,
+      dimensions: base.dimensions,
+      embed: async (texts, o) => {
+        embedded += texts.length;
+        return base.embed(texts, o);
+      },
+    };
+    const place = newPlace();
+    let memory = await openMemory(place, { embedder: counting });
+    await memory.recordTurn(said("alice", "Did you paint anything this week?", T0));
+    await memory.recordTurn(reply("A sunset over the lake.", T0 + 1000));
+    await memory.recordTurn(said("alice", "Lovely, send me a photo.", T0 + 2000));
+    // Three turns, three texts embedded: growing the first two turns' context embedded nothing.
+    expect(embedded).toBe(3);
+    const context = (text: string, m = memory): string | undefined => m.index.get([...m.items()].find((i) => i.text === text)!.id)?.context;
+    expect(context("Did you paint anything this week?")).toBe("A sunset over the lake.\nLovely, send me a photo.");
+    expect(context("A sunset over the lake.")).toBe("Did you paint anything this week?\nLovely, send me a photo.");
+    const found = await memory.index.searchBm25("sunset", { k: 5, listener: ALICE });
+    expect(found.map((h) => h.item.text)).toContain("Did you paint anything this week?");
+
+    // A public turn followed by a confidence: the confidence (and the agent's answer to it) stays out of the
+    // public turns' context, which bob may search.
+    await memory.recordTurn({ ...said("alice", "My PIN is 4821.", T0 + 3000), confidential: true });
+    await memory.recordTurn(reply("I'll keep your PIN to myself.", T0 + 4000));
+    expect(embedded).toBe(5);
+    for (const item of memory.index.items()) {
+      if (item.audience === "everyone") expect(item.context ?? "").not.toMatch(/PIN/);
+    }
+    expect(context("My PIN is 4821.")).toBe("A sunset over the lake.\nLovely, send me a photo.\nI'll keep your PIN to myself.");
+    expect(await memory.index.searchBm25("4821", { k: 5, listener: BOB })).toEqual([]);
+
+    // The grown contexts are saved with the index and come back without embedding anything.
+    await memory.close();
+    embedded = 0;
+    memory = await openMemory(place, { embedder: counting });
+    expect(embedded).toBe(0);
+    expect(context("Did you paint anything this week?")).toBe("A sunset over the lake.\nLovely, send me a photo.");
     await memory.close();
   });
 

@@ -154,21 +154,29 @@ export class Bm25Index {
   }
 
   /**
-   * Adds `weight` × this index's BM25 score of each allowed document to `acc[slot]`, pushing each slot it
-   * touches first onto `touched` (callers reset `acc` for those slots after).
+   * Adds `weight` × this index's BM25 score of each allowed document to `acc[slot]` (each query term scaled by
+   * `termWeights[q]`, default 1), pushing each slot it touches first onto `touched` (callers reset `acc` for
+   * those slots after).
    */
-  accumulate(query: readonly string[], allowed: Uint8Array, weight: number, acc: Float64Array, touched: number[]): void {
+  accumulate(
+    query: readonly string[],
+    allowed: Uint8Array,
+    weight: number,
+    acc: Float64Array,
+    touched: number[],
+    termWeights?: readonly number[],
+  ): void {
     const N = this.count;
     if (N === 0 || weight === 0) return;
     const { k1, b } = this.params;
     const avgdl = this.totalLength / N || 1;
     const lengths = this.lengths;
-    for (const term of query) {
-      const id = this.termIds.get(term);
+    for (let q = 0; q < query.length; q++) {
+      const id = this.termIds.get(query[q]!);
       if (id === undefined) continue;
       const df = this.postingLength[id]!;
       if (df === 0) continue;
-      const idf = weight * Math.log(1 + (N - df + 0.5) / (df + 0.5));
+      const idf = weight * (termWeights?.[q] ?? 1) * Math.log(1 + (N - df + 0.5) / (df + 0.5));
       const slots = this.postingSlots[id]!;
       const tfs = this.postingTf[id]!;
       for (let i = 0; i < df; i++) {
@@ -193,6 +201,7 @@ let sharedScratch = new Float64Array(64);
 /**
  * The best `n` documents for `query` by a weighted sum of BM25 scores over several indexes sharing slots (a
  * memory's text and its context, each its own field with its own statistics, as in BM25F's simplest form).
+ * `termWeights`, parallel to `query`, scales each term (default 1): expansion terms count less than asked ones.
  *
  * @example
  * searchFields([{ index: text, weight: 1 }, { index: context, weight: 0.3 }], terms("beach dog"), allowed, 10)
@@ -201,13 +210,14 @@ export function searchFields(
   fields: readonly { index: Bm25Index; weight: number }[],
   query: readonly string[],
   allowed: Uint8Array,
-  n: number): Ranking {
+  n: number,
+  termWeights?: readonly number[]): Ranking {
   if (n <= 0 || fields.every((f) => f.index.size === 0)) return { slots: new Int32Array(0), scores: new Float64Array(0) };
   const bound = Math.max(...fields.map((f) => f.index.slotBound));
   if (sharedScratch.length < bound) sharedScratch = new Float64Array(Math.max(bound, sharedScratch.length * 2));
   const acc = sharedScratch;
   const touched: number[] = [];
-  for (const { index, weight } of fields) index.accumulate(query, allowed, weight, acc, touched);
+  for (const { index, weight } of fields) index.accumulate(query, allowed, weight, acc, touched, termWeights);
   const ranking = topN(touched, acc, n);
   for (const slot of touched) acc[slot] = 0;
   return ranking;

@@ -8,6 +8,11 @@ export interface Embedder {
   readonly dimensions: number;
   /** One unit-length (or zero, for a text with no known word) vector per text, in order. */
   embed(texts: string[], options?: { signal?: AbortSignal }): Promise<Float32Array[]>;
+  /**
+   * One word's own unit vector, for embedders made of word vectors (undefined for an unknown word). When
+   * present, MemoryIndex expands a query's words with their nearest indexed words at a low BM25 weight.
+   */
+  wordVector?(word: string): Float32Array | undefined;
 }
 
 /**

@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { MEMORY_KINDS, mayHear, type Audience, type Listener, type MemoryItem } from "../types.js";
+import { normalize } from "./embedder.js";
 import { EmbedderMismatchError, InvalidMemoryItemError, MemoryIndexFormatError } from "./errors.js";
 import { MemoryIndex, type SearchHit } from "./memory-index.js";
 import { hashEmbedder, prng } from "./test-helpers.js";
@@ -47,6 +48,56 @@ describe("MemoryIndex", () => {
     await index.upsert([item("reply", "Yes!", { context: "Did you go camping?" })]);
     index.remove(["reply"]);
     expect(ids(await index.searchBm25("camping", { k: 3, listener: owner }))).toEqual([]);
+  });
+
+  it("updates a context without embedding: setContext, and upsert of an unchanged text keeps its vector", async () => {
+    const embedder = hashEmbedder();
+    const index = MemoryIndex.create({ embedder });
+    await index.upsert([item("q", "Did you finish the pottery class?"), item("a", "Yes, last Tuesday!"), item("x", "Nothing much")]);
+    expect(embedder.calls).toBe(1);
+    const vectorBefore = ids(await index.searchVector("pottery class", { k: 3, listener: owner }));
+    const calls = embedder.calls; // searches embed their query
+    expect(index.setContext("a", "Did you finish the pottery class?")).toBe(true);
+    expect(index.setContext("missing", "anything")).toBe(false);
+    await index.upsert([item("q", "Did you finish the pottery class?", { context: "Yes, last Tuesday!" })]);
+    expect(embedder.calls).toBe(calls);
+    expect(index.get("a")?.context).toBe("Did you finish the pottery class?");
+    expect(ids(await index.searchBm25("pottery", { k: 3, listener: owner }))).toEqual(["q", "a"]);
+    expect(ids(await index.searchBm25("tuesday", { k: 3, listener: owner }))).toEqual(["a", "q"]);
+    expect(ids(await index.searchVector("pottery class", { k: 3, listener: owner }))).toEqual(vectorBefore);
+    const reloaded = MemoryIndex.deserialize(index.serialize(), { embedder });
+    expect(ids(await reloaded.searchBm25("pottery", { k: 3, listener: owner }))).toEqual(["q", "a"]);
+    index.setContext("a", undefined);
+    expect(index.get("a")?.context).toBeUndefined();
+    expect(ids(await index.searchBm25("pottery", { k: 3, listener: owner }))).toEqual(["q"]);
+    // A changed text is embedded again.
+    const before = embedder.calls;
+    await index.upsert([item("a", "Yes, on Tuesday")]);
+    expect(embedder.calls).toBe(before + 1);
+  });
+
+  it("expands a query word with its nearest indexed word, below the asked words, only with word vectors", async () => {
+    // Word vectors where "job" and "career" are close and everything else is far apart.
+    const near: Record<string, number[]> = { job: [1, 0.2, 0, 0], career: [1, 0, 0, 0], garden: [0, 0, 1, 0] };
+    const base = hashEmbedder("test-words", 4);
+    const withWords = {
+      ...base,
+      wordVector: (word: string) => (near[word] === undefined ? undefined : normalize(new Float32Array(near[word]))),
+    };
+    const memories = [item("career", "Her career in nursing took off"), item("garden", "The garden is blooming"), item("job", "A job well done")];
+    const index = MemoryIndex.create({ embedder: withWords, weights: { expansion: 0.2 } });
+    await index.upsert(memories);
+    expect(ids(await index.searchBm25("job", { k: 3, listener: owner }))).toEqual(["job", "career"]);
+    const plain = MemoryIndex.create({ embedder: base });
+    await plain.upsert(memories);
+    expect(ids(await plain.searchBm25("job", { k: 3, listener: owner }))).toEqual(["job"]);
+    // Off by default (its cost at 100,000 memories passes the latency goal).
+    const off = MemoryIndex.create({ embedder: withWords });
+    await off.upsert(memories);
+    expect(ids(await off.searchBm25("job", { k: 3, listener: owner }))).toEqual(["job"]);
+    // Expansion reads the privacy mask like every ranking: a private memory is not reached through a neighbour.
+    await index.upsert([item("career", "Her career in nursing took off", { audience: "speaker", speaker: "carol" })]);
+    expect(ids(await index.searchBm25("job", { k: 3, listener: { userId: "bob", isOwner: false } }))).toEqual(["job"]);
   });
 
   it("replaces a memory with the same id and forgets removed ones", async () => {

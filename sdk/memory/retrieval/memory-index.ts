@@ -10,7 +10,7 @@ import { MEMORY_KINDS, mayHear, type Audience, type Listener, type MemoryItem, t
 import { Bm25Index, DEFAULT_BM25, searchFields, type Bm25Params, type Ranking } from "./bm25.js";
 import type { Embedder } from "./embedder.js";
 import { EmbedderMismatchError, EmbeddingShapeError, InvalidMemoryItemError, MemoryIndexFormatError } from "./errors.js";
-import { stem, terms, words } from "./tokenize.js";
+import { STOP_WORDS, stem, terms, words } from "./tokenize.js";
 import { VectorStore } from "./vector-store.js";
 import { memoryBoost, resolveWeights, type RetrievalWeights } from "./weights.js";
 
@@ -72,6 +72,15 @@ export class MemoryIndex {
   private readonly speakerCode = new Map<string, number>();
   /** Each speaker's name as BM25 terms, to see whether a query names them. */
   private readonly speakerTerms = new Map<string, string[]>();
+  /**
+   * The word vector of every BM25 term indexed so far (from the first word that stemmed to it), row by row,
+   * for query expansion: searching a few thousand terms' vectors costs a fraction of a millisecond, where the
+   * embedder's whole vocabulary (341,479 words) would cost tens. Absent when the embedder has no word vectors.
+   */
+  private readonly termVectors: VectorStore | undefined;
+  private readonly termRow = new Map<string, number>();
+  private readonly rowTerm: string[] = [];
+  private everyTerm = new Uint8Array(64);
 
   private constructor(readonly embedder: Embedder, private readonly options: Omit<MemoryIndexOptions, "embedder">) {
     this.weights = resolveWeights(options.weights);
@@ -79,6 +88,7 @@ export class MemoryIndex {
     this.contextBm25 = new Bm25Index({ ...DEFAULT_BM25, ...options.bm25 });
     this.vectors = new VectorStore(embedder.dimensions);
     this.indexSpeaker = options.indexSpeaker ?? true;
+    this.termVectors = embedder.wordVector !== undefined && this.weights.expansion > 0 ? new VectorStore(embedder.dimensions) : undefined;
   }
 
   /**
@@ -110,7 +120,8 @@ export class MemoryIndex {
 
   /**
    * Adds memories, or replaces those with the same id. Embeds them first: if embedding fails or is aborted
-   * the index is unchanged.
+   * the index is unchanged. A replacement whose embedded text (speaker and text) is unchanged keeps its
+   * vector and is not embedded again: a turn whose context grows as later turns arrive costs no embedding.
    *
    * @example
    * await index.upsert([{ id: "turn:1", kind: "turn", text: "I adopted a cat", speaker: "alice", audience: "everyone", time: Date.now() }])
@@ -121,13 +132,34 @@ export class MemoryIndex {
     const batch = [...latest.values()];
     if (batch.length === 0) return;
     options.signal?.throwIfAborted();
-    const vectors = await this.embedder.embed(
-      batch.map((item) => ((this.options.embedSpeaker ?? true) ? `${item.speaker}: ${item.text}` : item.text)),
-      options,
-    );
+    const fresh = batch.filter((item) => !this.sameEmbedding(item));
+    const vectors = fresh.length === 0 ? [] : await this.embedder.embed(fresh.map((item) => this.embeddedText(item)), options);
     options.signal?.throwIfAborted();
-    this.checkVectors(vectors, batch.length);
-    batch.forEach((item, i) => this.place(item, vectors[i]!));
+    this.checkVectors(vectors, fresh.length);
+    const vectorOf = new Map(fresh.map((item, i) => [item, vectors[i]!]));
+    for (const item of batch) {
+      const vector = vectorOf.get(item);
+      if (vector !== undefined) this.place(item, vector);
+      else this.place(item, this.vectors.row(this.slotOf.get(item.id)!).slice());
+    }
+  }
+
+  /**
+   * Replaces a memory's `context` (its BM25 context field) without embedding anything: vectors are made from
+   * the text alone. Returns false when no memory has this id.
+   *
+   * @example
+   * index.setContext("turn:1", "Did you get a pet?\nWhat is its name?")
+   */
+  setContext(id: string, context: string | undefined): boolean {
+    const slot = this.slotOf.get(id);
+    if (slot === undefined) return false;
+    const item = { ...this.bySlot[slot]! };
+    if (context === undefined || context.length === 0) delete item.context;
+    else item.context = context;
+    this.bySlot[slot] = item;
+    this.placeContext(slot, item);
+    return true;
   }
 
   /**
@@ -163,7 +195,7 @@ export class MemoryIndex {
     const queryTerms = this.queryTerms(query);
     const named = this.namedSpeakers(queryTerms);
     const vector = await this.embedQuery(this.withoutNames(query, named), options.signal);
-    const lexical = this.lexical(queryTerms, allowed, depth);
+    const lexical = this.lexical(this.expand(query, queryTerms, named) ?? { terms: queryTerms }, allowed, depth);
     const semantic = this.vectors.search(vector, allowed, depth);
     const fused = new Map<number, number>();
     const { rrfK, bm25, vector: vectorWeight } = this.weights;
@@ -194,7 +226,9 @@ export class MemoryIndex {
    */
   async searchBm25(query: string, options: SearchOptions): Promise<SearchHit[]> {
     options.signal?.throwIfAborted();
-    const ranking = this.lexical(this.queryTerms(query), this.allowed(options), options.k);
+    const queryTerms = this.queryTerms(query);
+    const expanded = this.expand(query, queryTerms, this.namedSpeakers(queryTerms)) ?? { terms: queryTerms };
+    const ranking = this.lexical(expanded, this.allowed(options), options.k);
     return this.finish(this.hitsOf(ranking), options);
   }
 
@@ -290,9 +324,76 @@ export class MemoryIndex {
     const docTerms = terms(item.text);
     if (this.indexSpeaker) docTerms.push(...terms(item.speaker));
     this.bm25.set(slot, docTerms);
+    this.placeContext(slot, item);
+    this.vectors.set(slot, vector);
+    if (this.termVectors !== undefined) this.addTermVectors(item.text);
+  }
+
+  /** Gives each new BM25 term of `text` its word vector, for expansion (terms are never dropped: few, small). */
+  private addTermVectors(text: string): void {
+    for (const word of words(text)) {
+      if (STOP_WORDS.has(word) || word.includes("'")) continue;
+      const term = stem(word);
+      if (this.termRow.has(term)) continue;
+      const vector = this.embedder.wordVector!(word);
+      if (vector === undefined) continue;
+      const row = this.rowTerm.length;
+      this.termRow.set(term, row);
+      this.rowTerm.push(term);
+      this.termVectors!.set(row, vector);
+      if (row >= this.everyTerm.length) {
+        const grown = new Uint8Array(this.everyTerm.length * 2);
+        grown.set(this.everyTerm);
+        this.everyTerm = grown;
+      }
+      this.everyTerm[row] = 1;
+    }
+  }
+
+  /**
+   * The query's terms, then each query word's nearest indexed words (by word vector) with their weights: an
+   * open-domain or multi-hop question rarely uses the words its evidence uses ("job" → "career").
+   */
+  private expand(query: string, queryTerms: readonly string[], named: ReadonlySet<string>): { terms: string[]; weights: number[] } | undefined {
+    const { expansion, expansionNeighbours, expansionMinSimilarity } = this.weights;
+    if (this.termVectors === undefined || this.rowTerm.length === 0 || expansionNeighbours <= 0) return undefined;
+    const out = [...queryTerms];
+    const weights = queryTerms.map(() => 1);
+    const seen = new Set(queryTerms);
+    for (const word of words(this.withoutNames(query, named))) {
+      if (STOP_WORDS.has(word) || word.includes("'")) continue;
+      const vector = this.embedder.wordVector!(word);
+      if (vector === undefined) continue;
+      const near = this.termVectors.search(vector, this.everyTerm, expansionNeighbours + 1, 32);
+      let added = 0;
+      for (let i = 0; i < near.slots.length && added < expansionNeighbours; i++) {
+        const similarity = near.scores[i]!;
+        if (similarity < expansionMinSimilarity) break;
+        const term = this.rowTerm[near.slots[i]!]!;
+        if (seen.has(term)) continue;
+        seen.add(term);
+        out.push(term);
+        weights.push(expansion * similarity);
+        added++;
+      }
+    }
+    return out.length === queryTerms.length ? undefined : { terms: out, weights };
+  }
+
+  private placeContext(slot: number, item: MemoryItem): void {
     if (item.context !== undefined && item.context.length > 0) this.contextBm25.set(slot, terms(item.context));
     else this.contextBm25.delete(slot);
-    this.vectors.set(slot, vector);
+  }
+
+  /** What the embedder is given for a memory. */
+  private embeddedText(item: MemoryItem): string {
+    return (this.options.embedSpeaker ?? true) ? `${item.speaker}: ${item.text}` : item.text;
+  }
+
+  /** Whether the index already holds a vector of exactly what `item` would be embedded as. */
+  private sameEmbedding(item: MemoryItem): boolean {
+    const held = this.get(item.id);
+    return held !== undefined && held.text === item.text && held.speaker === item.speaker;
   }
 
   private codeOfSpeaker(speaker: string): number {
@@ -367,13 +468,10 @@ export class MemoryIndex {
   }
 
   /** BM25 over the text plus BM25 over the context at its weight (each field with its own statistics). */
-  private lexical(queryTerms: readonly string[], allowed: Uint8Array, n: number): Ranking {
-    if (this.contextBm25.size === 0) return this.bm25.search(queryTerms, allowed, n);
-    const fields = [
-      { index: this.bm25, weight: 1 },
-      { index: this.contextBm25, weight: this.weights.context },
-    ];
-    return searchFields(fields, queryTerms, allowed, n);
+  private lexical(query: { terms: readonly string[]; weights?: readonly number[] }, allowed: Uint8Array, n: number): Ranking {
+    const fields = [{ index: this.bm25, weight: 1 }];
+    if (this.contextBm25.size > 0) fields.push({ index: this.contextBm25, weight: this.weights.context });
+    return searchFields(fields, query.terms, allowed, n, query.weights);
   }
 
   private queryTerms(query: string): string[] {

@@ -104,7 +104,18 @@ export async function loadWordVectorEmbedder(options: WordVectorOptions = {}): P
       o.signal?.throwIfAborted();
       return texts.map((text) => sentenceVector(vectors, weights, text));
     },
+    wordVector: (word) => wordVector(vectors, word),
   };
+}
+
+/** A word's vector scaled to unit length, or undefined for a word not in the vocabulary. */
+function wordVector(vectors: WordVectors, word: string): Float32Array | undefined {
+  const r = vectors.rank.get(word);
+  if (r === undefined) return undefined;
+  const d = vectors.dimensions;
+  const out = new Float32Array(d);
+  for (let j = 0; j < d; j++) out[j] = vectors.codes[r * d + j]!;
+  return normalize(out);
 }
 
 /**
