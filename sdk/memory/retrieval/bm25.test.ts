@@ -37,6 +37,25 @@ describe("Bm25Index", () => {
     expect(Array.from(index.search(terms("secret plan"), mask, 10).slots)).toEqual([1]);
   });
 
+  it("scores follow a length change that leaves the totals equal (searches between changes)", () => {
+    const index = new Bm25Index();
+    index.set(0, ["beach", "dog", "sun", "sand"]);
+    index.set(1, ["beach"]);
+    index.set(2, ["cat", "tree"]);
+    index.search(["beach"], all(3), 3); // caches each slot's length normalisation
+    // Same document count and total length as before, but slot 1 is now long and slot 0 short.
+    index.set(0, ["beach"]);
+    index.set(1, ["beach", "dog", "sun", "sand"]);
+    const fresh = new Bm25Index();
+    fresh.set(0, ["beach"]);
+    fresh.set(1, ["beach", "dog", "sun", "sand"]);
+    fresh.set(2, ["cat", "tree"]);
+    const a = index.search(["beach"], all(3), 3);
+    const b = fresh.search(["beach"], all(3), 3);
+    expect(Array.from(a.slots)).toEqual([0, 1]);
+    expect(Array.from(a.scores)).toEqual(Array.from(b.scores));
+  });
+
   it("incremental set/delete equals a fresh build of the survivors", () => {
     const rand = prng(7);
     const vocab = Array.from({ length: 60 }, (_, i) => `w${i}`);

@@ -42,6 +42,10 @@ export class Bm25Index {
   private lengths = new Float64Array(64);
   private totalLength = 0;
   private count = 0;
+  /** Bumped by every change of a document's length: norms()'s cache is valid for one version. */
+  private version = 0;
+  private normCache = new Float64Array(0);
+  private normVersion = -1;
 
   constructor(readonly params: Bm25Params = DEFAULT_BM25) {}
 
@@ -87,6 +91,7 @@ export class Bm25Index {
     this.lengths[slot] = terms.length;
     this.totalLength += terms.length;
     this.count++;
+    this.version++;
   }
 
   /** Removes document `slot` (no-op when absent). */
@@ -101,6 +106,7 @@ export class Bm25Index {
     this.totalLength -= this.lengths[slot]!;
     this.lengths[slot] = 0;
     this.count--;
+    this.version++;
   }
 
   /** The document frequency of `term` (for tests and diagnostics). */
@@ -154,23 +160,24 @@ export class Bm25Index {
   }
 
   /**
-   * Adds `weight` × this index's BM25 score of each allowed document to `acc[slot]` (each query term scaled by
-   * `termWeights[q]`, default 1), pushing each slot it touches first onto `touched` (callers reset `acc` for
-   * those slots after).
+   * Adds `weight` × this index's BM25 score of each allowed document to `scratch.acc[slot]` (each query term
+   * scaled by `termWeights[q]`, default 1), recording each slot it touches first in `scratch.touched` (callers
+   * reset `acc` for those slots after).
    */
   accumulate(
     query: readonly string[],
     allowed: Uint8Array,
     weight: number,
-    acc: Float64Array,
-    touched: number[],
+    scratch: Accumulator,
     termWeights?: readonly number[],
   ): void {
     const N = this.count;
     if (N === 0 || weight === 0) return;
-    const { k1, b } = this.params;
-    const avgdl = this.totalLength / N || 1;
-    const lengths = this.lengths;
+    const { k1 } = this.params;
+    const norms = this.norms();
+    const acc = scratch.acc;
+    const touched = scratch.touched;
+    let count = scratch.count;
     for (let q = 0; q < query.length; q++) {
       const id = this.termIds.get(query[q]!);
       if (id === undefined) continue;
@@ -183,11 +190,30 @@ export class Bm25Index {
         const slot = slots[i]!;
         if (allowed[slot] !== 1) continue;
         const tf = tfs[i]!;
-        const norm = k1 * (1 - b + (b * lengths[slot]!) / avgdl);
-        if (acc[slot] === 0) touched.push(slot);
-        acc[slot]! += (idf * tf * (k1 + 1)) / (tf + norm);
+        const before = acc[slot]!;
+        if (before === 0) touched[count++] = slot;
+        acc[slot] = before + (idf * tf * (k1 + 1)) / (tf + norms[slot]!);
       }
     }
+    scratch.count = count;
+  }
+
+  /**
+   * Each slot's length normalisation k1·(1 − b + b·length/avgdl), computed once per change of the collection's
+   * totals rather than once per posting per query (the same expression, so scores are bit-for-bit the same).
+   */
+  private norms(): Float64Array {
+    const n = this.lengths.length;
+    if (this.normVersion !== this.version || this.normCache.length !== n) {
+      if (this.normCache.length !== n) this.normCache = new Float64Array(n);
+      const { k1, b } = this.params;
+      const avgdl = this.totalLength / this.count || 1;
+      const lengths = this.lengths;
+      const cache = this.normCache;
+      for (let slot = 0; slot < n; slot++) cache[slot] = k1 * (1 - b + (b * lengths[slot]!) / avgdl);
+      this.normVersion = this.version;
+    }
+    return this.normCache;
   }
 
   /** One past the highest slot this index has held (the size an accumulator must have). */
@@ -196,7 +222,18 @@ export class Bm25Index {
   }
 }
 
-let sharedScratch = new Float64Array(64);
+/**
+ * A score accumulator shared by every search (searches are synchronous, so one at a time): `acc` is all zeros
+ * between searches, and `touched[0, count)` lists the slots a search made non-zero. Reusing it saves a
+ * 100,000-slot allocation and a growing array per query.
+ */
+interface Accumulator {
+  acc: Float64Array;
+  touched: Int32Array;
+  count: number;
+}
+
+const shared: Accumulator = { acc: new Float64Array(64), touched: new Int32Array(64), count: 0 };
 
 /**
  * The best `n` documents for `query` by a weighted sum of BM25 scores over several indexes sharing slots (a
@@ -213,14 +250,22 @@ export function searchFields(
   n: number,
   termWeights?: readonly number[]): Ranking {
   if (n <= 0 || fields.every((f) => f.index.size === 0)) return { slots: new Int32Array(0), scores: new Float64Array(0) };
-  const bound = Math.max(...fields.map((f) => f.index.slotBound));
-  if (sharedScratch.length < bound) sharedScratch = new Float64Array(Math.max(bound, sharedScratch.length * 2));
-  const acc = sharedScratch;
-  const touched: number[] = [];
-  for (const { index, weight } of fields) index.accumulate(query, allowed, weight, acc, touched, termWeights);
-  const ranking = topN(touched, acc, n);
-  for (const slot of touched) acc[slot] = 0;
-  return ranking;
+  let bound = 0;
+  for (const f of fields) bound = Math.max(bound, f.index.slotBound);
+  if (shared.acc.length < bound) {
+    const size = Math.max(bound, shared.acc.length * 2);
+    shared.acc = new Float64Array(size);
+    shared.touched = new Int32Array(size);
+  }
+  shared.count = 0;
+  try {
+    for (const { index, weight } of fields) index.accumulate(query, allowed, weight, shared, termWeights);
+    return topN(shared.touched.subarray(0, shared.count), shared.acc, n);
+  } finally {
+    const { acc, touched, count } = shared;
+    for (let i = 0; i < count; i++) acc[touched[i]!] = 0;
+    shared.count = 0;
+  }
 }
 
 function grow(array: Float64Array, min: number): Float64Array<ArrayBuffer> {
@@ -235,9 +280,14 @@ function grow(array: Float64Array, min: number): Float64Array<ArrayBuffer> {
  */
 export function topN(candidates: ArrayLike<number>, score: ArrayLike<number>, n: number): Ranking {
   const heap = new MinHeap(n);
+  // Most candidates score below the kept worst: skip them without a call (an equal score may still win on slot).
+  let floor = heap.floor;
   for (let i = 0; i < candidates.length; i++) {
     const slot = candidates[i]!;
-    heap.offer(slot, score[slot]!);
+    const s = score[slot]!;
+    if (s < floor) continue;
+    heap.offer(slot, s);
+    floor = heap.floor;
   }
   return heap.drain();
 }

@@ -85,14 +85,13 @@ describe("MemoryIndex", () => {
       wordVector: (word: string) => (near[word] === undefined ? undefined : normalize(new Float32Array(near[word]))),
     };
     const memories = [item("career", "Her career in nursing took off"), item("garden", "The garden is blooming"), item("job", "A job well done")];
-    const index = MemoryIndex.create({ embedder: withWords, weights: { expansion: 0.2 } });
+    const index = MemoryIndex.create({ embedder: withWords });
     await index.upsert(memories);
     expect(ids(await index.searchBm25("job", { k: 3, listener: owner }))).toEqual(["job", "career"]);
     const plain = MemoryIndex.create({ embedder: base });
     await plain.upsert(memories);
     expect(ids(await plain.searchBm25("job", { k: 3, listener: owner }))).toEqual(["job"]);
-    // Off by default (its cost at 100,000 memories passes the latency goal).
-    const off = MemoryIndex.create({ embedder: withWords });
+    const off = MemoryIndex.create({ embedder: withWords, weights: { expansion: 0 } });
     await off.upsert(memories);
     expect(ids(await off.searchBm25("job", { k: 3, listener: owner }))).toEqual(["job"]);
     // Expansion reads the privacy mask like every ranking: a private memory is not reached through a neighbour.

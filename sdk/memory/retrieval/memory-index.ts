@@ -172,6 +172,7 @@ export class MemoryIndex {
     for (const id of ids) {
       const slot = this.slotOf.get(id);
       if (slot === undefined) continue;
+      this.version++;
       this.slotOf.delete(id);
       this.bySlot[slot] = undefined;
       this.audience[slot] = 0;
@@ -311,6 +312,7 @@ export class MemoryIndex {
   }
 
   private place(item: MemoryItem, vector: Float32Array): void {
+    this.version++;
     let slot = this.slotOf.get(item.id);
     if (slot === undefined) {
       slot = this.free.pop() ?? this.bySlot.length;
@@ -416,6 +418,14 @@ export class MemoryIndex {
     return named;
   }
 
+  /**
+   * The last privacy mask and what it was computed from: a conversation's searches come from the same
+   * listener, so at 100,000 memories this saves a full pass per search. Any change of the memories bumps
+   * `version`, which invalidates it; the rankings only read it.
+   */
+  private lastMask: { version: number; listenerCode: number; isOwner: boolean; kindMask: number; mask: Uint8Array } | undefined;
+  private version = 0;
+
   private growCodes(min: number): void {
     const n = Math.max(min, this.audience.length * 2);
     const audience = new Uint8Array(n);
@@ -443,6 +453,11 @@ export class MemoryIndex {
       for (const k of options.kinds) kindMask |= 1 << KIND_CODE.get(k)!;
     }
     const n = this.bySlot.length;
+    const isOwner = !!listener.isOwner;
+    const cached = this.lastMask;
+    if (cached !== undefined && cached.version === this.version && cached.listenerCode === listenerCode && cached.isOwner === isOwner && cached.kindMask === kindMask) {
+      return cached.mask;
+    }
     const mask = new Uint8Array(n);
     const { audience, speaker, kind } = this;
     for (let slot = 0; slot < n; slot++) {
@@ -450,6 +465,7 @@ export class MemoryIndex {
       const hear = a === 1 || (a === 2 && speaker[slot] === listenerCode) || (a === 3 && listener.isOwner);
       mask[slot] = hear && (kindMask & (1 << kind[slot]!)) !== 0 ? 1 : 0;
     }
+    this.lastMask = { version: this.version, listenerCode, isOwner, kindMask, mask };
     return mask;
   }
 

@@ -76,10 +76,14 @@ export class VectorStore {
     if (rows === 0 || n <= 0) return { slots: new Int32Array(0), scores: new Float64Array(0) };
     const approx = this.approximateScores(query, rows);
     const coarse = new MinHeap(rescore);
+    // The kept worst score lives in a local: read through the heap it cost more than the 100,000-row scan itself.
+    let floor = coarse.floor;
     for (let slot = 0; slot < rows; slot++) {
-      if (allowed[slot] !== 1) continue;
       const score = approx[slot]!;
-      if (score > coarse.floor) coarse.offer(slot, score);
+      if (score > floor && allowed[slot] === 1) {
+        coarse.offer(slot, score);
+        floor = coarse.floor;
+      }
     }
     const candidates = coarse.drain().slots;
     const fine = new MinHeap(n);
