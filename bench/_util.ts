@@ -40,3 +40,18 @@ export function sentence(seed: number, n: number): string {
   for (let i = 0; i < n; i++) out.push(WORDS[(seed * 13 + i * 7) % WORDS.length]!);
   return `${out.join(" ")}.`;
 }
+
+/**
+ * The `p`th percentile (0–100) of `values`, interpolated between ranks; NaN for an empty list.
+ *
+ * @example
+ * percentile([1, 2, 3, 4], 50) // 2.5
+ */
+export function percentile(values: readonly number[], p: number): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  if (sorted.length === 0) return NaN;
+  const rank = (p / 100) * (sorted.length - 1);
+  const lo = Math.floor(rank);
+  const hi = Math.ceil(rank);
+  return sorted[lo]! + (sorted[hi]! - sorted[lo]!) * (rank - lo);
+}

@@ -38,7 +38,7 @@ import { fileURLToPath } from "node:url";
 import { MemoryIndex, type SearchHit } from "../sdk/memory/retrieval/memory-index.js";
 import { loadWordVectorEmbedder } from "../sdk/memory/retrieval/word-vectors.js";
 import type { Listener, MemoryItem } from "../sdk/memory/types.js";
-import { argNumber, log, round } from "./_util.js";
+import { argNumber, log, round, percentile } from "./_util.js";
 import { prng } from "../test/helpers/prng.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -51,14 +51,6 @@ function argString(name: string, fallback: string): string {
   return value;
 }
 
-function percentile(values: readonly number[], p: number): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  if (sorted.length === 0) return NaN;
-  const rank = (p / 100) * (sorted.length - 1);
-  const lo = Math.floor(rank);
-  const hi = Math.ceil(rank);
-  return sorted[lo]! + (sorted[hi]! - sorted[lo]!) * (rank - lo);
-}
 
 
 // ---------------------------------------------------------------------------------------------------------

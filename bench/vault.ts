@@ -61,7 +61,7 @@ import {
   type DagContext,
 } from "../sdk/vault/dag.js";
 import type { BlockStore } from "../sdk/vault/types.js";
-import { log, argNumber, round } from "./_util.js";
+import { log, argNumber, round, percentile } from "./_util.js";
 import { prng } from "../test/helpers/prng.js";
 
 
@@ -73,14 +73,6 @@ const AGENT: AgentRef = { agentId: 1n, chainId: 31337n, registry: "0x5FbDB231567
 
 
 
-function percentile(values: readonly number[], p: number): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  if (sorted.length === 0) return NaN;
-  const rank = (p / 100) * (sorted.length - 1);
-  const lo = Math.floor(rank);
-  const hi = Math.ceil(rank);
-  return sorted[lo]! + (sorted[hi]! - sorted[lo]!) * (rank - lo);
-}
 
 // ---------------------------------------------------------------------------------------------------------
 // Deterministic content
