@@ -3,6 +3,7 @@
  * terms' postings and the collection totals, so an index of 100,000 memories never rebuilds on a new turn.
  * Documents are small integer slots chosen by the caller (MemoryIndex shares them with the vector store).
  */
+import { MemoryIndexFormatError } from "./errors.js";
 
 /** BM25's two constants. */
 export interface Bm25Params {
@@ -18,6 +19,18 @@ export interface Bm25Params {
  * (b = 0.4: +0.02 recall@10 for BM25 alone; k1 between 0.8 and 1.6 changed little).
  */
 export const DEFAULT_BM25: Bm25Params = { k1: 1.2, b: 0.4 };
+
+/** An index's saved form: see {@link Bm25Index.snapshot}. */
+export interface Bm25Snapshot {
+  /** Every term, in id order. */
+  terms: string[];
+  /** Per term: how many postings it has (its slice of `slots` and `tfs`, in order). */
+  postingLength: Int32Array;
+  slots: Int32Array;
+  tfs: Uint16Array;
+  /** Per slot: its length in terms, or -1 when the index holds no document there. */
+  lengths: Int32Array;
+}
 
 /** A ranking: parallel arrays of slots and scores, best first. */
 export interface Ranking {
@@ -35,9 +48,8 @@ export class Bm25Index {
   private postingSlots: Int32Array[] = [];
   private postingTf: Uint16Array[] = [];
   private postingLength: number[] = [];
-  /** Per slot: its term ids, their frequencies, and its index in each term's posting. */
+  /** Per slot: its term ids and its index in each term's posting (its frequencies live in the postings). */
   private docTerms: (Int32Array | undefined)[] = [];
-  private docTf: (Uint16Array | undefined)[] = [];
   private docPosition: (Int32Array | undefined)[] = [];
   private lengths = new Float64Array(64);
   private totalLength = 0;
@@ -75,17 +87,14 @@ export class Bm25Index {
       tf.set(id, (tf.get(id) ?? 0) + 1);
     }
     const ids = new Int32Array(tf.size);
-    const tfs = new Uint16Array(tf.size);
     const positions = new Int32Array(tf.size);
     let k = 0;
     for (const [id, n] of tf) {
       ids[k] = id;
-      tfs[k] = Math.min(n, 0xffff);
-      positions[k] = this.append(id, slot, tfs[k]!);
+      positions[k] = this.append(id, slot, Math.min(n, 0xffff));
       k++;
     }
     this.docTerms[slot] = ids;
-    this.docTf[slot] = tfs;
     this.docPosition[slot] = positions;
     if (slot >= this.lengths.length) this.lengths = grow(this.lengths, slot + 1);
     this.lengths[slot] = terms.length;
@@ -101,7 +110,6 @@ export class Bm25Index {
     const positions = this.docPosition[slot]!;
     for (let k = 0; k < ids.length; k++) this.unlink(ids[k]!, positions[k]!);
     this.docTerms[slot] = undefined;
-    this.docTf[slot] = undefined;
     this.docPosition[slot] = undefined;
     this.totalLength -= this.lengths[slot]!;
     this.lengths[slot] = 0;
@@ -113,6 +121,124 @@ export class Bm25Index {
   documentFrequency(term: string): number {
     const id = this.termIds.get(term);
     return id === undefined ? 0 : this.postingLength[id]!;
+  }
+
+  /**
+   * What {@link Bm25Index.restore} needs to rebuild this index exactly: its terms in id order, each term's
+   * posting (slots and tfs, concatenated in posting order) and each slot's length, -1 for a slot it does not hold.
+   * Postings keep their order so that a restored index deletes and appends as the saved one would have.
+   *
+   * @example
+   * const snapshot = index.snapshot(slotCount)
+   */
+  snapshot(slotCount: number): Bm25Snapshot {
+    const terms = [...this.termIds.keys()];
+    const postingLength = Int32Array.from(this.postingLength);
+    let total = 0;
+    for (const n of this.postingLength) total += n;
+    const slots = new Int32Array(total);
+    const tfs = new Uint16Array(total);
+    let at = 0;
+    for (let id = 0; id < terms.length; id++) {
+      const n = postingLength[id]!;
+      slots.set(this.postingSlots[id]!.subarray(0, n), at);
+      tfs.set(this.postingTf[id]!.subarray(0, n), at);
+      at += n;
+    }
+    const lengths = new Int32Array(slotCount).fill(-1);
+    for (let slot = 0; slot < slotCount; slot++) if (this.docTerms[slot] !== undefined) lengths[slot] = this.lengths[slot]!;
+    return { terms, postingLength, slots, tfs, lengths };
+  }
+
+  /**
+   * An index from {@link snapshot}, checked first: every slot in range and held, no slot twice in a posting,
+   * every count consistent. The per-document tables are derived from the postings, so they are not saved.
+   * Throws MemoryIndexFormatError on any inconsistency (a corrupt save must not become a corrupt index).
+   *
+   * @example
+   * const index = Bm25Index.restore(DEFAULT_BM25, snapshot)
+   */
+  static restore(params: Bm25Params, snapshot: Bm25Snapshot): Bm25Index {
+    const { terms, postingLength, slots, tfs, lengths } = snapshot;
+    const slotCount = lengths.length;
+    const fail = (detail: string): never => {
+      throw new MemoryIndexFormatError(`BM25 postings: ${detail}`);
+    };
+    if (postingLength.length !== terms.length || slots.length !== tfs.length) fail("table sizes disagree");
+    const index = new Bm25Index(params);
+    for (const term of terms) {
+      if (typeof term !== "string") fail("a term is not a string");
+      index.termIds.set(term, index.termIds.size);
+    }
+    if (index.termIds.size !== terms.length) fail("a term appears twice");
+    let total = 0;
+    for (let slot = 0; slot < slotCount; slot++) if (lengths[slot]! < -1) fail(`slot ${slot} has length ${lengths[slot]}`);
+    for (let id = 0; id < terms.length; id++) {
+      const n = postingLength[id]!;
+      if (n < 0 || n > slots.length - total) fail(`term ${id} has ${n} postings, beyond the table`);
+      total += n;
+    }
+    if (total !== slots.length) fail(`${total} postings listed, ${slots.length} stored`);
+    // Pass 1: check every posting and count each document's terms.
+    const docCount = new Int32Array(slotCount);
+    const docTfSum = new Float64Array(slotCount);
+    const lastTerm = new Int32Array(slotCount).fill(-1);
+    let at = 0;
+    for (let id = 0; id < terms.length; id++) {
+      const end = at + postingLength[id]!;
+      for (let i = at; i < end; i++) {
+        const slot = slots[i]!;
+        if (!(slot >= 0 && slot < slotCount) || lengths[slot]! < 0) fail(`term ${id} lists slot ${slot}, which holds no document`);
+        if (lastTerm[slot] === id) fail(`term ${id} lists slot ${slot} twice`);
+        if (tfs[i]! === 0) fail(`term ${id} has a zero frequency`);
+        lastTerm[slot] = id;
+        docCount[slot]!++;
+        docTfSum[slot]! += tfs[i]!;
+      }
+      at = end;
+    }
+    // Pass 2: each document's (term, position) rows, as views of three shared tables.
+    const docAt = new Int32Array(slotCount + 1);
+    for (let slot = 0; slot < slotCount; slot++) {
+      if (lengths[slot]! >= 0 && docTfSum[slot]! > lengths[slot]!) fail(`slot ${slot} has more term occurrences than its length`);
+      docAt[slot + 1] = docAt[slot]! + docCount[slot]!;
+    }
+    const allIds = new Int32Array(total);
+    const allPositions = new Int32Array(total);
+    const fill = docAt.slice(0, slotCount);
+    // Each posting a full view of one shared copy: append finds it full and moves it out on the first add.
+    const ownSlots = slots.slice();
+    const ownTfs = tfs.slice();
+    at = 0;
+    for (let id = 0; id < terms.length; id++) {
+      const n = postingLength[id]!;
+      const postingSlots = n === 0 ? new Int32Array(4) : ownSlots.subarray(at, at + n);
+      const postingTf = n === 0 ? new Uint16Array(4) : ownTfs.subarray(at, at + n);
+      index.postingSlots.push(postingSlots);
+      index.postingTf.push(postingTf);
+      index.postingLength.push(n);
+      for (let p = 0; p < n; p++) {
+        const slot = postingSlots[p]!;
+        const k = fill[slot]!++;
+        allIds[k] = id;
+        allPositions[k] = p;
+      }
+      at += n;
+    }
+    index.lengths = new Float64Array(Math.max(64, slotCount));
+    for (let slot = 0; slot < slotCount; slot++) {
+      const length = lengths[slot]!;
+      if (length < 0) continue;
+      const from = docAt[slot]!;
+      const to = docAt[slot + 1]!;
+      index.docTerms[slot] = allIds.subarray(from, to);
+      index.docPosition[slot] = allPositions.subarray(from, to);
+      index.lengths[slot] = length;
+      index.totalLength += length;
+      index.count++;
+    }
+    index.version++;
+    return index;
   }
 
   /** Appends (slot, tf) to a term's posting; returns its position. */

@@ -3,7 +3,7 @@ import { MEMORY_KINDS, mayHear, type Audience, type Listener, type MemoryItem } 
 import { normalize } from "./embedder.js";
 import { EmbedderMismatchError, InvalidMemoryItemError, MemoryIndexFormatError } from "./errors.js";
 import { MemoryIndex, type SearchHit } from "./memory-index.js";
-import { hashEmbedder, prng } from "./test-helpers.js";
+import { hashEmbedder, hashWordEmbedder, prng } from "./test-helpers.js";
 import { terms } from "./tokenize.js";
 
 const DAY = 86_400_000;
@@ -252,6 +252,157 @@ describe("MemoryIndex", () => {
     const shifted = new Uint8Array(bytes.length + 1).subarray(1);
     shifted.set(bytes);
     expect(MemoryIndex.deserialize(shifted, { embedder }).size).toBe(index.size);
+  });
+
+  describe("saved indexes (format 2)", () => {
+    const vocab = "dog cat beach pottery sister sweden camping book painting music zebra zinc career job puppy".split(" ");
+    const speakers = ["alice", "bob", "carol"];
+    const audiences: Audience[] = ["everyone", "speaker", "owner"];
+
+    /** A random memory; some with context, importance, a topic and sources, emoji or a lone surrogate. */
+    function randomItem(rand: () => number, id: string): MemoryItem {
+      const sentence = (n: number): string => Array.from({ length: n }, () => vocab[Math.floor(rand() * vocab.length)]).join(" ");
+      const extra: Partial<MemoryItem> = {
+        speaker: speakers[Math.floor(rand() * speakers.length)]!,
+        audience: audiences[Math.floor(rand() * audiences.length)]!,
+        kind: MEMORY_KINDS[Math.floor(rand() * MEMORY_KINDS.length)]!,
+        time: NOW - Math.floor(rand() * 100) * DAY,
+      };
+      if (rand() < 0.5) extra.context = sentence(1 + Math.floor(rand() * 8));
+      if (rand() < 0.3) extra.importance = Math.round(rand() * 10) / 10;
+      if (rand() < 0.1) Object.assign(extra, { topic: "pets", sources: [`t${id}`] });
+      const r = rand();
+      const tail = r < 0.05 ? " 🐶 café" : r < 0.08 ? " broken \ud800 text" : "";
+      return item(id, sentence(1 + Math.floor(rand() * 10)) + tail, extra);
+    }
+
+    async function expectSameAnswers(a: MemoryIndex, b: MemoryIndex, rand: () => number): Promise<void> {
+      expect(b.size).toBe(a.size);
+      const byId = (index: MemoryIndex): MemoryItem[] => [...index.items()].sort((x, y) => (x.id < y.id ? -1 : 1));
+      expect(byId(b)).toEqual(byId(a));
+      const listeners: Listener[] = [owner, { userId: "alice", isOwner: false }, { userId: "bob", isOwner: false }, { userId: "nobody", isOwner: false }];
+      for (let q = 0; q < 30; q++) {
+        const query = Array.from({ length: 1 + Math.floor(rand() * 3) }, () => vocab[Math.floor(rand() * vocab.length)]).join(" ") + (q % 5 === 0 ? " alice" : "");
+        const o = { k: 1 + Math.floor(rand() * 25), listener: listeners[q % listeners.length]!, now: NOW, ...(q % 7 === 3 && { kinds: ["turn" as const] }) };
+        expect(await b.search(query, o)).toEqual(await a.search(query, o));
+        expect(await b.searchBm25(query, o)).toEqual(await a.searchBm25(query, o));
+        expect(await b.searchVector(query, o)).toEqual(await a.searchVector(query, o));
+      }
+    }
+
+    async function churned(seed: number): Promise<{ index: MemoryIndex; embedder: ReturnType<typeof hashWordEmbedder>; rand: () => number }> {
+      const rand = prng(seed);
+      const embedder = hashWordEmbedder();
+      const index = MemoryIndex.create({ embedder });
+      await index.upsert(Array.from({ length: 300 }, (_, i) => randomItem(rand, `m${i}`)));
+      index.remove(Array.from({ length: 300 }, (_, i) => `m${i}`).filter(() => rand() < 0.3));
+      // Replacements in place and new memories filling some of the holes, the rest left as holes.
+      await index.upsert(Array.from({ length: 40 }, (_, i) => randomItem(rand, rand() < 0.5 ? `m${Math.floor(rand() * 300)}` : `new${i}`)));
+      index.setContext("new1", "sister camping");
+      return { index, embedder, rand };
+    }
+
+    it("loads an index that answers, and changes, exactly as the saved one, holes and all", async () => {
+      const { index, embedder, rand } = await churned(11);
+      const bytes = index.serialize();
+      expect(new DataView(bytes.buffer, bytes.byteOffset).getUint32(4, true)).toBe(2);
+      const copy = MemoryIndex.deserialize(bytes, { embedder });
+      await expectSameAnswers(index, copy, rand);
+      // The same changes on both keep them equal: the free slots, postings and expansion terms came back as they were.
+      const changes = Array.from({ length: 60 }, (_, i) => randomItem(rand, rand() < 0.5 ? `m${Math.floor(rand() * 300)}` : `later${i}`));
+      const removed = Array.from({ length: 300 }, (_, i) => `m${i}`).filter(() => rand() < 0.2);
+      for (const target of [index, copy]) {
+        target.remove(removed);
+        await target.upsert(changes);
+      }
+      await expectSameAnswers(index, copy, rand);
+      // And saving the loaded copy gives the same bytes as saving the original.
+      expect(copy.serialize()).toEqual(index.serialize());
+    });
+
+    it("still reads format 1 (memories and vectors, rebuilt on load)", async () => {
+      const rand = prng(12);
+      const embedder = hashWordEmbedder();
+      const index = MemoryIndex.create({ embedder });
+      const items = Array.from({ length: 120 }, (_, i) => randomItem(rand, `m${i}`));
+      await index.upsert(items);
+      const stored = [...index.items()];
+      const header = new TextEncoder().encode(JSON.stringify({ embedder: embedder.id, dimensions: embedder.dimensions, options: {}, items: stored }));
+      const vectorsAt = Math.ceil((12 + header.length) / 4) * 4;
+      const bytes = new Uint8Array(vectorsAt + stored.length * embedder.dimensions * 4);
+      const view = new DataView(bytes.buffer);
+      view.setUint32(0, 0x49_4d_4d_53, true);
+      view.setUint32(4, 1, true);
+      view.setUint32(8, header.length, true);
+      bytes.set(header, 12);
+      const vectors = await embedder.embed(stored.map((m) => `${m.speaker}: ${m.text}`));
+      vectors.forEach((v, i) => new Float32Array(bytes.buffer, vectorsAt + i * embedder.dimensions * 4, embedder.dimensions).set(v));
+      await expectSameAnswers(index, MemoryIndex.deserialize(bytes, { embedder }), rand);
+    });
+
+    it("refuses truncated or altered bytes with MemoryIndexFormatError, never another failure", async () => {
+      const { index, embedder, rand } = await churned(13);
+      const bytes = index.serialize();
+      const load = (b: Uint8Array): MemoryIndex => MemoryIndex.deserialize(b, { embedder });
+      for (let length = 0; length < bytes.length; length += 1 + Math.floor(rand() * 97)) {
+        expect(() => load(bytes.slice(0, length)), `truncated to ${length}`).toThrow(MemoryIndexFormatError);
+      }
+      expect(() => load(Uint8Array.from([...bytes, 0, 0, 0, 0, 0, 0, 0, 0]))).toThrow(MemoryIndexFormatError);
+      // Altered header fields: the counts no longer match the tables, or point outside them.
+      const headerLength = new DataView(bytes.buffer).getUint32(8, true);
+      const header = JSON.parse(new TextDecoder().decode(bytes.subarray(12, 12 + headerLength))) as Record<string, unknown>;
+      const withHeader = (change: (h: any) => void): Uint8Array => {
+        const h = structuredClone(header) as any;
+        change(h);
+        const json = new TextEncoder().encode(JSON.stringify(h));
+        const out = new Uint8Array(Math.ceil((12 + json.length) / 8) * 8 + (bytes.length - Math.ceil((12 + headerLength) / 8) * 8));
+        out.set(bytes.subarray(0, 12));
+        new DataView(out.buffer).setUint32(8, json.length, true);
+        out.set(json, 12);
+        out.set(bytes.subarray(Math.ceil((12 + headerLength) / 8) * 8), Math.ceil((12 + json.length) / 8) * 8);
+        return out;
+      };
+      expect(load(withHeader(() => undefined)).size).toBe(index.size);
+      const alterations: ((h: any) => void)[] = [
+        (h) => (h.slotCount += 1),
+        (h) => (h.slotCount = -8),
+        (h) => (h.textBytes += 8),
+        (h) => (h.fields[0].postings += 4),
+        (h) => h.fields[1].terms.push("extra", "more"),
+        (h) => (h.fields[0].terms[1] = h.fields[0].terms[0]),
+        (h) => h.free.push(h.free[0]),
+        (h) => h.free.pop(),
+        (h) => (h.free[0] = 1e9),
+        (h) => (h.speakers = ["alice"]),
+        (h) => (h.speakers = [...h.speakers, h.speakers[0]]),
+        (h) => (h.verbatim[0][0] = 0),
+        (h) => (h.verbatim[0][1].importance = 7),
+        (h) => h.verbatim.pop(),
+        (h) => (h.expansion.words[0] = "zzz"),
+        (h) => h.expansion.words.pop(),
+        (h) => (h.fields = null),
+        (h) => (h.options = 3),
+      ];
+      alterations.forEach((alter, i) => expect(() => load(withHeader(alter)), `alteration ${i}`).toThrow(MemoryIndexFormatError));
+      // Random byte changes in the tables: refused, or (a vector, a time changed) loaded and searchable.
+      const tablesAt = Math.ceil((12 + headerLength) / 8) * 8;
+      let refused = 0;
+      for (let trial = 0; trial < 400; trial++) {
+        const altered = bytes.slice();
+        const at = tablesAt + Math.floor(rand() * (bytes.length - tablesAt));
+        altered[at] = altered[at]! ^ (1 << Math.floor(rand() * 8)) ^ (trial % 2 === 0 ? 0x80 : 0);
+        let loaded: MemoryIndex;
+        try {
+          loaded = load(altered);
+        } catch (err) {
+          expect(err).toBeInstanceOf(MemoryIndexFormatError);
+          refused++;
+          continue;
+        }
+        await loaded.search("dog beach", { k: 5, listener: owner, now: NOW });
+      }
+      expect(refused).toBeGreaterThan(50);
+    });
   });
 
   it("refuses another embedder's index and bytes that are not an index", async () => {

@@ -7,7 +7,7 @@
  * cannot surface, not in the hybrid nor in the single-method rankings.
  */
 import { MEMORY_KINDS, mayHear, type Audience, type Listener, type MemoryItem, type MemoryKind } from "../types.js";
-import { Bm25Index, DEFAULT_BM25, searchFields, type Bm25Params, type Ranking } from "./bm25.js";
+import { Bm25Index, DEFAULT_BM25, searchFields, type Bm25Params, type Bm25Snapshot, type Ranking } from "./bm25.js";
 import type { Embedder } from "./embedder.js";
 import { EmbedderMismatchError, EmbeddingShapeError, InvalidMemoryItemError, MemoryIndexFormatError } from "./errors.js";
 import { STOP_WORDS, stem, terms, words } from "./tokenize.js";
@@ -53,13 +53,53 @@ export interface MemoryIndexOptions {
 const AUDIENCE_CODE: Record<Audience, number> = { everyone: 1, speaker: 2, owner: 3 };
 const KIND_CODE = new Map<MemoryKind, number>(MEMORY_KINDS.map((k, i) => [k, i]));
 const MAGIC = 0x49_4d_4d_53; // "SMMI" little-endian
-const FORMAT_VERSION = 1;
+/** AUDIENCE_CODE inverted. */
+const AUDIENCES: readonly (Audience | undefined)[] = [undefined, "everyone", "speaker", "owner"];
+
+/**
+ * 2: the memories as columns, the BM25 postings, the slot layout (holes and free list), the speakers, the
+ * expansion terms and the int8 vectors are saved, so loading decodes them instead of tokenizing every memory
+ * again (8 s at 100,000 memories).
+ * 1: memories (JSON) and vectors only, everything else rebuilt on load; still read.
+ */
+const FORMAT_VERSION = 2;
+
+/** Per slot in version 2: how its memory is saved. */
+const enum SlotForm {
+  Hole = 0,
+  Columns = 1,
+  ColumnsWithContext = 2,
+  /** Whole in the header's JSON: fields the columns do not have (topic, sources), or text that is not valid UTF-16. */
+  Verbatim = 3,
+}
+
+/** The fields a memory saved in columns may have. */
+const COLUMN_FIELDS = new Set(["id", "kind", "text", "speaker", "audience", "time", "importance", "context"]);
+
+/** Version 2's JSON header. */
+interface HeaderV2 {
+  embedder: string;
+  dimensions: number;
+  options: Omit<MemoryIndexOptions, "embedder">;
+  slotCount: number;
+  /** UTF-8 bytes of the memories' strings (ids, texts, contexts), concatenated. */
+  textBytes: number;
+  /** [slot, memory] for each memory saved whole. */
+  verbatim: [number, MemoryItem][];
+  free: number[];
+  /** Every speaker ever indexed, in code order. */
+  speakers: string[];
+  /** Text then context: each field's terms in id order and its number of postings. */
+  fields: { terms: string[]; postings: number }[];
+  /** The expansion table, row by row: each term and the word whose vector it has. */
+  expansion: { terms: string[]; words: string[] };
+}
 
 export class MemoryIndex {
   private readonly weights: RetrievalWeights;
-  private readonly bm25: Bm25Index;
+  private bm25: Bm25Index;
   /** The memories' `context` as a second BM25 field, slot for slot. */
-  private readonly contextBm25: Bm25Index;
+  private contextBm25: Bm25Index;
   private readonly vectors: VectorStore;
   private readonly indexSpeaker: boolean;
   private readonly slotOf = new Map<string, number>();
@@ -80,6 +120,8 @@ export class MemoryIndex {
   private readonly termVectors: VectorStore | undefined;
   private readonly termRow = new Map<string, number>();
   private readonly rowTerm: string[] = [];
+  /** The word each row's vector was read from (saved, so loading reads the same vectors again). */
+  private readonly rowWord: string[] = [];
   private everyTerm = new Uint8Array(64);
 
   private constructor(readonly embedder: Embedder, private readonly options: Omit<MemoryIndexOptions, "embedder">) {
@@ -246,37 +288,116 @@ export class MemoryIndex {
   }
 
   /**
-   * The index as bytes (for the vault's "retrieval-index" item): the memories, their vectors and the
-   * options. BM25 postings are rebuilt on load (faster than decoding them, measured at 100,000 memories).
+   * The index as bytes (for the vault's "retrieval-index" item): a JSON header (options, the free slots, the
+   * speakers, both fields' terms, the expansion terms, any memory the columns cannot hold), then little-endian
+   * tables, each 8-byte aligned: the memories slot by slot as columns (form, kind, audience, speaker code, time,
+   * importance, string ends) and their strings as one UTF-8 text; per BM25 field its slot lengths, posting
+   * lengths, posting slots and frequencies; the vectors (float32 rows, then their int8 codes and scales).
+   * Loading decodes these instead of tokenizing every memory again, and gives back an index that answers, and
+   * changes, exactly as this one does.
    *
    * @example
    * const bytes = index.serialize()
    */
   serialize(): Uint8Array {
-    const items = [...this.items()];
-    const header = new TextEncoder().encode(
-      JSON.stringify({
-        embedder: this.embedder.id,
-        dimensions: this.embedder.dimensions,
-        options: this.options,
-        items,
-      }),
-    );
-    const vectorsAt = align4(12 + header.length);
-    const bytes = new Uint8Array(vectorsAt + items.length * this.embedder.dimensions * 4);
+    const slotCount = this.bySlot.length;
+    const d = this.embedder.dimensions;
+    const columns = this.itemColumns();
+    const fields = [this.bm25.snapshot(slotCount), this.contextBm25.snapshot(slotCount)];
+    const header: HeaderV2 = {
+      embedder: this.embedder.id,
+      dimensions: d,
+      options: this.options,
+      slotCount,
+      textBytes: columns.text.length,
+      verbatim: columns.verbatim,
+      free: this.free,
+      speakers: [...this.speakerCode.keys()],
+      fields: fields.map((f) => ({ terms: f.terms, postings: f.slots.length })),
+      expansion: { terms: this.rowTerm, words: this.rowWord },
+    };
+    const json = new TextEncoder().encode(JSON.stringify(header));
+    const layout = layoutV2(align8(12 + json.length), slotCount, columns.text.length, fields.map((f) => ({ terms: f.terms.length, postings: f.slots.length })), d, this.vectors.stride);
+    const bytes = new Uint8Array(layout.end);
     const view = new DataView(bytes.buffer);
     view.setUint32(0, MAGIC, true);
     view.setUint32(4, FORMAT_VERSION, true);
-    view.setUint32(8, header.length, true);
-    bytes.set(header, 12);
-    const vectors = new Float32Array(bytes.buffer, vectorsAt, items.length * this.embedder.dimensions);
-    items.forEach((item, i) => vectors.set(this.vectors.row(this.slotOf.get(item.id)!), i * this.embedder.dimensions));
+    view.setUint32(8, json.length, true);
+    bytes.set(json, 12);
+    const { buffer } = bytes;
+    new Uint8Array(buffer, layout.form, slotCount).set(columns.form);
+    new Uint8Array(buffer, layout.kind, slotCount).set(columns.kind);
+    new Uint8Array(buffer, layout.audience, slotCount).set(columns.audience);
+    new Int32Array(buffer, layout.speaker, slotCount).set(columns.speaker);
+    new Float64Array(buffer, layout.time, slotCount).set(columns.time);
+    new Float64Array(buffer, layout.importance, slotCount).set(columns.importance);
+    new Uint32Array(buffer, layout.ends, slotCount * 3).set(columns.ends);
+    bytes.set(columns.text, layout.text);
+    fields.forEach((f, i) => {
+      const at = layout.fields[i]!;
+      new Int32Array(buffer, at.lengths, slotCount).set(f.lengths);
+      new Int32Array(buffer, at.postingLength, f.terms.length).set(f.postingLength);
+      new Int32Array(buffer, at.slots, f.slots.length).set(f.slots);
+      new Uint16Array(buffer, at.tfs, f.tfs.length).set(f.tfs);
+    });
+    const vectors = new Float32Array(buffer, layout.vectors, slotCount * d);
+    for (let slot = 0; slot < slotCount; slot++) if (this.bySlot[slot] !== undefined) vectors.set(this.vectors.row(slot), slot * d);
+    const { codes, scales } = this.vectors.quantized(slotCount);
+    new Int8Array(buffer, layout.codes, codes.length).set(codes);
+    new Float32Array(buffer, layout.scales, scales.length).set(scales);
     return bytes;
   }
 
   /**
-   * An index from {@link serialize}'s bytes. Throws EmbedderMismatchError when it was saved with another
-   * embedder, MemoryIndexFormatError when the bytes are not a saved index.
+   * The memories as columns, for {@link serialize}: one JSON.parse of 100,000 memories costs more than the
+   * rest of loading, where one UTF-8 decode and a slice per string costs a fraction.
+   */
+  private itemColumns(): ItemColumns {
+    const slotCount = this.bySlot.length;
+    const columns: ItemColumns = {
+      form: new Uint8Array(slotCount),
+      kind: new Uint8Array(slotCount),
+      audience: new Uint8Array(slotCount),
+      speaker: new Int32Array(slotCount),
+      time: new Float64Array(slotCount),
+      importance: new Float64Array(slotCount),
+      ends: new Uint32Array(slotCount * 3),
+      text: new Uint8Array(0),
+      verbatim: [],
+    };
+    const parts: string[] = [];
+    let end = 0;
+    for (let slot = 0; slot < slotCount; slot++) {
+      const item = this.bySlot[slot];
+      if (item !== undefined && fitsColumns(item)) {
+        const hasContext = item.context !== undefined;
+        columns.form[slot] = hasContext ? SlotForm.ColumnsWithContext : SlotForm.Columns;
+        columns.kind[slot] = KIND_CODE.get(item.kind)!;
+        columns.audience[slot] = AUDIENCE_CODE[item.audience];
+        columns.speaker[slot] = this.speakerCode.get(item.speaker)!;
+        columns.time[slot] = item.time;
+        columns.importance[slot] = item.importance ?? Number.NaN;
+        parts.push(item.id, item.text);
+        if (hasContext) parts.push(item.context!);
+        columns.ends[slot * 3] = end += item.id.length;
+        columns.ends[slot * 3 + 1] = end += item.text.length;
+        columns.ends[slot * 3 + 2] = end += hasContext ? item.context!.length : 0;
+        continue;
+      }
+      if (item !== undefined) {
+        columns.form[slot] = SlotForm.Verbatim;
+        columns.verbatim.push([slot, item]);
+      }
+      columns.ends.fill(end, slot * 3, slot * 3 + 3);
+    }
+    columns.text = new TextEncoder().encode(parts.join(""));
+    return columns;
+  }
+
+  /**
+   * An index from {@link serialize}'s bytes (this version's or the previous one's). Throws
+   * EmbedderMismatchError when it was saved with another embedder, MemoryIndexFormatError when the bytes are not
+   * a saved index or are truncated or altered (every length and offset is checked before it is used).
    *
    * @example
    * const index = MemoryIndex.deserialize(bytes, { embedder })
@@ -286,29 +407,159 @@ export class MemoryIndex {
     const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     if (view.getUint32(0, true) !== MAGIC) throw new MemoryIndexFormatError("wrong magic number");
     const version = view.getUint32(4, true);
-    if (version !== FORMAT_VERSION) throw new MemoryIndexFormatError(`format version ${version}, this version reads ${FORMAT_VERSION}`);
+    if (version !== 1 && version !== FORMAT_VERSION) throw new MemoryIndexFormatError(`format version ${version}, this version reads 1 to ${FORMAT_VERSION}`);
     const headerLength = view.getUint32(8, true);
     if (12 + headerLength > bytes.length) throw new MemoryIndexFormatError("truncated header");
-    let header: { embedder: string; dimensions: number; options: Omit<MemoryIndexOptions, "embedder">; items: MemoryItem[] };
+    let header: unknown;
     try {
       header = JSON.parse(new TextDecoder().decode(bytes.subarray(12, 12 + headerLength)));
     } catch (err) {
       throw new MemoryIndexFormatError(`unreadable header (${err instanceof Error ? err.message : String(err)})`);
     }
+    if (header === null || typeof header !== "object") throw new MemoryIndexFormatError("the header is not an object");
     const { embedder } = options;
-    if (header.embedder !== embedder.id || header.dimensions !== embedder.dimensions) {
-      throw new EmbedderMismatchError(`${header.embedder} (${header.dimensions} dimensions)`, `${embedder.id} (${embedder.dimensions} dimensions)`);
+    const saved = header as { embedder: unknown; dimensions: unknown };
+    if (saved.embedder !== embedder.id || saved.dimensions !== embedder.dimensions) {
+      throw new EmbedderMismatchError(`${String(saved.embedder)} (${String(saved.dimensions)} dimensions)`, `${embedder.id} (${embedder.dimensions} dimensions)`);
     }
-    const d = header.dimensions;
-    const vectorsAt = align4(12 + headerLength);
+    return version === 1
+      ? MemoryIndex.fromV1(bytes, align4(12 + headerLength), header as { options?: Omit<MemoryIndexOptions, "embedder">; items?: unknown }, embedder)
+      : MemoryIndex.fromV2(bytes, align8(12 + headerLength), header as HeaderV2, embedder);
+  }
+
+  /** Version 1: the memories and their vectors, everything else rebuilt by placing each memory again. */
+  private static fromV1(bytes: Uint8Array, vectorsAt: number, header: { options?: Omit<MemoryIndexOptions, "embedder">; items?: unknown }, embedder: Embedder): MemoryIndex {
+    const d = embedder.dimensions;
     if (!Array.isArray(header.items) || vectorsAt + header.items.length * d * 4 !== bytes.length) {
       throw new MemoryIndexFormatError("the vectors do not match the memories (truncated or altered)");
     }
     // Copy: the caller's bytes may be unaligned for a Float32Array view, and may be reused after.
     const vectors = new Float32Array(Uint8Array.prototype.slice.call(bytes, vectorsAt).buffer);
     const index = new MemoryIndex(embedder, header.options ?? {});
-    header.items.forEach((item, i) => index.place(checkItem(item), vectors.subarray(i * d, (i + 1) * d)));
+    (header.items as MemoryItem[]).forEach((item, i) => index.place(checkSavedItem(item), vectors.subarray(i * d, (i + 1) * d)));
     return index;
+  }
+
+  /** Version 2: every table decoded and checked, nothing tokenized. */
+  private static fromV2(bytes: Uint8Array, binaryAt: number, header: HeaderV2, embedder: Embedder): MemoryIndex {
+    const fail = (detail: string): never => {
+      throw new MemoryIndexFormatError(detail);
+    };
+    const d = embedder.dimensions;
+    const { slotCount, textBytes, verbatim, free, speakers, fields, expansion } = header;
+    if (header.options === null || typeof header.options !== "object" || Array.isArray(header.options)) fail("options are not an object");
+    if (!Number.isSafeInteger(slotCount) || slotCount < 0 || !Number.isSafeInteger(textBytes) || textBytes < 0) fail("slot count or text size malformed");
+    if (!Array.isArray(verbatim) || !Array.isArray(free) || !Array.isArray(speakers)) fail("saved memories, free slots or speakers missing");
+    if (!Array.isArray(fields) || fields.length !== 2) fail("expected two BM25 fields");
+    if (expansion === null || typeof expansion !== "object" || !Array.isArray(expansion.terms) || !Array.isArray(expansion.words) || expansion.terms.length !== expansion.words.length) {
+      fail("the expansion table is malformed");
+    }
+    const counts = fields.map((f) => {
+      if (f === null || typeof f !== "object" || !Array.isArray(f.terms) || !Number.isSafeInteger(f.postings) || f.postings < 0) fail("a BM25 field is malformed");
+      return { terms: f.terms.length, postings: f.postings };
+    });
+    const index = new MemoryIndex(embedder, header.options);
+    const stride = index.vectors.stride;
+    const layout = layoutV2(binaryAt, slotCount, textBytes, counts, d, stride);
+    if (layout.end !== bytes.length) fail(`${bytes.length} bytes where the header implies ${layout.end} (truncated or altered)`);
+    // Views straight into the caller's bytes when aligned (every table is copied out of them below); a copy when
+    // not, since typed-array views need their element size's alignment.
+    const aligned = bytes.byteOffset % 8 === 0;
+    const buffer = aligned ? bytes.buffer : Uint8Array.prototype.slice.call(bytes, binaryAt).buffer;
+    const at = (offset: number): number => (aligned ? bytes.byteOffset + offset : offset - binaryAt);
+
+    const capacity = Math.max(64, slotCount);
+    index.audience = new Uint8Array(capacity);
+    index.speaker = new Int32Array(capacity);
+    index.kind = new Uint8Array(capacity);
+    for (const speaker of speakers) {
+      if (typeof speaker !== "string" || index.speakerCode.has(speaker)) fail("the speakers are not distinct strings");
+      index.codeOfSpeaker(speaker);
+    }
+    const items = readItems(
+      {
+        form: new Uint8Array(buffer, at(layout.form), slotCount),
+        kind: new Uint8Array(buffer, at(layout.kind), slotCount),
+        audience: new Uint8Array(buffer, at(layout.audience), slotCount),
+        speaker: new Int32Array(buffer, at(layout.speaker), slotCount),
+        time: new Float64Array(buffer, at(layout.time), slotCount),
+        importance: new Float64Array(buffer, at(layout.importance), slotCount),
+        ends: new Uint32Array(buffer, at(layout.ends), slotCount * 3),
+        text: new Uint8Array(buffer, at(layout.text), textBytes),
+        verbatim,
+      },
+      speakers,
+    );
+    for (let slot = 0; slot < slotCount; slot++) {
+      const saved = items[slot];
+      if (saved === undefined) {
+        index.bySlot.push(undefined);
+        continue;
+      }
+      const item = checkSavedItem(saved);
+      if (index.slotOf.has(item.id)) fail(`memory ${JSON.stringify(item.id)} is saved twice`);
+      const code = index.speakerCode.get(item.speaker);
+      if (code === undefined) fail(`the speaker of memory ${JSON.stringify(item.id)} is not among the speakers`);
+      index.slotOf.set(item.id, slot);
+      index.bySlot.push(item);
+      index.audience[slot] = AUDIENCE_CODE[item.audience];
+      index.speaker[slot] = code!;
+      index.kind[slot] = KIND_CODE.get(item.kind)!;
+    }
+    const holes = new Set<number>();
+    for (const slot of free) {
+      if (!Number.isInteger(slot) || slot < 0 || slot >= slotCount || index.bySlot[slot] !== undefined || holes.has(slot)) fail(`free slot ${String(slot)} is not a hole`);
+      holes.add(slot);
+    }
+    if (holes.size !== slotCount - index.slotOf.size) fail("the free slots do not list every hole");
+    index.free.push(...free);
+
+    const params = { ...DEFAULT_BM25, ...index.options.bm25 };
+    const restored = fields.map((f, i) => {
+      const offsets = layout.fields[i]!;
+      const snapshot: Bm25Snapshot = {
+        terms: f.terms,
+        lengths: new Int32Array(buffer, at(offsets.lengths), slotCount),
+        postingLength: new Int32Array(buffer, at(offsets.postingLength), f.terms.length),
+        slots: new Int32Array(buffer, at(offsets.slots), f.postings),
+        tfs: new Uint16Array(buffer, at(offsets.tfs), f.postings),
+      };
+      for (let slot = 0; slot < slotCount; slot++) {
+        const item = index.bySlot[slot];
+        const held = snapshot.lengths[slot]! >= 0;
+        const expected = item !== undefined && (i === 0 || (item.context !== undefined && item.context.length > 0));
+        if (held !== expected) fail(`BM25 field ${i} ${held ? "holds" : "lacks"} slot ${slot}`);
+      }
+      return Bm25Index.restore(params, snapshot);
+    });
+    index.bm25 = restored[0]!;
+    index.contextBm25 = restored[1]!;
+
+    const vectors = new Float32Array(buffer, at(layout.vectors), slotCount * d);
+    const codes = new Int8Array(buffer, at(layout.codes), slotCount * stride);
+    const scales = new Float32Array(buffer, at(layout.scales), slotCount);
+    index.vectors.load(vectors, codes, scales, index.audience.subarray(0, slotCount).map((code) => (code === 0 ? 0 : 1)));
+    index.restoreExpansion(expansion.terms, expansion.words);
+    return index;
+  }
+
+  /** Reads the saved expansion rows' vectors again from their words (same embedder, so the same vectors). */
+  private restoreExpansion(terms: unknown[], words: unknown[]): void {
+    if (this.termVectors === undefined) return;
+    for (let row = 0; row < terms.length; row++) {
+      const term = terms[row];
+      const word = words[row];
+      if (typeof term !== "string" || typeof word !== "string" || this.termRow.has(term)) throw new MemoryIndexFormatError(`expansion row ${row} is malformed`);
+      const vector = this.embedder.wordVector!(word);
+      if (vector === undefined) throw new MemoryIndexFormatError(`expansion word ${JSON.stringify(word)} has no vector`);
+      this.termRow.set(term, row);
+      this.rowTerm.push(term);
+      this.rowWord.push(word);
+      this.termVectors.set(row, vector);
+    }
+    const everyTerm = new Uint8Array(Math.max(64, terms.length));
+    everyTerm.fill(1, 0, terms.length);
+    this.everyTerm = everyTerm;
   }
 
   private place(item: MemoryItem, vector: Float32Array): void {
@@ -342,6 +593,7 @@ export class MemoryIndex {
       const row = this.rowTerm.length;
       this.termRow.set(term, row);
       this.rowTerm.push(term);
+      this.rowWord.push(word);
       this.termVectors!.set(row, vector);
       if (row >= this.everyTerm.length) {
         const grown = new Uint8Array(this.everyTerm.length * 2);
@@ -528,6 +780,125 @@ export class MemoryIndex {
 }
 
 const align4 = (n: number): number => Math.ceil(n / 4) * 4;
+const align8 = (n: number): number => Math.ceil(n / 8) * 8;
+
+/** Version 2's memory columns, slot by slot (see {@link MemoryIndex.serialize}). */
+interface ItemColumns {
+  form: Uint8Array;
+  kind: Uint8Array;
+  audience: Uint8Array;
+  speaker: Int32Array;
+  time: Float64Array;
+  /** NaN where the memory has none. */
+  importance: Float64Array;
+  /** Per slot, where its id, text and context end in the decoded text (UTF-16 units); each starts where the last ended. */
+  ends: Uint32Array;
+  text: Uint8Array;
+  verbatim: [number, MemoryItem][];
+}
+
+/** Whether a memory round-trips through the columns: only their fields, and strings UTF-8 can carry. */
+function fitsColumns(item: MemoryItem): boolean {
+  for (const key in item) if (!COLUMN_FIELDS.has(key)) return false;
+  if (typeof item.context !== "string" && item.context !== undefined) return false;
+  return !LONE_SURROGATE.test(item.id) && !LONE_SURROGATE.test(item.text) && !LONE_SURROGATE.test(item.speaker) && !LONE_SURROGATE.test(item.context ?? "");
+}
+
+const LONE_SURROGATE = /\p{Cs}/u;
+
+/**
+ * The memories from version 2's columns, by slot (undefined for a hole). Shapes and ranges are checked here;
+ * the memories themselves by the caller, as upsert checks them.
+ */
+function readItems(columns: ItemColumns, speakers: readonly string[]): (MemoryItem | undefined)[] {
+  const fail = (detail: string): never => {
+    throw new MemoryIndexFormatError(detail);
+  };
+  const { form, kind, audience, speaker, time, importance, ends } = columns;
+  const slotCount = form.length;
+  const text = new TextDecoder().decode(columns.text);
+  const items: (MemoryItem | undefined)[] = new Array<MemoryItem | undefined>(slotCount);
+  let cursor = 0;
+  for (let slot = 0; slot < slotCount; slot++) {
+    const f = form[slot]!;
+    const idEnd = ends[slot * 3]!;
+    const textEnd = ends[slot * 3 + 1]!;
+    const contextEnd = ends[slot * 3 + 2]!;
+    if (!(cursor <= idEnd && idEnd <= textEnd && textEnd <= contextEnd && contextEnd <= text.length)) fail(`slot ${slot}'s strings lie outside the text`);
+    if (f === SlotForm.Columns || f === SlotForm.ColumnsWithContext) {
+      const code = speaker[slot]!;
+      if (!(code >= 1 && code <= speakers.length)) fail(`slot ${slot} names speaker ${code}, of ${speakers.length}`);
+      const item: MemoryItem = {
+        id: text.slice(cursor, idEnd),
+        kind: MEMORY_KINDS[kind[slot]!]!,
+        text: text.slice(idEnd, textEnd),
+        speaker: speakers[code - 1]!,
+        audience: AUDIENCES[audience[slot]!]!,
+        time: time[slot]!,
+      };
+      if (!Number.isNaN(importance[slot]!)) item.importance = importance[slot]!;
+      if (f === SlotForm.ColumnsWithContext) item.context = text.slice(textEnd, contextEnd);
+      else if (contextEnd !== textEnd) fail(`slot ${slot} has context text but no context`);
+      items[slot] = item;
+    } else if (f !== SlotForm.Hole && f !== SlotForm.Verbatim) {
+      fail(`slot ${slot} has form ${f}`);
+    } else if (idEnd !== cursor || contextEnd !== cursor) {
+      fail(`slot ${slot} holds strings but no memory in columns`);
+    }
+    cursor = contextEnd;
+  }
+  if (cursor !== text.length) fail("the text holds more than the memories' strings");
+  for (const entry of columns.verbatim) {
+    if (!Array.isArray(entry) || entry.length !== 2) fail("a saved memory is malformed");
+    const [slot, item] = entry;
+    if (!Number.isInteger(slot) || !(slot >= 0 && slot < slotCount) || form[slot] !== SlotForm.Verbatim || items[slot] !== undefined) fail(`saved memory at slot ${String(slot)} does not fit its slot`);
+    items[slot] = item;
+  }
+  for (let slot = 0; slot < slotCount; slot++) if (form[slot] === SlotForm.Verbatim && items[slot] === undefined) fail(`slot ${slot}'s memory is missing`);
+  return items;
+}
+
+/** Byte offsets of version 2's tables, from the counts in its header; `end` is the whole save's length. */
+interface LayoutV2 {
+  form: number;
+  kind: number;
+  audience: number;
+  speaker: number;
+  time: number;
+  importance: number;
+  ends: number;
+  text: number;
+  fields: { lengths: number; postingLength: number; slots: number; tfs: number }[];
+  vectors: number;
+  codes: number;
+  scales: number;
+  end: number;
+}
+
+function layoutV2(binaryAt: number, slotCount: number, textBytes: number, fields: readonly { terms: number; postings: number }[], dimensions: number, stride: number): LayoutV2 {
+  let at = binaryAt;
+  // Every table 8-byte aligned, so one aligned base serves every element size.
+  const take = (bytes: number): number => {
+    const start = at;
+    at = align8(at + bytes);
+    return start;
+  };
+  return {
+    form: take(slotCount),
+    kind: take(slotCount),
+    audience: take(slotCount),
+    speaker: take(slotCount * 4),
+    time: take(slotCount * 8),
+    importance: take(slotCount * 8),
+    ends: take(slotCount * 12),
+    text: take(textBytes),
+    fields: fields.map((f) => ({ lengths: take(slotCount * 4), postingLength: take(f.terms * 4), slots: take(f.postings * 4), tfs: take(f.postings * 2) })),
+    vectors: take(slotCount * dimensions * 4),
+    codes: take(slotCount * stride),
+    scales: take(slotCount * 4),
+    end: at,
+  };
+}
 
 function checkItem(item: MemoryItem): MemoryItem {
   const problems: string[] = [];
@@ -536,11 +907,22 @@ function checkItem(item: MemoryItem): MemoryItem {
   if (!KIND_CODE.has(item.kind)) problems.push(`kind ${JSON.stringify(item.kind)} is not one of ${MEMORY_KINDS.join(", ")}`);
   if (typeof item.text !== "string") problems.push("text is a string");
   if (typeof item.speaker !== "string") problems.push("speaker is a string");
-  if (!(item.audience in AUDIENCE_CODE)) problems.push(`audience ${JSON.stringify(item.audience)} is not everyone, speaker or owner`);
+  if (item.context !== undefined && typeof item.context !== "string") problems.push("context is a string when present");
+  if (!Object.hasOwn(AUDIENCE_CODE, item.audience)) problems.push(`audience ${JSON.stringify(item.audience)} is not everyone, speaker or owner`);
   if (!Number.isFinite(item.time)) problems.push("time is milliseconds since the epoch");
   if (item.importance !== undefined && !(item.importance >= 0 && item.importance <= 1)) problems.push("importance is between 0 and 1");
   if (problems.length > 0) throw new InvalidMemoryItemError(item.id, problems);
   return item;
+}
+
+/** A saved memory, checked as upsert checks one, but refused as a format error: the save is what is wrong. */
+function checkSavedItem(item: MemoryItem): MemoryItem {
+  try {
+    return checkItem(item);
+  } catch (err) {
+    if (err instanceof InvalidMemoryItemError) throw new MemoryIndexFormatError(`a saved memory is invalid (${err.problems.join("; ")})`);
+    throw err;
+  }
 }
 
 /** A copy the caller cannot change under the index (its audience and speaker are indexed as codes). */

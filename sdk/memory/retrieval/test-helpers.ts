@@ -35,3 +35,18 @@ export function hashEmbedder(id = "test-hash", dimensions = 32): Embedder & { ca
   };
   return embedder;
 }
+
+/**
+ * {@link hashEmbedder} with word vectors (each word's hashed pattern), so that query expansion runs; words
+ * starting with "z" have none, as words outside a real vocabulary.
+ */
+export function hashWordEmbedder(id = "test-hash-words", dimensions = 32): Embedder & { calls: number } {
+  const wordVector = (word: string): Float32Array | undefined => {
+    if (word.startsWith("z")) return undefined;
+    const v = new Float32Array(dimensions);
+    const rand = prng(hash(word));
+    for (let j = 0; j < dimensions; j++) v[j] = rand() - 0.5;
+    return normalize(v);
+  };
+  return Object.assign(hashEmbedder(id, dimensions), { wordVector });
+}

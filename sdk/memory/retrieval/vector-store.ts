@@ -41,13 +41,59 @@ export class VectorStore {
     if (slot >= this.capacity) this.reserve(Math.max(slot + 1, this.capacity * 2));
     this.exact.set(vector, slot * this.dimensions);
     const { codes, scales } = this.views();
+    this.quantize(slot, codes, scales);
+    if (slot >= this.rows) this.rows = slot + 1;
+  }
+
+  /**
+   * Rows [0, count)'s int8 codes (`stride` bytes a row) and scales, copied: saved beside the float32 rows so
+   * that loading copies them instead of quantising every row again.
+   *
+   * @example
+   * const { codes, scales } = store.quantized(slotCount)
+   */
+  quantized(count: number): { codes: Int8Array; scales: Float32Array } {
+    if (count > this.capacity) this.reserve(count);
+    const { codes, scales } = this.views();
+    return { codes: codes.slice(0, count * this.stride), scales: scales.slice(0, count) };
+  }
+
+  /**
+   * Stores many rows at once, as saved by {@link row} and {@link quantized}: for every slot with
+   * `present[slot] === 1`, its float32 row from `rows` (slot-major) and its codes and scale; the others stay
+   * empty. Equal to calling {@link set} for each, without quantising again.
+   *
+   * @example
+   * store.load(savedRows, saved.codes, saved.scales, present)
+   */
+  load(rows: Float32Array, codes: Int8Array, scales: Float32Array, present: Uint8Array): void {
+    const count = present.length;
+    const d = this.dimensions;
+    if (rows.length !== count * d || codes.length !== count * this.stride || scales.length !== count) {
+      throw new RangeError(`${rows.length} floats, ${codes.length} codes and ${scales.length} scales for ${count} rows`);
+    }
+    if (count > this.capacity) this.reserve(count);
+    this.exact.set(rows);
+    const view = this.views();
+    view.codes.set(codes);
+    view.scales.set(scales);
+    for (let slot = 0; slot < count; slot++) {
+      if (present[slot] === 1) this.rows = Math.max(this.rows, slot + 1);
+      else this.clear(slot);
+    }
+  }
+
+  /** Row `slot`'s int8 codes and scale, from its float32 row (per-row scale: its largest magnitude is ±127). */
+  private quantize(slot: number, codes: Int8Array, scales: Float32Array): void {
+    const d = this.dimensions;
+    const exact = this.exact;
+    const from = slot * d;
     let max = 0;
-    for (let j = 0; j < vector.length; j++) max = Math.max(max, Math.abs(vector[j]!));
+    for (let j = 0; j < d; j++) max = Math.max(max, Math.abs(exact[from + j]!));
     const scale = max > 0 ? max / 127 : 0;
     const base = slot * this.stride;
-    for (let j = 0; j < this.stride; j++) codes[base + j] = j < vector.length && scale > 0 ? Math.round(vector[j]! / scale) : 0;
+    for (let j = 0; j < this.stride; j++) codes[base + j] = j < d && scale > 0 ? Math.round(exact[from + j]! / scale) : 0;
     scales[slot] = scale;
-    if (slot >= this.rows) this.rows = slot + 1;
   }
 
   /** Zeroes row `slot` (its score becomes 0; callers also mask it out). */
