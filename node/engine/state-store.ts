@@ -45,6 +45,7 @@ import {
   StateStoreStoppedError,
 } from "./errors.js";
 import { TypedEventTarget } from "../../sdk/events.js";
+import { isProcessAlive } from "../process.js";
 
 /** The configuration a KV state was computed under; a state is only valid under the same one. */
 export interface StateBinding {
@@ -1008,7 +1009,7 @@ async function removeDeadStagingFolders(base: string): Promise<void> {
   for (const name of await readdir(base).catch(() => [] as string[])) {
     const match = /^soulmesh-state-(\d+)-/.exec(name);
     const pid = Number(match?.[1]);
-    if (match === null || pid === process.pid || isAlive(pid)) continue;
+    if (match === null || pid === process.pid || isProcessAlive(pid)) continue;
     const path = join(base, name);
     const info = await lstat(path).catch(() => undefined);
     if (info === undefined || !info.isDirectory() || (uid !== undefined && info.uid !== uid)) continue;
@@ -1016,12 +1017,3 @@ async function removeDeadStagingFolders(base: string): Promise<void> {
   }
 }
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    // EPERM: alive, but another user's.
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
-}

@@ -7,12 +7,12 @@ import { getAddress, type Signer } from "ethers";
 import type { Libp2p } from "libp2p";
 import type { EscrowRef } from "../../sdk/chain/voucher.js";
 import { TypedEventTarget } from "../../sdk/events.js";
-import { errorFromWire, type StopReason, type Usage } from "../../sdk/protocol/index.js";
+import { errorFromWire } from "../../sdk/protocol/index.js";
 import type { VoucherBook } from "../billing/voucher-book.js";
 import { SessionNotFoundError as EngineSessionNotFoundError, type InferenceEngine } from "../engine/index.js";
 import { ProviderProtocolsConfigError } from "./errors.js";
 import { handleProtocol, type ProtocolService } from "./handler.js";
-import { inferenceHandler } from "./inference.js";
+import { inferenceHandler, type ServedTurn } from "./inference.js";
 import { sessionOpener } from "./session.js";
 import { ChainClock, SessionTable, type ProviderChainView, type ProviderSession, type ProviderSessionInfo } from "./sessions.js";
 import { voucherHandler } from "./voucher.js";
@@ -49,18 +49,8 @@ export interface ProviderProtocolsOptions {
 export interface ProviderProtocolEvents {
   "session:opened": CustomEvent<{ sessionId: string; payer: string; agentId: bigint; personaId: bigint }>;
   "session:closed": CustomEvent<{ sessionId: string; sessionKey: string; reason: "expired" | "idle" | "stopped" }>;
-  "turn:served": CustomEvent<{
-    sessionId: string;
-    turn: number;
-    /** Wire usage: inputTokens counts the whole prompt, cached part included. */
-    usage: Usage;
-    billedInputTokens: number;
-    outputTokens: number;
-    ttftMs: number;
-    durationMs: number;
-    stopReason: StopReason;
-    aborted: boolean;
-  }>;
+  /** A turn the provider counted; `usage` is the wire's (inputTokens counts the whole prompt, cached part included). */
+  "turn:served": CustomEvent<{ sessionId: string } & Omit<ServedTurn, "session">>;
   "request:failed": CustomEvent<{ protocol: "session" | "inference" | "voucher"; error: unknown }>;
   "voucher:accepted": CustomEvent<{ sessionId: string; sessionKey: string; inputTokens: bigint; outputTokens: bigint }>;
 }

@@ -42,6 +42,7 @@ import {
 } from "./metrics.js";
 import { ensureProviderRegistered, type OnChainProvider, type RegistrationResult } from "./registration.js";
 import { SerialSigner } from "./serial-signer.js";
+import { isProcessAlive } from "../process.js";
 
 /** The state file a running provider keeps in its data folder. */
 export const STATE_FILE = "provider.json";
@@ -230,7 +231,7 @@ export async function readProviderState(dataDir: string): Promise<ProviderStateF
   } catch {
     return undefined;
   }
-  if (typeof state?.pid !== "number" || !isAlive(state.pid)) return undefined;
+  if (typeof state?.pid !== "number" || !isProcessAlive(state.pid)) return undefined;
   return state;
 }
 
@@ -248,14 +249,6 @@ export async function readLastRun(dataDir: string): Promise<LastRunFile | undefi
   }
 }
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
 
 async function writeJsonAtomic(path: string, value: unknown): Promise<void> {
   const tmp = `${path}.${process.pid}.tmp`;
