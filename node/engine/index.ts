@@ -22,6 +22,7 @@ export {
   type AdapterRequest,
   type AdapterStoreOptions,
 } from "./adapters.js";
+export { ipfsAdapterSource, DEFAULT_IPFS_ADAPTER_TIMEOUT_MS, type IpfsAdapterSourceOptions } from "./ipfs-adapter-source.js";
 export { SessionStateStore, bindingId, type StateBinding, type SessionStateStoreInit } from "./state-store.js";
 export { ContextPool, type ContextAdapter, type ContextPoolOptions, type SequenceHolder } from "./context-pool.js";
 export {

@@ -12,6 +12,7 @@ import type { Deployment } from "../../sdk/chain/deployment.js";
 import { ChainMismatchError } from "../../sdk/chain/errors.js";
 import { connectDeployment } from "../../sdk/chain/rpc.js";
 import type { EscrowRef } from "../../sdk/chain/voucher.js";
+import type { BlockStore } from "../../sdk/vault/types.js";
 import { MAX_QUOTE_ADAPTERS, MAX_TOKENS_PER_TURN } from "../../sdk/protocol/index.js";
 import { UnknownSessionError } from "../billing/errors.js";
 import { SettlementWorker, type SettlementPolicy } from "../billing/settlement.js";
@@ -22,6 +23,7 @@ import {
   defaultThreads,
   FileHashCache,
   folderAdapterSource,
+  ipfsAdapterSource,
   loadBaseModel,
   SessionStateStore,
   type InferenceEngine,
@@ -66,10 +68,15 @@ export interface ProviderConfig {
   /** Never download: hf: models must already be in modelsDir. */
   offline?: boolean;
   /**
-   * Folders holding persona adapters named by their CID (`<dir>/<cid>` or `<dir>/<cid>.gguf`). Fetching
-   * adapters from IPFS by CID comes with personas (the vault's Helia node as another source).
+   * Folders holding persona adapters named by their CID (`<dir>/<cid>` or `<dir>/<cid>.gguf`), tried
+   * before IPFS (`blockStore`).
    */
   adapterDirs?: readonly string[];
+  /**
+   * An IPFS block store (the local IPFS service or a Kubo daemon) to fetch persona adapters from by CID,
+   * tried after the folders in `adapterDirs`. The provider does not start or stop it.
+   */
+  blockStore?: BlockStore;
   /** Size limit of the adapter cache; default 8 GiB. */
   adapterCacheBytes?: number;
   /** libp2p listen multiaddrs; default loopback TCP and WebSockets on free ports. */
@@ -367,7 +374,10 @@ export async function startProvider(config: ProviderConfig, options: StartProvid
     const adapters = new AdapterStore({
       dir: join(dataDir, "adapters"),
       maxBytes: config.adapterCacheBytes ?? 8 * 2 ** 30,
-      sources: (config.adapterDirs ?? []).map((dir) => folderAdapterSource(dir)),
+      sources: [
+        ...(config.adapterDirs ?? []).map((dir) => folderAdapterSource(dir)),
+        ...(config.blockStore === undefined ? [] : [ipfsAdapterSource(config.blockStore)]),
+      ],
     });
     await adapters.start(signal ? { signal } : {});
     undo.push(() => adapters.stop());

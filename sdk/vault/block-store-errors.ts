@@ -50,7 +50,7 @@ export class BlockIntegrityError extends SoulmeshError {
   }
 }
 
-/** A CID this store cannot verify or store: only CIDv1 raw or dag-cbor blocks hashed with sha2-256 are. */
+/** A CID this store cannot verify or store: only CIDv1 raw, dag-cbor or dag-pb blocks hashed with sha2-256 are. */
 export class UnsupportedCidError extends SoulmeshError {
   override readonly name = "UnsupportedCidError";
   constructor(
@@ -58,8 +58,8 @@ export class UnsupportedCidError extends SoulmeshError {
     readonly problem: string,
   ) {
     super(
-      `Cannot store or verify block ${cid}: ${problem}. Vault blocks are CIDv1, codec raw (0x55) or ` +
-        `dag-cbor (0x71), hashed with sha2-256; re-encode the block with those.`,
+      `Cannot store or verify block ${cid}: ${problem}. Vault blocks are CIDv1, codec raw (0x55), ` +
+        `dag-cbor (0x71) or dag-pb (0x70, UnixFS files), hashed with sha2-256; re-encode the block with those.`,
     );
   }
 }

@@ -52,10 +52,13 @@ export const DEFAULT_FETCH_TIMEOUT_MS = 30_000;
 
 const RAW = 0x55;
 const DAG_CBOR = 0x71;
+/** UnixFS nodes above the raw leaves of a multi-chunk public file (cards, adapters). */
+const DAG_PB = 0x70;
 const SHA2_256 = 0x12;
 const CODEC_NAMES: ReadonlyMap<number, string> = new Map([
   [RAW, "raw"],
   [DAG_CBOR, "dag-cbor"],
+  [DAG_PB, "dag-pb"],
 ]);
 
 // ---------------------------------------------------------------------------------------------------------

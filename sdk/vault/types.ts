@@ -2,7 +2,7 @@ import type { CID } from "multiformats/cid";
 
 /**
  * Where an agent's encrypted blocks live: an embedded Helia node (default) or an external Kubo daemon.
- * Blocks are opaque ciphertext to it; CIDs are CIDv1 (dag-cbor or raw, sha2-256).
+ * Blocks are opaque ciphertext to it; CIDs are CIDv1 (dag-cbor, raw, or dag-pb for public UnixFS files; sha2-256).
  */
 export interface BlockStore {
   /** Stores a block under its CID (the caller computed it from the bytes); idempotent. */

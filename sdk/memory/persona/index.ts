@@ -54,3 +54,29 @@ export {
   type PngFile,
   type PngText,
 } from "./png.js";
+export {
+  decodePersonaManifest,
+  encodePersonaManifest,
+  personaManifestSchema,
+  MAX_MANIFEST_BYTES,
+  PersonaManifestError,
+  PersonaManifestMismatchError,
+  type PersonaManifest,
+} from "./manifest.js";
+export {
+  publishPersona,
+  readPersona,
+  listPersonas,
+  checkLoraHeader,
+  ADAPTER_HEADER_BYTES,
+  InvalidPersonaParameterError,
+  NotALoraAdapterError,
+  type ListPersonasOptions,
+  type PersonaInfo,
+  type PersonaRecord,
+  type PublishedPersona,
+  type PublishPersonaOptions,
+  type PublishProgress,
+  type ReadPersonaOptions,
+  type RoyaltySchedule,
+} from "./publish.js";
