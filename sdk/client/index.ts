@@ -16,3 +16,4 @@ export * from "./blocklist.js";
 export * from "./errors.js";
 export * from "./session.js";
 export * from "./tokenizer.js";
+export * from "./agent/index.js";

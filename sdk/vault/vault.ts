@@ -36,7 +36,12 @@ export interface Turn {
 
 type JournalRecord = { t: "turn"; turn: Turn } | { t: "item"; kind: ItemKind; content: Uint8Array | null };
 
-const HEAD_META = "head";
+/**
+ * The journal metadata under which the vault keeps its local head. A caller that loaded a newer head from the
+ * chain (another machine chatted since) writes it here before `open`, so the vault continues from it.
+ */
+export const VAULT_HEAD_META = "head";
+const HEAD_META = VAULT_HEAD_META;
 const MAX_TEXT = 1 << 20;
 
 function checkTurn(turn: Turn): Turn {

@@ -1,0 +1,76 @@
+import { SoulmeshError } from "../../errors.js";
+
+/** The wallet opening an agent does not own it: its memory key derives from the owner's wallet only. Nothing was opened. */
+export class NotAgentOwnerError extends SoulmeshError {
+  override readonly name = "NotAgentOwnerError";
+  constructor(
+    readonly agentId: bigint,
+    readonly owner: string,
+    readonly account: string,
+  ) {
+    super(
+      `Agent #${agentId} belongs to ${owner}, not to ${account}: open it with the owner's wallet ` +
+        `(--account / SOULMESH_PRIVATE_KEY), or adopt an agent of your own with \`soulmesh agent adopt\`.`,
+    );
+  }
+}
+
+/**
+ * The memory head published on chain could not be fetched from IPFS (its blocks are on no node this machine
+ * reaches). Nothing was opened and nothing local was written.
+ */
+export class MemoryHeadUnreadableError extends SoulmeshError {
+  override readonly name = "MemoryHeadUnreadableError";
+  constructor(
+    readonly agentId: bigint,
+    readonly cid: string,
+    cause: unknown,
+  ) {
+    super(
+      `The memory head ${cid} of agent #${agentId} (published on chain) could not be read from IPFS: check that the ` +
+        `IPFS node is running and connected to a node that holds the agent's blocks (the machine that last chatted, ` +
+        `or a pinning service), or import an exported copy (CAR) of the memory.`,
+      { cause },
+    );
+  }
+}
+
+/** The turn was cancelled while it streamed: nothing was recorded or paid, and the next turn can be sent. */
+export class TurnCancelledError extends SoulmeshError {
+  override readonly name = "TurnCancelledError";
+  constructor(reason: unknown) {
+    super("The turn was cancelled before the reply was complete: nothing was recorded or paid. Send it again when you wish.", {
+      cause: reason,
+    });
+  }
+}
+
+/** A call on an agent after `close()`. */
+export class AgentClosedError extends SoulmeshError {
+  override readonly name = "AgentClosedError";
+  constructor(readonly operation: string) {
+    super(`Cannot ${operation}: this agent is closed. Open it again with openAgent().`);
+  }
+}
+
+/** Options that cannot work; nothing was opened or sent. */
+export class InvalidAgentOptionsError extends SoulmeshError {
+  override readonly name = "InvalidAgentOptionsError";
+  constructor(readonly problems: string[]) {
+    super(`Invalid agent options: ${problems.join("; ")}.`);
+  }
+}
+
+/** The agent's local folder holds state this version cannot use (unreadable, or another agent's). Nothing was changed. */
+export class LocalAgentStateError extends SoulmeshError {
+  override readonly name = "LocalAgentStateError";
+  constructor(
+    readonly path: string,
+    readonly reason: string,
+  ) {
+    super(
+      `The agent state at ${path} cannot be used: ${reason}. Point dataDir at this agent's own folder, or move the ` +
+        `folder away to recover the agent from its published memory head (unpublished turns in it would be lost).`,
+    );
+  }
+}
