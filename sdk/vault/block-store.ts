@@ -366,8 +366,9 @@ export interface KuboBlockStore extends BlockStore {
  * A Kubo daemon reached over its RPC API. `start()` checks that the daemon answers (`KuboUnreachableError`
  * otherwise); the daemon's own repository and network do the storing and fetching.
  *
- * Tested here only against a fake RPC server that mimics the four endpoints used (block/put, block/get,
- * block/stat, pin/add, plus version); the path against a real `ipfs daemon` is untested in this repository.
+ * Tested against a fake RPC server that mimics the four endpoints used (block/put, block/get, block/stat,
+ * pin/add, plus version) and, in test/cli/ipfs.test.ts, through kubo-rpc-client against cli/ipfs/rpc-server.ts
+ * over a real Helia node; the path against a real `ipfs daemon` is untested in this repository.
  *
  * @example
  * const store = createKuboBlockStore({ url: "http://127.0.0.1:5001" })
