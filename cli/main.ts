@@ -1,22 +1,56 @@
 import { Command, CommanderError } from "commander";
-import { registerDeploy } from "./commands/deploy.js";
-import { registerDevnet } from "./commands/devnet.js";
-import { registerModel } from "./commands/model.js";
-import { registerProvider } from "./commands/provider.js";
+import { addGlobalOptions } from "./commands/options.js";
 import { reportError } from "./output.js";
 
-const program = new Command()
-  .name("soulmesh")
-  .description("Soulmesh: user-owned AI agents on a peer-to-peer network of compute providers")
-  .option("--json", "print the result as one JSON object on stdout", false)
-  .option("--home <dir>", "Soulmesh's data folder (env SOULMESH_HOME, default ~/.soulmesh)", process.env.SOULMESH_HOME)
-  .showHelpAfterError("(run with --help for usage)")
-  .exitOverride();
+type Register = (program: Command) => void;
 
-registerDevnet(program);
-registerDeploy(program);
-registerModel(program);
-registerProvider(program);
+/**
+ * Each command's module, loaded only when that command runs: the provider's pulls in libp2p and the model
+ * engine, seconds of start-up that `soulmesh balance` should not pay. Add a command here, one line each.
+ */
+const COMMANDS: Record<string, () => Promise<Register>> = {
+  devnet: async () => (await import("./commands/devnet.js")).registerDevnet,
+  deploy: async () => (await import("./commands/deploy.js")).registerDeploy,
+  model: async () => (await import("./commands/model.js")).registerModel,
+  provider: async () => (await import("./commands/provider.js")).registerProvider,
+  wallet: async () => (await import("./commands/wallet.js")).registerWallet,
+  deposit: async () => (await import("./commands/escrow.js")).registerEscrow,
+  withdraw: async () => (await import("./commands/escrow.js")).registerEscrow,
+  balance: async () => (await import("./commands/escrow.js")).registerEscrow,
+  earnings: async () => (await import("./commands/escrow.js")).registerEscrow,
+};
+
+/** The global options that take a value, to skip over when looking for the command's name. */
+const VALUE_OPTIONS = new Set(["--home", "--rpc", "--deployment", "--account", "--ipfs-api"]);
+
+/** The command named on the command line, if any. */
+function commandName(args: readonly string[]): string | undefined {
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i]!;
+    if (VALUE_OPTIONS.has(arg)) i++;
+    else if (!arg.startsWith("-")) return arg;
+  }
+  return undefined;
+}
+
+const program = addGlobalOptions(
+  new Command()
+    .name("soulmesh")
+    .description("Soulmesh: user-owned AI agents on a peer-to-peer network of compute providers")
+    // Before the subcommands are added, so that each one's --help lists the global options too.
+    .configureHelp({ showGlobalOptions: true })
+    .showHelpAfterError("(run with --help for usage)")
+    .exitOverride(),
+);
+
+// A known command loads its own module; anything else (help, a typo) loads all, to list or suggest them.
+const name = commandName(process.argv.slice(2));
+const loaders = name !== undefined && Object.hasOwn(COMMANDS, name) ? [COMMANDS[name]!] : Object.values(COMMANDS);
+const registered = new Set<Register>();
+for (const register of await Promise.all(loaders.map((load) => load()))) {
+  if (!registered.has(register)) register(program);
+  registered.add(register);
+}
 
 try {
   await program.parseAsync(process.argv);

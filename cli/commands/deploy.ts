@@ -51,7 +51,6 @@ export function registerDeploy(program: Command): void {
   program
     .command("deploy")
     .description("Deploy Soulmesh's contracts to any EVM chain (key from SOULMESH_DEPLOYER_KEY, never a file)")
-    .option("--rpc <url>", "the chain's JSON-RPC URL (env SOULMESH_RPC_URL)", process.env.SOULMESH_RPC_URL)
     .option("--token <address>", "an existing ERC-20 to pay with (default: deploy a 6-decimal TestStablecoin)", parseAddress)
     .option("--treasury <address>", "receives protocol fees (default: the deployer)", parseAddress)
     .option("--owner <address>", "owns the escrow's fee and treasury settings (default: the deployer)", parseAddress)
@@ -76,6 +75,8 @@ Examples:
     .action(async (opts: DeployCommandOptions, cmd: Command) => {
       const g = globalOptions(cmd);
       const out = createOutput({ json: g.json });
+      // --rpc is a global option (env SOULMESH_RPC_URL): the program parses it wherever it appears.
+      opts.rpc = g.rpc;
       if (!opts.rpc) {
         throw new MissingConfigError("SOULMESH_RPC_URL", "Pass the chain's JSON-RPC URL with --rpc or SOULMESH_RPC_URL.");
       }

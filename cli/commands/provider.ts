@@ -356,8 +356,6 @@ export function registerProvider(program: Command): void {
     .option("--price-output <units>", "price per million output tokens, in token units", parseUnits, 1_500_000n)
     .option("--stake <units>", "stake to hold in the registry, in token units (default its minimum)", parseUnits)
     .option("--metrics-port <port>", "Prometheus /metrics and /status on 127.0.0.1 (0 = any free port)", parsePort, 9464)
-    .option("--deployment <file>", "the deployment file (default <home>/devnet.json)")
-    .option("--rpc <url>", "the chain's JSON-RPC URL (default the deployment's)")
     .addOption(new Option("--key <hex>", "the provider's private key (prefer env SOULMESH_PROVIDER_KEY)"))
     .option("--dev-account <i>", "use devnet account i as the provider (3 is the funded \"provider\" account)", parseIndex)
     .option("--threads <n>", "CPU threads per context (default cores − 1)", parsePositiveInt)
@@ -382,15 +380,14 @@ Examples:
     )
     .action(async (opts: StartOptions, cmd: Command) => {
       const g = globalOptions(cmd);
-      await runStart(opts, createOutput({ json: g.json }), g.home ?? soulmeshHome());
+      // --deployment and --rpc are global options: the program parses them wherever they appear.
+      await runStart({ ...opts, deployment: g.deployment, rpc: g.rpc }, createOutput({ json: g.json }), g.home ?? soulmeshHome());
     });
 
   provider
     .command("status")
     .description("Show the running provider's status, or its on-chain record when it is not running (exit code 1)")
     .option("--data-dir <dir>", "the provider's data folder (default <home>/provider)")
-    .option("--deployment <file>", "the deployment file (default: the one the provider last started with)")
-    .option("--rpc <url>", "the chain's JSON-RPC URL (default the deployment's)")
     .option("--address <address>", "the provider address to look up on chain (default: the last one started here)")
     .addHelpText(
       "after",
@@ -401,6 +398,6 @@ Examples:
     )
     .action(async (opts: StatusOptions, cmd: Command) => {
       const g = globalOptions(cmd);
-      await runStatus(opts, createOutput({ json: g.json }), g.home ?? soulmeshHome());
+      await runStatus({ ...opts, deployment: g.deployment, rpc: g.rpc }, createOutput({ json: g.json }), g.home ?? soulmeshHome());
     });
 }

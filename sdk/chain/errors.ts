@@ -6,7 +6,7 @@ export class DeploymentNotFoundError extends SoulmeshError {
   constructor(readonly path: string) {
     super(
       `No Soulmesh deployment at ${path}. Start a local network with \`soulmesh devnet\` ` +
-        `(or \`npm run devnet\`), or point --home/SOULMESH_HOME at the folder holding devnet.json.`,
+        `(or \`npm start\`), or pass --deployment FILE (or --home/SOULMESH_HOME).`,
     );
   }
 }

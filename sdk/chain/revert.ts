@@ -22,6 +22,7 @@ const HINTS: Record<string, string> = {
   Escrow__InsufficientDeposit: "Deposit more with `soulmesh deposit AMOUNT`.",
   Escrow__WithdrawalNotReady: "Wait until the time given, then run `soulmesh withdraw complete`.",
   Escrow__NoWithdrawalRequested: "Request one first with `soulmesh withdraw request AMOUNT`.",
+  Escrow__ZeroAmount: "Give an amount above zero.",
   Escrow__NoEarnings: "Nothing has been earned yet; earnings arrive when providers settle vouchers.",
   Escrow__VoucherExpired: "The voucher can no longer be settled; settle vouchers before they expire.",
   Escrow__SessionSuperseded: "A later session of this channel settled first; settle a channel's sessions in order.",

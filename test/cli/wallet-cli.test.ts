@@ -1,0 +1,334 @@
+/**
+ * `soulmesh wallet|deposit|withdraw|balance|earnings` as child processes against a devnet started in this
+ * process: keystores on disk, account resolution, and every amount checked on the chain to the unit.
+ */
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Wallet } from "ethers";
+import type { BrowserProvider } from "ethers";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startDevnet } from "../../cli/devnet/devnet.js";
+import type { Devnet } from "../../cli/devnet/devnet.js";
+import { saveKeystore } from "../../cli/accounts/keystore.js";
+import { InvalidAmountError, formatDuration, parseTokenAmount } from "../../cli/commands/escrow.js";
+import { connectContracts } from "../../sdk/chain/contracts.js";
+import type { SoulmeshContracts } from "../../sdk/chain/contracts.js";
+import type { DevAccount } from "../../sdk/chain/dev-accounts.js";
+import { signVoucher } from "../../sdk/chain/voucher.js";
+import type { Voucher } from "../../sdk/chain/voucher.js";
+import { runCli } from "../helpers/cli.js";
+
+const PASSWORD = "correct horse battery staple";
+
+let root: string;
+let devnet: Devnet;
+let rpc: BrowserProvider;
+let contracts: SoulmeshContracts;
+let accounts: DevAccount[];
+
+interface Run {
+  code: number | null;
+  json: Record<string, unknown> & { error?: { name: string; message: string } };
+  stderr: string;
+}
+
+/** Runs the CLI with --json in `home` against the devnet, no password or account from the environment. */
+async function cli(home: string, args: string[], env: Record<string, string> = {}, stdin?: string): Promise<Run> {
+  const deployment = args.includes("--deployment") ? [] : ["--deployment", devnet.deploymentPath];
+  const p = runCli([...args, "--json", "--home", home, ...deployment], {
+    SOULMESH_PASSWORD: "",
+    SOULMESH_ACCOUNT: "",
+    SOULMESH_RPC_URL: "",
+    ...env,
+  });
+  p.child.stdin.end(stdin ?? "");
+  const code = await p.exited();
+  const line = p.stdout().trim().split("\n").at(-1) ?? "";
+  let json: Run["json"];
+  try {
+    json = JSON.parse(line) as Run["json"];
+  } catch {
+    throw new Error(`no JSON (exit ${code}); stdout: ${p.stdout()} stderr: ${p.stderr()}`);
+  }
+  return { code, json, stderr: p.stderr() };
+}
+
+const units = (m: unknown): bigint => BigInt((m as { units: string }).units);
+
+async function newHome(name: string): Promise<string> {
+  const home = join(root, name);
+  await mkdir(home, { recursive: true });
+  return home;
+}
+
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), "soulmesh-wallet-cli-"));
+  devnet = await startDevnet({ port: 0, home: join(root, "devnet") });
+  rpc = devnet.chain.provider;
+  contracts = connectContracts(devnet.deployment, rpc);
+  accounts = devnet.deployment.devAccounts!;
+});
+
+afterAll(async () => {
+  await devnet?.stop();
+  await rm(root, { recursive: true, force: true });
+});
+
+describe("amounts", () => {
+  it("parse exactly with the token's decimals, and junk is refused with a typed error", () => {
+    expect(parseTokenAmount("10", 6)).toBe(10_000_000n);
+    expect(parseTokenAmount("2.5", 6)).toBe(2_500_000n);
+    expect(parseTokenAmount("0.000001", 6)).toBe(1n);
+    expect(parseTokenAmount("1.500000", 6)).toBe(1_500_000n);
+    for (const bad of ["0", "0.0", "-1", "1.0000001", "abc", "1e3", "", "1,5", "0x10", " "]) {
+      expect(() => parseTokenAmount(bad, 6), bad).toThrow(InvalidAmountError);
+    }
+    expect(formatDuration(172_800)).toBe("2d");
+    expect(formatDuration(3_661)).toBe("1h 1m 1s");
+  });
+});
+
+describe("wallets", () => {
+  it("create: encrypted keystore (0600 in a 0700 folder), becomes the default, shown without a password, never overwritten", async () => {
+    const home = await newHome("create");
+    const created = await cli(home, ["wallet", "create", "--name", "alice"], { SOULMESH_PASSWORD: PASSWORD });
+    expect(created.code).toBe(0);
+    expect(created.json).toMatchObject({ name: "alice", default: true, path: join(home, "wallets", "alice.json") });
+    const address = created.json.address as string;
+    const path = created.json.path as string;
+    expect((await stat(path)).mode & 0o777).toBe(0o600);
+    expect((await stat(join(home, "wallets"))).mode & 0o777).toBe(0o700);
+    const text = await readFile(path, "utf8");
+    expect(text).not.toContain(PASSWORD);
+    expect((await Wallet.fromEncryptedJson(text, PASSWORD)).address).toBe(address);
+
+    const [shown, again] = await Promise.all([
+      cli(home, ["wallet", "show"]), // no password in the environment, no terminal: reading needs none
+      cli(home, ["wallet", "create", "--name", "alice"], { SOULMESH_PASSWORD: "other" }),
+    ]);
+    expect(shown.code).toBe(0);
+    expect(shown.json).toMatchObject({ address, source: "keystore", name: "alice", chainId: devnet.deployment.chainId });
+    expect(shown.json.tokens).toEqual({ units: "0", formatted: "0" });
+    expect(shown.json.native).toMatchObject({ units: "0" });
+    expect(shown.json.pendingWithdrawal).toBeNull();
+    expect(again.code).toBe(1);
+    expect(again.json.error?.name).toBe("KeystoreExistsError");
+    expect(await readFile(path, "utf8")).toBe(text);
+  });
+
+  it("import from a key file and from stdin; bad keys, wrong passwords and corrupt keystores get typed errors and change nothing", async () => {
+    const home = await newHome("import");
+    const keyFile = join(root, "key.txt");
+    await writeFile(keyFile, `${accounts[5]!.privateKey}\n`);
+    const piped = Wallet.createRandom();
+    const pw = { SOULMESH_PASSWORD: PASSWORD };
+    const [fromFile, fromStdin, badKey] = await Promise.all([
+      cli(home, ["wallet", "import", "--name", "k", "--key-file", keyFile], pw),
+      cli(home, ["wallet", "import", "--name", "piped"], pw, `${piped.privateKey}\n`),
+      cli(home, ["wallet", "import", "--name", "bad", "--key-env", "SOME_KEY"], { ...pw, SOME_KEY: "0x1234" }),
+    ]);
+    expect(fromFile.json).toMatchObject({ name: "k", address: accounts[5]!.address, default: expect.any(Boolean) });
+    expect(fromStdin.json).toMatchObject({ name: "piped", address: piped.address });
+    expect(badKey.code).toBe(1);
+    expect(badKey.json.error?.name).toBe("InvalidKeyError");
+
+    const corruptPath = join(home, "wallets", "broken.json");
+    await writeFile(corruptPath, '{"version":3,"address":"nope"');
+    const depositBefore = await contracts.inferenceEscrow.depositOf(accounts[5]!.address);
+    const [wrong, noPassword, corrupt, list] = await Promise.all([
+      cli(home, ["deposit", "1", "--account", "k"], { SOULMESH_PASSWORD: "wrong" }),
+      cli(home, ["deposit", "1", "--account", "k"]),
+      cli(home, ["balance", "--account", "broken"]),
+      cli(home, ["wallet", "list"]),
+    ]);
+    expect(wrong.code).toBe(1);
+    expect(wrong.json.error?.name).toBe("WrongPasswordError");
+    expect(noPassword.json.error?.name).toBe("PasswordRequiredError");
+    expect(noPassword.json.error?.message).toContain("SOULMESH_PASSWORD");
+    expect(corrupt.code).toBe(1);
+    expect(corrupt.json.error?.name).toBe("KeystoreCorruptError");
+    expect(corrupt.json.error?.message).toContain(corruptPath);
+    expect(await readFile(corruptPath, "utf8")).toBe('{"version":3,"address":"nope"');
+    expect(await readFile(join(home, "wallets", "bad.json"), "utf8").catch(() => "absent")).toBe("absent");
+    const listed = list.json.wallets as { name: string; address: string | null; default: boolean }[];
+    expect(listed.map((w) => [w.name, w.address])).toEqual([
+      ["broken", null],
+      ["k", accounts[5]!.address],
+      ["piped", piped.address],
+    ]);
+    expect(await contracts.inferenceEscrow.depositOf(accounts[5]!.address)).toBe(depositBefore);
+  });
+
+  it("picks the account: --account name/dev:N/label, config default, the only wallet, the devnet user, else a clear error", async () => {
+    const empty = await newHome("empty");
+    const one = await newHome("one");
+    const a = Wallet.createRandom();
+    await saveKeystore(one, "solo", a, PASSWORD);
+    const [devUser, dev3, label, outOfRange, only, noDevnet] = await Promise.all([
+      cli(empty, ["balance"]),
+      cli(empty, ["balance", "--account", "dev:3"]),
+      cli(empty, ["balance", "--account", "creator"]),
+      cli(empty, ["balance", "--account", "dev:99"]),
+      cli(one, ["balance"]),
+      cli(empty, ["balance", "--deployment", join(root, "nowhere.json")]),
+    ]);
+    expect(devUser.json).toMatchObject({ address: accounts[1]!.address, source: "dev", label: "user" });
+    expect(devUser.stderr).toBe(""); // --json: no progress lines
+    expect(dev3.json).toMatchObject({ address: accounts[3]!.address, label: "provider" });
+    expect(label.json).toMatchObject({ address: accounts[2]!.address, index: 2 });
+    expect(outOfRange.json.error?.name).toBe("DevAccountUnavailableError");
+    expect(only.json).toMatchObject({ address: a.address, source: "keystore", name: "solo" });
+    expect(noDevnet.code).toBe(1);
+    expect(noDevnet.json.error?.name).toBe("NoAccountError");
+    expect(noDevnet.json.error?.message).toContain("soulmesh wallet create");
+
+    const b = Wallet.createRandom();
+    await saveKeystore(one, "second", b, PASSWORD);
+    const ambiguous = await cli(one, ["balance"]);
+    expect(ambiguous.json.error?.name).toBe("NoAccountError");
+    expect((await cli(one, ["wallet", "default", "second"])).json).toMatchObject({ defaultAccount: "second" });
+    const [byConfig, byEnv, missingDeployment] = await Promise.all([
+      cli(one, ["balance"]),
+      cli(one, ["balance"], { SOULMESH_ACCOUNT: "solo" }),
+      cli(one, ["balance", "--account", "dev:1", "--deployment", join(root, "nowhere.json")]),
+    ]);
+    expect(byConfig.json).toMatchObject({ address: b.address, name: "second" });
+    expect(byEnv.json).toMatchObject({ address: a.address, name: "solo" });
+    expect(missingDeployment.json.error?.name).toBe("DeploymentNotFoundError");
+    expect(missingDeployment.json.error?.message).toContain("--deployment");
+  });
+});
+
+describe("deposits and withdrawals", () => {
+  it("deposit 2.5 lands exactly; too much or junk fails with a typed error and changes nothing", async () => {
+    const home = await newHome("deposit");
+    const user = accounts[1]!.address;
+    const [before, tokensBefore] = await Promise.all([
+      contracts.inferenceEscrow.depositOf(user),
+      contracts.token.balanceOf(user),
+    ]);
+    const ok = await cli(home, ["deposit", "2.5", "--account", "dev:1"]);
+    expect(ok.code).toBe(0);
+    expect(units(ok.json.amount)).toBe(2_500_000n);
+    expect(await contracts.inferenceEscrow.depositOf(user)).toBe(before + 2_500_000n);
+    expect(units(ok.json.deposit)).toBe(before + 2_500_000n);
+    expect(await contracts.token.balanceOf(user)).toBe(tokensBefore - 2_500_000n);
+
+    const [tooMuch, junk, tooPrecise] = await Promise.all([
+      cli(home, ["deposit", "20000", "--account", "dev:1"]),
+      cli(home, ["deposit", "ten", "--account", "dev:1"]),
+      cli(home, ["deposit", "0.0000001", "--account", "dev:1"]),
+    ]);
+    expect(tooMuch.code).toBe(1);
+    expect(tooMuch.json.error?.name).toBe("InsufficientTokensError");
+    expect(tooMuch.json.error?.message).toContain("20000 tUSD");
+    expect(tooMuch.json.error?.message).toContain("9997.5 tUSD");
+    expect(junk.json.error?.name).toBe("InvalidAmountError");
+    expect(tooPrecise.json.error?.name).toBe("InvalidAmountError");
+    expect(await contracts.inferenceEscrow.depositOf(user)).toBe(before + 2_500_000n);
+    expect(await contracts.token.balanceOf(user)).toBe(tokensBefore - 2_500_000n);
+  });
+
+  it("withdraw request → complete too early (time left) → after the delay, complete moves exactly the amount", async () => {
+    const home = await newHome("withdraw");
+    const user = accounts[1]!.address;
+    const [deposit0, tokens0] = await Promise.all([contracts.inferenceEscrow.depositOf(user), contracts.token.balanceOf(user)]);
+    const [tooMuch, requested] = await Promise.all([
+      cli(home, ["withdraw", "request", "100000", "--account", "dev:1"]),
+      cli(home, ["withdraw", "request", "1", "--account", "dev:1"]),
+    ]);
+    expect(tooMuch.json.error?.name).toBe("InsufficientDepositError");
+    expect(requested.code).toBe(0);
+    expect(units(requested.json.requested)).toBe(1_000_000n);
+    const delay = devnet.deployment.parameters.withdrawalDelay;
+    expect(requested.json.inSeconds).toBe(delay);
+    const [, availableAt] = await contracts.inferenceEscrow.pendingWithdrawalOf(user);
+    expect(requested.json.availableAtUnix).toBe(Number(availableAt));
+    expect(requested.json.availableAt).toBe(new Date(Number(availableAt) * 1000).toISOString());
+
+    const early = await cli(home, ["withdraw", "complete", "--account", "dev:1"]);
+    expect(early.code).toBe(1);
+    expect(early.json.error?.name).toBe("WithdrawalNotReadyError");
+    expect(early.json.error?.message).toContain(new Date(Number(availableAt) * 1000).toISOString());
+    expect(early.json.error?.message).toMatch(/in (1d 23h|2d)/);
+    expect(await contracts.inferenceEscrow.depositOf(user)).toBe(deposit0);
+
+    await rpc.send("evm_increaseTime", [delay]);
+    await rpc.send("evm_mine", []);
+    const done = await cli(home, ["withdraw", "complete", "--account", "dev:1"]);
+    expect(done.code).toBe(0);
+    expect(units(done.json.withdrawn)).toBe(1_000_000n);
+    expect(await contracts.inferenceEscrow.depositOf(user)).toBe(deposit0 - 1_000_000n);
+    expect(await contracts.token.balanceOf(user)).toBe(tokens0 + 1_000_000n);
+    expect(units(done.json.tokens)).toBe(tokens0 + 1_000_000n);
+    const [pendingAmount] = await contracts.inferenceEscrow.pendingWithdrawalOf(user);
+    expect(pendingAmount).toBe(0n);
+  });
+});
+
+describe("earnings", () => {
+  it("reports settled vouchers per role, and --withdraw moves exactly the pending amount", async () => {
+    const home = await newHome("earnings");
+    const [payer, creator, provider] = [1, 2, 3].map((i) => new Wallet(accounts[i]!.privateKey, rpc));
+    const asCreator = connectContracts(devnet.deployment, creator!);
+    const personaId = (await asCreator.personaRegistry.totalPersonas()) + 1n;
+    const sha = `0x${"ab".repeat(32)}`;
+    await (await asCreator.personaRegistry.createPersona("bafyWalletCliPersona", sha, sha, 200_000n, 0n)).wait();
+    const asPayer = connectContracts(devnet.deployment, payer!);
+    const agentId = (await asPayer.agentRegistry.totalAgents()) + 1n;
+    await (await asPayer.agentRegistry.mint(personaId, 0n)).wait();
+    const now = (await rpc.getBlock("latest"))!.timestamp;
+    const escrowRef = { chainId: devnet.deployment.chainId, address: devnet.deployment.contracts.inferenceEscrow };
+    const asProvider = connectContracts(devnet.deployment, provider!);
+    const settleOne = async (session: bigint, inputTokens: bigint, outputTokens: bigint): Promise<void> => {
+      const voucher: Voucher = {
+        payer: payer!.address,
+        provider: provider!.address,
+        agentId,
+        session,
+        inputTokens,
+        outputTokens,
+        priceInputPerMillion: 500_000n,
+        priceOutputPerMillion: 1_500_000n,
+        expiry: BigInt(now + 3600),
+      };
+      await (await asProvider.inferenceEscrow.settle(voucher, await signVoucher(payer!, voucher, escrowRef))).wait();
+    };
+    await settleOne(1n, 1_000n, 500n); // provider 500 + 750 = 1250, royalty 1500 * 0.2 = 300
+    await settleOne(1n, 3_000n, 1_000n); // adds provider 1000 + 750 = 1750, royalty 2500 * 0.2 = 500
+    const pending = await contracts.inferenceEscrow.earningsOf(provider!.address);
+
+    const [asProv, asCreat] = await Promise.all([
+      cli(home, ["earnings", "--account", "dev:3"]),
+      cli(home, ["earnings", "--account", "creator"]),
+    ]);
+    expect(units(asProv.json.pending)).toBe(pending);
+    const p = asProv.json.asProvider as { amount: unknown; settlements: number; payerCount: number; outputTokens: string };
+    expect(units(p.amount)).toBe(3_000n);
+    expect(p).toMatchObject({ settlements: 2, payerCount: 1, outputTokens: "1000" });
+    const c = asCreat.json.asCreator as { amount: unknown; personas: { personaId: string; amount: unknown; settlements: number }[] };
+    expect(units(c.amount)).toBe(800n);
+    expect(c.personas).toHaveLength(1);
+    expect(c.personas[0]).toMatchObject({ personaId: personaId.toString(), settlements: 2 });
+    expect(units(asCreat.json.pending)).toBe(await contracts.inferenceEscrow.earningsOf(creator!.address));
+
+    const tokensBefore = await contracts.token.balanceOf(provider!.address);
+    const withdrawn = await cli(home, ["earnings", "--withdraw", "--account", "dev:3"]);
+    expect(withdrawn.code).toBe(0);
+    expect(units(withdrawn.json.withdrawn)).toBe(pending);
+    expect(await contracts.token.balanceOf(provider!.address)).toBe(tokensBefore + pending);
+    expect(await contracts.inferenceEscrow.earningsOf(provider!.address)).toBe(0n);
+
+    const [nothing, after] = await Promise.all([
+      cli(home, ["earnings", "--withdraw", "--account", "dev:3"]),
+      cli(home, ["earnings", "--account", "dev:3"]),
+    ]);
+    expect(nothing.code).toBe(1);
+    expect(nothing.json.error?.name).toBe("ContractRevertError");
+    expect(nothing.json.error?.message).toContain("Escrow__NoEarnings");
+    expect(units(after.json.pending)).toBe(0n);
+    expect(units(after.json.withdrawnSoFar)).toBe(pending);
+    expect(await contracts.token.balanceOf(provider!.address)).toBe(tokensBefore + pending);
+  });
+});
