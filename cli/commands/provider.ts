@@ -14,6 +14,8 @@ import {
   type ProviderStatus,
 } from "../../node/provider/provider.js";
 import { readProviderRecord, type OnChainProvider } from "../../node/provider/registration.js";
+import type { BlockStore } from "../../sdk/vault/types.js";
+import { IpfsServiceRunningError, openLocalIpfs, startLocalIpfsService } from "../ipfs/local-ipfs.js";
 import { createOutput, formatUnitsFixed, type Output } from "../output.js";
 import { globalOptions, parsePort } from "./options.js";
 
@@ -60,8 +62,14 @@ interface StartOptions {
   offline: boolean;
   listen?: string[];
   bootstrap: string[];
+  priceIn: bigint;
+  priceOut: bigint;
+  /** The hidden first spellings of --price-in/--price-out; resolved into these before runStart. */
   priceInput: bigint;
   priceOutput: bigint;
+  /** False with --no-ipfs. */
+  ipfs: boolean;
+  ipfsApi?: string;
   stake?: bigint;
   metricsPort: number;
   deployment?: string;
@@ -161,6 +169,29 @@ function describeStatus(st: ProviderStatus, decimals: number): string {
   ].join("\n");
 }
 
+/**
+ * Where the provider fetches adapters: --ipfs-api, else the IPFS service already running on this home, else a
+ * service of its own on <home>/ipfs (so that other soulmesh commands on this home reach the same blocks).
+ */
+async function providerIpfs(
+  home: string,
+  api: string | undefined,
+  signal: AbortSignal,
+  out: Output,
+): Promise<{ store: BlockStore; close(): Promise<void> }> {
+  if (api !== undefined) return openLocalIpfs({ home, api, signal });
+  try {
+    const service = await startLocalIpfsService({ home, signal, onProgress: (m) => out.progress(m) });
+    out.progress(`IPFS API for this home at ${service.api.url}`);
+    return { store: service.store, close: () => service.stop() };
+  } catch (err) {
+    if (!(err instanceof IpfsServiceRunningError)) throw err;
+    const local = await openLocalIpfs({ home, signal });
+    out.progress(`using ${local.description}`);
+    return local;
+  }
+}
+
 async function runStart(opts: StartOptions, out: Output, home: string): Promise<void> {
   const abort = new AbortController();
   let signals = 0;
@@ -174,17 +205,21 @@ async function runStart(opts: StartOptions, out: Output, home: string): Promise<
   };
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
+  let stopIpfs: (() => Promise<void>) | undefined;
   try {
     const deploymentPath = resolve(opts.deployment ?? devnetDeploymentPath(home));
     const deployment = await readDeployment(deploymentPath);
     const privateKey = providerKey(opts, deployment);
     const dataDir = resolve(opts.dataDir ?? join(home, "provider"));
+    const ipfs = opts.ipfs ? await providerIpfs(home, opts.ipfsApi, abort.signal, out) : undefined;
+    stopIpfs = ipfs?.close;
     const config: ProviderConfig = {
       dataDir,
       models: opts.model,
       modelsDir: resolve(opts.modelsDir ?? join(home, "models")),
       offline: opts.offline,
       adapterDirs: opts.adaptersDir.map((d) => resolve(d)),
+      ...(ipfs !== undefined && { blockStore: ipfs.store }),
       ...(opts.listen !== undefined && { listen: opts.listen }),
       bootstrap: opts.bootstrap,
       prices: { input: opts.priceInput, output: opts.priceOutput },
@@ -249,6 +284,7 @@ async function runStart(opts: StartOptions, out: Output, home: string): Promise<
     await node.stop();
     out.progress("provider stopped");
   } finally {
+    await stopIpfs?.().catch(() => {});
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
   }
@@ -352,8 +388,11 @@ export function registerProvider(program: Command): void {
     .option("--offline", "never download: an hf: model must already be in the models folder", false)
     .option("--listen <multiaddr>", "a libp2p listen address (repeat; default loopback TCP and WebSockets)", collect)
     .option("--bootstrap <multiaddr>", "a peer to dial on start, with /p2p/<id> (repeat)", collect, [])
-    .option("--price-input <units>", "price per million input tokens, in token units", parseUnits, 500_000n)
-    .option("--price-output <units>", "price per million output tokens, in token units", parseUnits, 1_500_000n)
+    .option("--price-in <units>", "price per million input tokens, in token units", parseUnits, 500_000n)
+    .option("--price-out <units>", "price per million output tokens, in token units", parseUnits, 1_500_000n)
+    // The first spellings, kept working for scripts written before.
+    .addOption(new Option("--price-input <units>").argParser(parseUnits).hideHelp())
+    .addOption(new Option("--price-output <units>").argParser(parseUnits).hideHelp())
     .option("--stake <units>", "stake to hold in the registry, in token units (default its minimum)", parseUnits)
     .option("--metrics-port <port>", "Prometheus /metrics and /status on 127.0.0.1 (0 = any free port)", parsePort, 9464)
     .addOption(new Option("--key <hex>", "the provider's private key (prefer env SOULMESH_PROVIDER_KEY)"))
@@ -365,6 +404,7 @@ export function registerProvider(program: Command): void {
       return Number(v);
     }, 300)
     .option("--settle-threshold <units>", "settle as soon as this much is owed, token units (0 = off)", parseUnits, 10_000_000n)
+    .option("--no-ipfs", "fetch persona adapters only from --adapters-dir, never from IPFS")
     .addHelpText(
       "after",
       `
@@ -376,12 +416,27 @@ Examples:
   $ soulmesh provider start --model ./models/qwen2.5-0.5b-instruct-q4_k_m.gguf --dev-account 3
   $ SOULMESH_PROVIDER_KEY=0x… soulmesh provider start --deployment ./base-sepolia.json \\
       --model hf:Qwen/Qwen2.5-0.5B-Instruct-GGUF/qwen2.5-0.5b-instruct-q4_k_m.gguf \\
-      --listen /ip4/0.0.0.0/tcp/4001 --price-input 200000 --price-output 600000 --json`,
+      --listen /ip4/0.0.0.0/tcp/4001 --price-in 200000 --price-out 600000 --json
+
+Persona adapters (LoRA) are fetched from IPFS by CID and checked against their registered SHA-256: through
+--ipfs-api (a Kubo daemon), else the IPFS service of a running \`soulmesh up\`/\`devnet\` on this home, else
+the provider runs that service itself on <home>/ipfs.`,
     )
     .action(async (opts: StartOptions, cmd: Command) => {
       const g = globalOptions(cmd);
       // --deployment and --rpc are global options: the program parses them wherever they appear.
-      await runStart({ ...opts, deployment: g.deployment, rpc: g.rpc }, createOutput({ json: g.json }), g.home ?? soulmeshHome());
+      await runStart(
+        {
+          ...opts,
+          priceInput: opts.priceInput ?? opts.priceIn,
+          priceOutput: opts.priceOutput ?? opts.priceOut,
+          deployment: g.deployment,
+          rpc: g.rpc,
+          ipfsApi: g.ipfsApi,
+        },
+        createOutput({ json: g.json }),
+        g.home ?? soulmeshHome(),
+      );
     });
 
   provider
