@@ -18,6 +18,8 @@ const COMMANDS: Record<string, () => Promise<Register>> = {
   withdraw: async () => (await import("./commands/escrow.js")).registerEscrow,
   balance: async () => (await import("./commands/escrow.js")).registerEscrow,
   earnings: async () => (await import("./commands/escrow.js")).registerEscrow,
+  persona: async () => (await import("./commands/persona.js")).registerPersona,
+  agent: async () => (await import("./commands/agent.js")).registerAgent,
 };
 
 /** The global options that take a value, to skip over when looking for the command's name. */
