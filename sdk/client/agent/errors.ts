@@ -10,7 +10,7 @@ export class NotAgentOwnerError extends SoulmeshError {
   ) {
     super(
       `Agent #${agentId} belongs to ${owner}, not to ${account}: open it with the owner's wallet ` +
-        `(--account / SOULMESH_PRIVATE_KEY), or adopt an agent of your own with \`soulmesh agent adopt\`.`,
+        `(\`--account\` or SOULMESH_ACCOUNT), or adopt one of your own with \`soulmesh agent mint --persona ID\`.`,
     );
   }
 }
