@@ -1,0 +1,354 @@
+/**
+ * The OpenAI-compatible gateway over a real agent on the real test network (EDR chain, provider protocols over
+ * libp2p on the tiny model), driven by the official `openai` client: completions streamed and not match what
+ * the agent recorded and was paid for, bad requests get the client's typed errors and change nothing, the API
+ * key is enforced, and a client that goes away mid-stream cancels its turn (nothing recorded or paid).
+ */
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import OpenAI, { APIError, AuthenticationError, BadRequestError, NotFoundError } from "openai";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { connectContracts } from "../../sdk/chain/contracts.js";
+import { openAgent, type Agent, type AgentReply, type OpenAgentOptions } from "../../sdk/client/index.js";
+import { parseCharacterCard } from "../../sdk/memory/persona/card.js";
+import type { Embedder } from "../../sdk/memory/retrieval/embedder.js";
+import { OpenAiRequestError } from "../../cli/serve/errors.js";
+import { createOpenAiGateway, type OpenAiGateway } from "../../cli/serve/openai-gateway.js";
+import { TurnQueue } from "../../cli/serve/turn-queue.js";
+import { apiKeyFrom, InvalidServeArgumentError } from "../../cli/commands/serve.js";
+import { MemoryBlockStore } from "../helpers/memory-block-store.js";
+import { USD } from "../helpers/soulmesh.js";
+import { startTestNetwork, type TestNetwork } from "../helpers/test-network.js";
+
+/** Deterministic vectors: enough for the index; real embedders are tested in sdk/memory/retrieval. */
+const hashEmbedder: Embedder = {
+  id: "test-hash-v1",
+  dimensions: 16,
+  async embed(texts) {
+    return texts.map((t) => {
+      const v = new Float32Array(16);
+      for (const w of t.toLowerCase().split(/\W+/)) if (w) v[[...w].reduce((h, c) => (h * 31 + c.charCodeAt(0)) % 16, 7)]! += 1;
+      const norm = Math.hypot(...v) || 1;
+      return v.map((x) => x / norm);
+    });
+  },
+};
+
+const card = parseCharacterCard({
+  spec: "chara_card_v2",
+  spec_version: "2.0",
+  data: { name: "Mira", description: "A curious fox who remembers everything.", personality: "warm", scenario: "", first_mes: "", mes_example: "" },
+});
+
+let net: TestNetwork;
+let root: string;
+let agent: Agent;
+let gateway: OpenAiGateway;
+let client: OpenAI;
+let model: string;
+const done: AgentReply[] = [];
+let dirs = 0;
+
+async function agentOptions(rest: Partial<OpenAgentOptions> & { modelSha256?: string } = {}): Promise<OpenAgentOptions> {
+  const { modelSha256 = net.fx.base.sha256, ...others } = rest;
+  const personaId = await net.f.createPersona(net.creator, { adapterSha256: `0x${"00".repeat(32)}`, baseModelHash: modelSha256 });
+  const agentId = await net.f.mintAgent(net.payer, personaId);
+  return {
+    libp2p: await net.client.start(),
+    contracts: connectContracts(net.f.deployment, net.chain.provider),
+    signer: net.payer,
+    escrow: net.escrow,
+    agentId,
+    store: new MemoryBlockStore(),
+    dataDir: join(root, `agent-${++dirs}`),
+    persona: { personaId, card, modelSha256 },
+    embedder: hashEmbedder,
+    spendingCap: 5n * USD,
+    maxTokens: 12,
+    memoryBudget: 300,
+    personaBudget: 100,
+    maintenance: false,
+    publishHead: false,
+    chat: { stallTimeoutMs: 20_000 },
+    ...others,
+  };
+}
+
+function openai(url: string, apiKey = "unused"): OpenAI {
+  return new OpenAI({ baseURL: `${url}/v1`, apiKey, maxRetries: 0, timeout: 30_000 });
+}
+
+beforeAll(async () => {
+  net = await startTestNetwork();
+  root = await mkdtemp(join(tmpdir(), "soulmesh-serve-"));
+  agent = await openAgent(await agentOptions());
+  agent.addEventListener("turn:done", (e) => done.push(e.detail));
+  model = `soulmesh-agent-${agent.agentId}`;
+  gateway = await createOpenAiGateway({ agent, model, port: 0 });
+  client = openai(gateway.url);
+}, 120_000);
+
+afterAll(async () => {
+  await gateway?.close();
+  await agent?.close();
+  await net?.stop();
+  if (root) await rm(root, { recursive: true, force: true });
+});
+
+/** What must not move when a request is refused. */
+function snapshot(): { turns: number; spent: bigint; done: number } {
+  return { turns: agent.memory.turns.length, spent: agent.spent, done: done.length };
+}
+
+describe("OpenAI gateway", () => {
+  it("lists and retrieves its one model", async () => {
+    const page = await client.models.list();
+    expect(page.data).toEqual([{ id: model, object: "model", created: expect.any(Number), owned_by: "soulmesh" }]);
+    expect(await client.models.retrieve(model)).toMatchObject({ id: model, object: "model", owned_by: "soulmesh" });
+    const err = await client.models.retrieve("gpt-4o").catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(NotFoundError);
+    expect((err as APIError).code).toBe("model_not_found");
+  });
+
+  it("answers a completion with the reply the agent recorded and the usage it paid for, sending only the last message", async () => {
+    const before = snapshot();
+    const { data, response } = await client.chat.completions
+      .create({
+        model,
+        messages: [
+          { role: "system", content: "You are a pirate." },
+          { role: "user", content: "Earlier message the agent already has." },
+          { role: "assistant", content: "Earlier reply." },
+          { role: "user", content: [{ type: "text", text: "My cat is called Miso." }] },
+        ],
+        max_tokens: 10,
+      })
+      .withResponse();
+    expect(response.headers.get("x-soulmesh-ignored-messages")).toBe("3");
+    const turn = done.at(-1)!;
+    expect(done.length).toBe(before.done + 1);
+    expect(data.object).toBe("chat.completion");
+    expect(data.model).toBe(model);
+    expect(data.choices).toHaveLength(1);
+    expect(data.choices[0]!.message).toMatchObject({ role: "assistant", content: turn.reply });
+    expect(data.choices[0]!.finish_reason).toBe(turn.stopReason === "length" ? "length" : "stop");
+    expect(data.usage).toMatchObject({
+      prompt_tokens: turn.usage.inputTokens,
+      completion_tokens: turn.usage.outputTokens,
+      total_tokens: turn.usage.inputTokens + turn.usage.outputTokens,
+    });
+    expect(turn.usage.outputTokens).toBeLessThanOrEqual(10);
+    expect(response.headers.get("x-soulmesh-cost")).toBe(turn.cost.toString());
+    // Only the last message became a turn: the agent's own history is the source of truth.
+    const history = agent.history().slice(before.turns);
+    expect(history.map((t) => [t.role, t.text])).toEqual([["user", "My cat is called Miso."], ["assistant", turn.reply]]);
+    expect(agent.spent).toBe(before.spent + turn.cost);
+  }, 30_000);
+
+  it("streams the reply as it comes, then the finish reason and the usage", async () => {
+    const before = snapshot();
+    const stream = await client.chat.completions.create({
+      model,
+      messages: [{ role: "user", content: "What is my cat called?" }],
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    const chunks: OpenAI.Chat.Completions.ChatCompletionChunk[] = [];
+    for await (const chunk of stream) chunks.push(chunk);
+    const turn = done.at(-1)!;
+    expect(done.length).toBe(before.done + 1);
+    expect(chunks.every((c) => c.object === "chat.completion.chunk" && c.model === model && c.id === chunks[0]!.id)).toBe(true);
+    expect(chunks[0]!.choices[0]!.delta.role).toBe("assistant");
+    const content = chunks.flatMap((c) => c.choices.map((ch) => ch.delta.content ?? "")).join("");
+    expect(content).toBe(turn.reply);
+    expect(agent.history().at(-1)!.text).toBe(content);
+    // More than one content chunk: tokens were streamed, not sent at the end.
+    expect(chunks.filter((c) => (c.choices[0]?.delta.content ?? "") !== "").length).toBeGreaterThan(1);
+    const finishes = chunks.filter((c) => c.choices[0]?.finish_reason != null);
+    expect(finishes).toHaveLength(1);
+    expect(finishes[0]!.choices[0]!.finish_reason).toBe(turn.stopReason === "length" ? "length" : "stop");
+    const last = chunks.at(-1)!;
+    expect(last.choices).toEqual([]);
+    expect(last.usage).toMatchObject({ prompt_tokens: turn.usage.inputTokens, completion_tokens: turn.usage.outputTokens });
+
+    // Without include_usage no chunk carries one.
+    const plain = await client.chat.completions.create({ model, messages: [{ role: "user", content: "Thanks!" }], stream: true, user: "alice" });
+    const plainChunks: OpenAI.Chat.Completions.ChatCompletionChunk[] = [];
+    for await (const chunk of plain) plainChunks.push(chunk);
+    expect(plainChunks.some((c) => c.usage != null)).toBe(false);
+    expect(plainChunks.map((c) => c.choices[0]?.delta.content ?? "").join("")).toBe(done.at(-1)!.reply);
+    // The request's `user` is the speaker, whose memories the agent keeps apart; the owner otherwise.
+    expect(agent.history().at(-2)).toMatchObject({ role: "user", text: "Thanks!", speaker: "alice" });
+    expect(agent.history().at(-4)).toMatchObject({ role: "user", text: "What is my cat called?", speaker: agent.owner });
+  }, 30_000);
+
+  it("refuses bad requests with the client's typed errors, changing nothing", async () => {
+    const before = snapshot();
+    const refused = async (request: Promise<unknown>): Promise<APIError> => {
+      const err = await request.catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(APIError);
+      return err as APIError;
+    };
+    const json = await refused(client.post("/chat/completions", { body: "{not json", headers: { "content-type": "application/json" } }));
+    expect(json).toBeInstanceOf(BadRequestError);
+    expect(json.code).toBe("invalid_json");
+
+    const empty = await refused(client.chat.completions.create({ model, messages: [] }));
+    expect(empty).toBeInstanceOf(BadRequestError);
+    expect(empty.param).toBe("messages");
+
+    const noUser = await refused(client.chat.completions.create({ model, messages: [{ role: "system", content: "Be brief." }] }));
+    expect(noUser).toBeInstanceOf(BadRequestError);
+    expect(noUser.message).toMatch(/last message must be the user's/);
+
+    const blank = await refused(client.chat.completions.create({ model, messages: [{ role: "user", content: "   " }] }));
+    expect(blank).toBeInstanceOf(BadRequestError);
+
+    const image = await refused(
+      client.chat.completions.create({ model, messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: "https://x/y.png" } }] }] }),
+    );
+    expect(image).toBeInstanceOf(BadRequestError);
+
+    const badMax = await refused(client.chat.completions.create({ model, messages: [{ role: "user", content: "Hi" }], max_tokens: 0 }));
+    expect(badMax).toBeInstanceOf(BadRequestError);
+    expect(badMax.param).toBe("max_tokens");
+
+    const unknown = await refused(client.chat.completions.create({ model: "gpt-4o", messages: [{ role: "user", content: "Hi" }], stream: true }));
+    expect(unknown).toBeInstanceOf(NotFoundError);
+    expect(unknown.code).toBe("model_not_found");
+
+    const big = await refused(client.chat.completions.create({ model, messages: [{ role: "user", content: "x".repeat(1_100_000) }] }));
+    expect(big.status).toBe(413);
+
+    const wrongMethod = await fetch(`${gateway.url}/v1/chat/completions`);
+    expect(wrongMethod.status).toBe(405);
+    expect(wrongMethod.headers.get("allow")).toBe("POST");
+    expect(await wrongMethod.json()).toMatchObject({ error: { type: "invalid_request_error", code: "method_not_allowed" } });
+    const nowhere = await fetch(`${gateway.url}/v1/embeddings`, { method: "POST", body: "{}" });
+    expect(nowhere.status).toBe(404);
+    expect(await nowhere.json()).toMatchObject({ error: { code: "unknown_url", param: null } });
+
+    expect(snapshot()).toEqual(before);
+  }, 30_000);
+
+  it("enforces its API key when it has one", async () => {
+    const keyed = await createOpenAiGateway({ agent, model, apiKey: "sk-local-secret" });
+    try {
+      for (const key of ["wrong", "sk-local-secre", "sk-local-secretX"]) {
+        const err = await openai(keyed.url, key).models.list().catch((e: unknown) => e);
+        expect(err).toBeInstanceOf(AuthenticationError);
+        expect((err as APIError).code).toBe("invalid_api_key");
+      }
+      const noKey = await fetch(`${keyed.url}/v1/models`);
+      expect(noKey.status).toBe(401);
+      // Authorization comes before anything else: an unknown path does not tell it exists or not.
+      expect((await fetch(`${keyed.url}/v1/nothing`)).status).toBe(401);
+      const page = await openai(keyed.url, "sk-local-secret").models.list();
+      expect(page.data.map((m) => m.id)).toEqual([model]);
+    } finally {
+      await keyed.close();
+    }
+  });
+
+  it("cancels the turn of a client that goes away mid-stream, and the next request works", async () => {
+    const before = snapshot();
+    const stream = await client.chat.completions.create({
+      model,
+      messages: [{ role: "user", content: "Tell me a long story about the sea." }],
+      stream: true,
+      max_tokens: 48,
+    });
+    let contentChunks = 0;
+    for await (const chunk of stream) {
+      if ((chunk.choices[0]?.delta.content ?? "") !== "") contentChunks++;
+      if (contentChunks === 1) break; // the client aborts its request
+    }
+    expect(contentChunks).toBe(1);
+
+    // Queued behind the cancelled turn, then served.
+    const r = await client.chat.completions.create({ model, messages: [{ role: "user", content: "Are you still there?" }] });
+    expect(done.length).toBe(before.done + 1);
+    const turn = done.at(-1)!;
+    expect(r.choices[0]!.message.content).toBe(turn.reply);
+    expect(agent.history().slice(before.turns).map((t) => t.text)).toEqual(["Are you still there?", turn.reply]);
+    expect(agent.spent).toBe(before.spent + turn.cost);
+  }, 30_000);
+
+  it("serves concurrent requests one after the other", async () => {
+    const before = snapshot();
+    const ask = (content: string) => client.chat.completions.create({ model, messages: [{ role: "user", content }] });
+    const [a, b] = await Promise.all([ask("First question."), ask("Second question.")]);
+    expect(done.length).toBe(before.done + 2);
+    expect(new Set([a.choices[0]!.message.content, b.choices[0]!.message.content])).toEqual(new Set(done.slice(-2).map((d) => d.reply)));
+    expect(agent.history().slice(before.turns).filter((t) => t.role === "user").map((t) => t.text).sort()).toEqual(["First question.", "Second question."]);
+  }, 30_000);
+
+  it("answers 402 when the deposit cannot cover the agent's cap and 503 when no provider serves its model, paying nothing", async () => {
+    const rich = await openAgent(await agentOptions({ spendingCap: 1_000_000n * USD, connect: false }));
+    const orphan = await openAgent(await agentOptions({ modelSha256: `0x${"ab".repeat(32)}`, connect: false }));
+    const gateways = await Promise.all([
+      createOpenAiGateway({ agent: rich, model: "rich" }),
+      createOpenAiGateway({ agent: orphan, model: "orphan" }),
+    ]);
+    try {
+      const [poor, lonely] = gateways.map((g) => openai(g.url));
+      const escrow = await poor!.chat.completions.create({ model: "rich", messages: [{ role: "user", content: "Hi" }], stream: true }).catch((e: unknown) => e);
+      expect(escrow).toBeInstanceOf(APIError);
+      expect((escrow as APIError).status).toBe(402);
+      expect((escrow as APIError).type).toBe("insufficient_quota");
+      expect((escrow as APIError).message).toMatch(/soulmesh deposit/);
+
+      const none = await lonely!.chat.completions.create({ model: "orphan", messages: [{ role: "user", content: "Hi" }] }).catch((e: unknown) => e);
+      expect(none).toBeInstanceOf(APIError);
+      expect((none as APIError).status).toBe(503);
+      expect((none as APIError).code).toBe("no_provider");
+      expect((none as APIError).message).toMatch(/soulmesh provider start/);
+
+      for (const a of [rich, orphan]) {
+        expect(a.memory.turns).toHaveLength(0);
+        expect(a.spent).toBe(0n);
+      }
+    } finally {
+      await Promise.all(gateways.map((g) => g.close()));
+      await rich.close();
+      await orphan.close();
+    }
+  }, 60_000);
+});
+
+describe("turn queue", () => {
+  it("lets one turn run, lines the others up in order up to its limit, and lets a waiting request leave", async () => {
+    const queue = new TurnQueue(2);
+    const never = new AbortController().signal;
+    const release = await queue.acquire(never);
+    const order: string[] = [];
+    const second = queue.acquire(never).then((r) => (order.push("second"), r));
+    const leaving = new AbortController();
+    const third = queue.acquire(leaving.signal);
+    const full = await queue.acquire(never).catch((e: unknown) => e);
+    expect(full).toBeInstanceOf(OpenAiRequestError);
+    expect((full as OpenAiRequestError).status).toBe(429);
+    leaving.abort(new Error("client gone"));
+    await expect(third).rejects.toThrow("client gone");
+    expect(queue.waiting).toBe(1);
+    const fourth = queue.acquire(never).then((r) => (order.push("fourth"), r));
+    release();
+    release(); // twice is harmless
+    (await second)();
+    (await fourth)();
+    expect(order).toEqual(["second", "fourth"]);
+    // Free again: the next one runs at once.
+    (await queue.acquire(never))();
+  });
+});
+
+describe("serve's API key option", () => {
+  it("reads the key from the named variable, and refuses an unset one or an open host without a key", () => {
+    expect(apiKeyFrom({ host: "127.0.0.1" }, {})).toBeUndefined();
+    expect(apiKeyFrom({ host: "0.0.0.0", apiKeyEnv: "KEY" }, { KEY: " s3cret " })).toBe("s3cret");
+    expect(() => apiKeyFrom({ host: "127.0.0.1", apiKeyEnv: "KEY" }, { KEY: "" })).toThrow(InvalidServeArgumentError);
+    expect(() => apiKeyFrom({ host: "127.0.0.1", apiKeyEnv: "KEY" }, {})).toThrow(/export KEY=/);
+    expect(() => apiKeyFrom({ host: "0.0.0.0" }, {})).toThrow(/--api-key-env/);
+  });
+});
