@@ -18,8 +18,12 @@ const COMMANDS: Record<string, () => Promise<Register>> = {
   withdraw: async () => (await import("./commands/escrow.js")).registerEscrow,
   balance: async () => (await import("./commands/escrow.js")).registerEscrow,
   earnings: async () => (await import("./commands/escrow.js")).registerEscrow,
+  up: async () => (await import("./commands/up.js")).registerUp,
   persona: async () => (await import("./commands/persona.js")).registerPersona,
   agent: async () => (await import("./commands/agent.js")).registerAgent,
+  chat: async () => (await import("./commands/chat.js")).registerChat,
+  memory: async () => (await import("./commands/memory.js")).registerMemory,
+  serve: async () => (await import("./commands/serve.js")).registerServe,
 };
 
 /** The global options that take a value, to skip over when looking for the command's name. */
