@@ -24,6 +24,7 @@ const COMMANDS: Record<string, () => Promise<Register>> = {
   chat: async () => (await import("./commands/chat.js")).registerChat,
   memory: async () => (await import("./commands/memory.js")).registerMemory,
   serve: async () => (await import("./commands/serve.js")).registerServe,
+  dashboard: async () => (await import("./commands/dashboard.js")).registerDashboard,
 };
 
 /** The global options that take a value, to skip over when looking for the command's name. */
@@ -57,6 +58,12 @@ for (const register of await Promise.all(loaders.map((load) => load()))) {
   if (!registered.has(register)) register(program);
   registered.add(register);
 }
+
+// `soulmesh --help | head` closes stdout early: that is the reader's choice, not an error to print.
+process.stdout.on("error", (err: NodeJS.ErrnoException) => {
+  if (err.code === "EPIPE") process.exit(process.exitCode ?? 0);
+  throw err;
+});
 
 try {
   await program.parseAsync(process.argv);
