@@ -149,7 +149,7 @@ export interface OpenCliAgentOptions {
    * message. `false` for the memory commands: no provider, no host, no deposit needed.
    */
   connect?: boolean;
-  /** The most this process's turns may cost (provider share), in token units; default the account's whole deposit. */
+  /** The most this process's turns may cost (provider share), in token units; default 90% of the account's deposit. */
   spendingCap?: bigint;
   /** Reply length when a send does not say (default the SDK's, 256). */
   maxTokens?: number;

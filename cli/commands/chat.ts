@@ -36,7 +36,7 @@ export interface ChatCommandOptions {
 export interface InteractiveChatOptions {
   /** Reply length per turn (default 256 tokens). */
   maxTokens?: number;
-  /** The most the chat may spend (provider share), in token units; default the whole deposit. */
+  /** The most the chat may spend (provider share), in token units; default 90% of the deposit (see cli/agent-session.ts). */
   spendingCap?: bigint;
   /** Who speaks (default the owner's address). */
   speaker?: string;
@@ -415,7 +415,7 @@ export function registerChat(program: Command): void {
     .argument("<agent>", "the agent's id (see `soulmesh agent list`)", parseAgentId)
     .option("-m, --message <text>", "send one message, print the reply and exit")
     .option("--max-tokens <n>", `longest reply, in tokens (default ${DEFAULT_MAX_TOKENS})`, parsePositiveInt)
-    .option("--max-spend <amount>", "the most this chat may spend, in tokens such as 0.5 (default: your whole deposit)")
+    .option("--max-spend <amount>", "the most this chat may spend, in tokens such as 0.5 (default: 90% of your escrow deposit)")
     .option("--as <name>", "speak as another user of a shared agent (default: you, the owner)")
     .option("--confidential", "say it in confidence: the agent never repeats it to anyone else", false)
     .addHelpText(

@@ -563,9 +563,9 @@ function earningsText(r: EarningsReport, token: TokenInfo): string[] {
   return [
     `pending    ${showMoney(r.pending, token)} (withdraw with \`soulmesh earnings --withdraw\`)`,
     `withdrawn  ${showMoney(r.withdrawn, token)} so far`,
-    `provider   ${showMoney(p.amount, token)} from ${p.settlements} settlements, ${p.payers.length} payers ` +
+    `provider   ${showMoney(p.amount, token)} from ${plural(p.settlements, "settlement")}, ${plural(p.payers.length, "payer")} ` +
       `(${p.inputTokens} input / ${p.outputTokens} output tokens)`,
-    `creator    ${showMoney(c.amount, token)} from ${c.settlements} settlements`,
+    `creator    ${showMoney(c.amount, token)} from ${plural(c.settlements, "settlement")}`,
     ...c.personas.map(
       (x) => `  persona ${x.personaId}: ${showMoney(x.amount, token)}, ${x.settlements} settlements, ` +
         `${x.inputTokens} input / ${x.outputTokens} output tokens`,
@@ -690,4 +690,9 @@ Examples:
   $ soulmesh earnings --withdraw --to 0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC`,
     )
     .action((opts: { withdraw: boolean; to?: string }, cmd: Command) => withContext(cmd, (ctx) => runEarnings(ctx, opts)));
+}
+
+/** "1 settlement", "2 settlements". */
+function plural(n: number, noun: string): string {
+  return `${n} ${noun}${n === 1 ? "" : "s"}`;
 }

@@ -453,7 +453,7 @@ async function runForget(ctx: CommandContext, agentId: bigint, opts: ForgetOptio
   const remaining = again.agent.history().length;
   ctx.out.result(
     { agentId, forgotten: { turns: forgotten.length, indexes: forgotten, items }, turnCount: remaining, head, published: published ?? null },
-    `Forgot ${forgotten.length} turns of agent #${agentId}${items.length > 0 ? ` and its ${items.join(", ")} (remade from what remains)` : ""}; ` +
+    `Forgot ${plural(forgotten.length, "turn")} of agent #${agentId}${items.length > 0 ? ` and its ${items.join(", ")} (remade from what remains)` : ""}; ` +
       `${remaining} turns remain. ` +
       (head !== null ? `New memory head ${head.cid} (#${head.seq}) ${head.published ? "published on chain" : "saved; publishing it failed, it is tried again next time"}.` : "") +
       "\nThe old blocks stay in this machine's IPFS store until it drops them; nothing reachable from the new head refers to them.",
@@ -550,4 +550,9 @@ Summaries, topics and the search index go with the turns and are remade from wha
 profile, notebook or working memory go too when something in them came from a forgotten turn.`,
     )
     .action((agentId: bigint, opts: ForgetOptions, cmd: Command) => withContext(cmd, (ctx) => runForget(ctx, agentId, opts)));
+}
+
+/** "1 turn", "2 turns". */
+function plural(n: number, noun: string): string {
+  return `${n} ${noun}${n === 1 ? "" : "s"}`;
 }

@@ -273,7 +273,7 @@ async function runStart(opts: StartOptions, out: Output, home: string): Promise<
         `Soulmesh provider ${node.address} running on chain ${deployment.chainId}`,
         `  peer id      ${node.peerId}`,
         ...node.multiaddrs.map((m) => `  listening    ${m}`),
-        `  registration ${result.registration.action}`,
+        `  on chain     ${result.registration.action}`,
         `  metrics      ${node.metricsUrl}`,
         `  status       ${node.statusUrl}  (or \`soulmesh provider status\`)`,
         "Press Ctrl-C to stop.",
@@ -388,8 +388,11 @@ export function registerProvider(program: Command): void {
     .option("--offline", "never download: an hf: model must already be in the models folder", false)
     .option("--listen <multiaddr>", "a libp2p listen address (repeat; default loopback TCP and WebSockets)", collect)
     .option("--bootstrap <multiaddr>", "a peer to dial on start, with /p2p/<id> (repeat)", collect, [])
-    .option("--price-in <units>", "price per million input tokens, in token units", parseUnits, 500_000n)
-    .option("--price-out <units>", "price per million output tokens, in token units", parseUnits, 1_500_000n)
+    // Bigint defaults with a description of their own: commander's help would JSON.stringify them and throw.
+    .addOption(new Option("--price-in <units>", "price per million input tokens, in token units").argParser(parseUnits).default(500_000n, "500000"))
+    .addOption(
+      new Option("--price-out <units>", "price per million output tokens, in token units").argParser(parseUnits).default(1_500_000n, "1500000"),
+    )
     // The first spellings, kept working for scripts written before.
     .addOption(new Option("--price-input <units>").argParser(parseUnits).hideHelp())
     .addOption(new Option("--price-output <units>").argParser(parseUnits).hideHelp())
@@ -403,7 +406,11 @@ export function registerProvider(program: Command): void {
       if (!/^\d+$/.test(v)) throw new InvalidArgumentError("expected whole seconds.");
       return Number(v);
     }, 300)
-    .option("--settle-threshold <units>", "settle as soon as this much is owed, token units (0 = off)", parseUnits, 10_000_000n)
+    .addOption(
+      new Option("--settle-threshold <units>", "settle as soon as this much is owed, token units (0 = off)")
+        .argParser(parseUnits)
+        .default(10_000_000n, "10000000"),
+    )
     .option("--no-ipfs", "fetch persona adapters only from --adapters-dir, never from IPFS")
     .addHelpText(
       "after",

@@ -100,7 +100,7 @@ beforeAll(async () => {
   await (await asUser.agentRegistry.mint(persona.personaId, 0n)).wait();
   secondAgent = agentId + 1n;
   await (await asUser.agentRegistry.mint(persona.personaId, 0n)).wait();
-}, 60_000);
+}, 180_000);
 
 afterAll(async () => {
   await ipfs?.stop().catch(() => {});
@@ -145,7 +145,7 @@ describe("memory commands", () => {
       [5, TURNS[5]!.text],
     ]);
     expect(shown.json.notebook.map((n: { text: string }) => n.text).join(" ")).toContain("green tea");
-  }, 60_000);
+  }, 180_000);
 
   it("search finds memories; export writes plaintext JSON readable by the owner only", async () => {
     const out = join(root, "export.json");
@@ -168,7 +168,7 @@ describe("memory commands", () => {
     const copied = await cli(["memory", "import", String(secondAgent), out]);
     expect(copied.json).toMatchObject({ imported: 6, turnCount: 6, head: { published: true } });
     expect(await headOnChain(secondAgent)).toBe(copied.json.head.cid);
-  }, 60_000);
+  }, 180_000);
 
   it("bad imports and forgets get typed errors and change nothing", async () => {
     const head = await headOnChain(agentId);
@@ -206,7 +206,7 @@ describe("memory commands", () => {
     expect(await headOnChain(agentId)).toBe(head);
     const shown = await cli(["memory", "show", String(agentId)]);
     expect(shown.json).toMatchObject({ turnCount: 6, head: { cid: head } });
-  }, 60_000);
+  }, 180_000);
 
   it("forget removes matching turns for good, publishes a new head, and --all empties the agent", async () => {
     const before = (await readPublishedHead(contracts.agentRegistry, agentId))!;

@@ -1,5 +1,5 @@
 import { existsSync } from "node:fs";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Wallet } from "ethers";
@@ -33,9 +33,13 @@ afterAll(async () => {
 });
 
 describe("soulmesh devnet", () => {
-  it("prints the deployment as JSON and writes the same one to $SOULMESH_HOME/devnet.json", async () => {
+  it("prints the deployment as JSON and writes the same one to $SOULMESH_HOME/devnet.json, with the IPFS service's address", async () => {
     const written = await readDeployment(devnetDeploymentPath(home));
-    expect(written).toEqual(printed);
+    // The printed result adds where the home's IPFS service listens; the deployment file is the chain's alone.
+    const { ipfs, ...deployment } = printed as Deployment & { ipfs?: { api: string; apiFile: string; peerId: string } };
+    expect(written).toEqual(deployment);
+    expect(ipfs?.apiFile).toBe(join(home, "ipfs", "api.json"));
+    expect(JSON.parse(await readFile(ipfs!.apiFile, "utf8"))).toMatchObject({ url: ipfs!.api, peerId: ipfs!.peerId });
     expect(written.rpcUrl).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
     expect(written.devAccounts).toHaveLength(10);
     expect(written.pid).toBe(devnet.child.pid);
