@@ -16,7 +16,7 @@
  * Evidence ids are normalised where the data mistypes them ("D8:6; D9:17" → two ids, "D:11:26" → "D11:26");
  * ids that name no turn of the conversation are dropped and counted (`evidenceDropped`).
  *
- * Latency: wall time of one hybrid search (query embedding, BM25, vector search, fusion), p50/p95 over every
+ * Latency: wall time of one hybrid search (query embedding, BM25, vector search, soft match, fusion), p50/p95 over every
  * question, on the conversation's own index (≈ 400–700 memories); then on one index of 100,000 memories: all
  * conversations' turns plus synthetic turns drawn from the corpus's own word distribution and turn lengths
  * (so that posting lists are as long as real chat's), queried with every question again (hybrid recall with
@@ -27,8 +27,16 @@
  * sdk/memory/retrieval): BM25 b = 0.4, the SIF smoothing 1e-3, the vector ranking at 0.4 weight and rrfK 20 in
  * the fusion, the context field at weight 1,
  * the named-speaker weight 1.5, embedding "speaker: text", leaving speaker names out of the vector query, the
- * light stemmer (on), and query expansion (each query word's nearest indexed word by word vector, at 0.2).
- * Nothing reads the answers.
+ * light stemmer (on), query expansion (each query word's nearest indexed word by word vector, at 0.2), the soft
+ * match (a third ranking of the candidates by each query word's best word-vector cosine in their text and
+ * context, at 0.8), and the weight of memories from a date the question names (×3, from a day before to three days after; the question's
+ * date is read from its words, the memory's from its time, as for any chat). Nothing reads the answers.
+ * Tried and dropped (each measured on both halves): a diversity penalty for neighbouring turns in the top 10,
+ * CombSUM/CombMNZ-style fusion of normalised scores, Porter and Porter2 stemmers, a whole-session BM25 field, a
+ * nearest-neighbour (±1) context field, bigrams, local-IDF query vectors, matching a named speaker only through
+ * the speaker field, a weight for turns that are questions, score propagation from neighbouring turns, dates
+ * read from relative expressions in turns ("yesterday", "last month"), and re-tuned k1, b, rrfK, vector weight,
+ * context weight and BM25 parameters, named-speaker weight, candidates, recency floor and expansion.
  *
  *   npm run bench -- memory-locomo [--data DIR] [--pad N] [--context both|prev|none] [--window N]
  */

@@ -29,6 +29,22 @@ describe("Bm25Index", () => {
     expect(index.search(terms("unicorn"), all(4), 10).slots.length).toBe(0);
   });
 
+  it("names each document's distinct terms by id, after changes and after a restore", () => {
+    const index = new Bm25Index();
+    index.set(0, terms("dog walks dog"));
+    index.set(1, terms("cat naps"));
+    const named = (i: Bm25Index, slot: number): string[] => Array.from(i.documentTerms(slot) ?? [], (id) => i.term(id)).sort();
+    expect(named(index, 0)).toEqual(["dog", "walk"]);
+    index.set(0, terms("cat walks"));
+    index.delete(1);
+    expect(named(index, 0)).toEqual(["cat", "walk"]);
+    expect(index.documentTerms(1)).toBeUndefined();
+    expect(index.termCount).toBe(4);
+    const restored = Bm25Index.restore(index.params, index.snapshot(2));
+    expect(named(restored, 0)).toEqual(["cat", "walk"]);
+    expect(restored.termCount).toBe(4);
+  });
+
   it("reads only allowed slots", () => {
     const index = new Bm25Index();
     index.set(0, terms("secret plan"));

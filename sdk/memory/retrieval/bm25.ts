@@ -45,6 +45,8 @@ export interface Ranking {
  */
 export class Bm25Index {
   private readonly termIds = new Map<string, number>();
+  /** termIds inverted: each term by its id. */
+  private readonly termList: string[] = [];
   private postingSlots: Int32Array[] = [];
   private postingTf: Uint16Array[] = [];
   private postingLength: number[] = [];
@@ -80,6 +82,7 @@ export class Bm25Index {
       if (id === undefined) {
         id = this.postingSlots.length;
         this.termIds.set(term, id);
+        this.termList.push(term);
         this.postingSlots.push(new Int32Array(4));
         this.postingTf.push(new Uint16Array(4));
         this.postingLength.push(0);
@@ -115,6 +118,27 @@ export class Bm25Index {
     this.lengths[slot] = 0;
     this.count--;
     this.version++;
+  }
+
+  /**
+   * The ids of the distinct terms of document `slot` (a view: do not change it), or undefined when the slot
+   * holds none; {@link Bm25Index.term} names them.
+   *
+   * @example
+   * for (const id of index.documentTerms(slot) ?? []) console.log(index.term(id))
+   */
+  documentTerms(slot: number): Int32Array | undefined {
+    return this.docTerms[slot];
+  }
+
+  /** The term with this id (ids are those of {@link Bm25Index.documentTerms}). */
+  term(id: number): string {
+    return this.termList[id]!;
+  }
+
+  /** How many distinct terms the index has ever held (one past the highest id). */
+  get termCount(): number {
+    return this.termList.length;
   }
 
   /** The document frequency of `term` (for tests and diagnostics). */
@@ -169,6 +193,7 @@ export class Bm25Index {
     for (const term of terms) {
       if (typeof term !== "string") fail("a term is not a string");
       index.termIds.set(term, index.termIds.size);
+      index.termList.push(term);
     }
     if (index.termIds.size !== terms.length) fail("a term appears twice");
     let total = 0;

@@ -1,5 +1,6 @@
 /** Retrieval for an agent's memory: BM25 and embeddings fused by reciprocal rank, privacy-filtered first. */
 export { Bm25Index, DEFAULT_BM25, type Bm25Params, type Ranking } from "./bm25.js";
+export { dateSpans, type DateSpan } from "./dates.js";
 export { cosine, normalize, type Embedder } from "./embedder.js";
 export { EmbedderMismatchError, EmbeddingShapeError, InvalidMemoryItemError, MemoryIndexFormatError, WordVectorsError } from "./errors.js";
 export { loadLlamaEmbedder, type DisposableEmbedder, type LlamaEmbedderOptions } from "./llama-embedder.js";

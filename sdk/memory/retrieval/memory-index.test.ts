@@ -1,9 +1,10 @@
 import { describe, expect, it } from "vitest";
 import { MEMORY_KINDS, mayHear, type Audience, type Listener, type MemoryItem } from "../types.js";
-import { normalize } from "./embedder.js";
+import { normalize, type Embedder } from "./embedder.js";
 import { EmbedderMismatchError, InvalidMemoryItemError, MemoryIndexFormatError } from "./errors.js";
 import { MemoryIndex, type SearchHit } from "./memory-index.js";
 import { hashEmbedder, hashWordEmbedder, prng } from "./test-helpers.js";
+import type { RetrievalWeights } from "./weights.js";
 import { terms } from "./tokenize.js";
 
 const DAY = 86_400_000;
@@ -99,6 +100,36 @@ describe("MemoryIndex", () => {
     expect(ids(await index.searchBm25("job", { k: 3, listener: { userId: "bob", isOwner: false } }))).toEqual(["job"]);
   });
 
+  it("ranks memories whose words (text or context) mean the query's words above equal keyword matches: the soft match", async () => {
+    // "family" and "kids" are close; "outing" is its own word; others have no vector. Every text embeds the
+    // same and expansion is off, so BM25 and the vector ranking tie everything and the soft match decides.
+    const near: Record<string, number[]> = { family: [1, 0, 0, 0], kids: [0.95, 0.3, 0, 0], outing: [0, 0, 1, 0], downtown: [0, 0, 0, 1] };
+    const embedder: Embedder = {
+      id: "test-soft",
+      dimensions: 4,
+      embed: async (texts) => texts.map(() => normalize(new Float32Array([1, 1, 1, 1]))),
+      wordVector: (word) => (near[word] === undefined ? undefined : normalize(new Float32Array(near[word]))),
+    };
+    const memories = [
+      item("a-downtown", "outing downtown today"),
+      item("b-kids", "outing kids today"),
+      item("c-context", "outing tonight today", { context: "the kids came" }),
+      item("d-private", "outing kids today", { audience: "speaker", speaker: "carol" }),
+    ];
+    const search = async (weights: Partial<RetrievalWeights>, listener: Listener = owner): Promise<string[]> => {
+      const index = MemoryIndex.create({ embedder, weights: { expansion: 0, ...weights } });
+      await index.upsert(memories.slice(0, 3));
+      await index.upsert(memories.slice(3));
+      return ids(await index.search("family outing", { k: 4, listener, now: NOW }));
+    };
+    const bob: Listener = { userId: "bob", isOwner: false };
+    expect(await search({}, bob)).toEqual(["b-kids", "c-context", "a-downtown"]);
+    // Off, the tie goes to the id order.
+    expect(await search({ softMatch: 0 }, bob)).toEqual(["a-downtown", "b-kids", "c-context"]);
+    // It only reorders what the listener may hear.
+    expect((await search({}, { userId: "carol", isOwner: false })).slice(0, 2).sort()).toEqual(["b-kids", "d-private"]);
+  });
+
   it("replaces a memory with the same id and forgets removed ones", async () => {
     const index = MemoryIndex.create({ embedder: hashEmbedder() });
     await index.upsert([item("a", "my favourite colour is blue"), item("b", "the weather is nice")]);
@@ -173,6 +204,30 @@ describe("MemoryIndex", () => {
     expect(ids(await index.search("dog Rex", { k: 2, listener: { userId: "carol", isOwner: false }, now: NOW }))).toEqual(["carol", "bob"]);
     expect(ids(await index.search("dog Rex", { k: 2, listener: { userId: "bob", isOwner: false }, now: NOW }))).toEqual(["bob", "carol"]);
     expect(ids(await index.search("what is Carol's dog called?", { k: 2, listener: owner, now: NOW }))[0]).toBe("carol");
+  });
+
+  it("puts memories from a date the query names first, from a day before to three days after it", async () => {
+    const march10 = Date.UTC(2025, 2, 10, 15);
+    const index = MemoryIndex.create({ embedder: hashEmbedder() });
+    // Same words: recency favours "a-recent", and so does the id order on a tie.
+    await index.upsert([
+      item("a-recent", "we went to the beach", { time: Date.UTC(2025, 3, 20) }),
+      item("b-told-later", "we went to the beach", { time: march10 + 2 * DAY }),
+      item("c-too-late", "we went to the beach", { time: march10 + 5 * DAY }),
+      item("d-day", "we went to the beach", { time: march10 }),
+    ]);
+    const at = async (query: string, index_ = index): Promise<string[]> => ids(await index_.search(query, { k: 4, listener: owner, now: NOW }));
+    expect((await at("the beach on 10 March, 2025")).slice(0, 2).sort()).toEqual(["b-told-later", "d-day"]);
+    expect((await at("the beach on 10 March, 2025"))[2]).toBe("a-recent");
+    expect((await at("beach in March 2025")).slice(0, 3).sort()).toEqual(["b-told-later", "c-too-late", "d-day"]);
+    // Without a year: the latest March not after `now`.
+    expect((await at("beach in March"))[3]).toBe("a-recent");
+    expect(await at("beach")).toEqual(["a-recent", "c-too-late", "b-told-later", "d-day"]);
+    const off = MemoryIndex.create({ embedder: hashEmbedder(), weights: { date: 1 } });
+    await off.upsert([...index.items()]);
+    expect(await at("the beach on 10 March, 2025", off)).toEqual(["a-recent", "c-too-late", "b-told-later", "d-day"]);
+    // Only the hybrid weighs dates; the single-method rankings stay raw.
+    expect(ids(await index.searchBm25("the beach on 10 March, 2025", { k: 4, listener: owner }))).toEqual(ids(await off.searchBm25("the beach on 10 March, 2025", { k: 4, listener: owner })));
   });
 
   it("weighs importance", async () => {

@@ -11,6 +11,7 @@ import { Bm25Index, DEFAULT_BM25, searchFields, type Bm25Params, type Bm25Snapsh
 import type { Embedder } from "./embedder.js";
 import { EmbedderMismatchError, EmbeddingShapeError, InvalidMemoryItemError, MemoryIndexFormatError } from "./errors.js";
 import { STOP_WORDS, stem, terms, words } from "./tokenize.js";
+import { dateSpans } from "./dates.js";
 import { VectorStore } from "./vector-store.js";
 import { memoryBoost, resolveWeights, type RetrievalWeights } from "./weights.js";
 
@@ -114,8 +115,9 @@ export class MemoryIndex {
   private readonly speakerTerms = new Map<string, string[]>();
   /**
    * The word vector of every BM25 term indexed so far (from the first word that stemmed to it), row by row,
-   * for query expansion: searching a few thousand terms' vectors costs a fraction of a millisecond, where the
-   * embedder's whole vocabulary (341,479 words) would cost tens. Absent when the embedder has no word vectors.
+   * for query expansion and the soft match: searching a few thousand terms' vectors costs a fraction of a
+   * millisecond, where the embedder's whole vocabulary (341,479 words) would cost tens. Absent when the
+   * embedder has no word vectors (or both uses are off).
    */
   private readonly termVectors: VectorStore | undefined;
   private readonly termRow = new Map<string, number>();
@@ -123,6 +125,11 @@ export class MemoryIndex {
   /** The word each row's vector was read from (saved, so loading reads the same vectors again). */
   private readonly rowWord: string[] = [];
   private everyTerm = new Uint8Array(64);
+  /**
+   * Per BM25 field (text, context): each term id's expansion row, -1 for none, filled as searches meet the ids.
+   * Valid while no row is added (`rows`): a term may gain a row later, when a text first has it.
+   */
+  private rowOfId: { rows: number; text: Int32Array; context: Int32Array } = { rows: 0, text: new Int32Array(0), context: new Int32Array(0) };
 
   private constructor(readonly embedder: Embedder, private readonly options: Omit<MemoryIndexOptions, "embedder">) {
     this.weights = resolveWeights(options.weights);
@@ -130,7 +137,8 @@ export class MemoryIndex {
     this.contextBm25 = new Bm25Index({ ...DEFAULT_BM25, ...options.bm25 });
     this.vectors = new VectorStore(embedder.dimensions);
     this.indexSpeaker = options.indexSpeaker ?? true;
-    this.termVectors = embedder.wordVector !== undefined && this.weights.expansion > 0 ? new VectorStore(embedder.dimensions) : undefined;
+    const wordLevel = this.weights.expansion > 0 || this.weights.softMatch > 0;
+    this.termVectors = embedder.wordVector !== undefined && wordLevel ? new VectorStore(embedder.dimensions) : undefined;
   }
 
   /**
@@ -227,7 +235,7 @@ export class MemoryIndex {
 
   /**
    * The best `k` memories for `query` that the listener may hear: BM25 and vector rankings fused by reciprocal
-   * rank, then weighted by kind, importance, recency and speaker.
+   * rank, then weighted by kind, importance, recency, speaker and the dates the query names (dates.ts).
    *
    * @example
    * const hits = await index.search("how is her dog?", { k: 8, listener: { userId: "alice", isOwner: false } })
@@ -252,11 +260,14 @@ export class MemoryIndex {
     };
     add(lexical, bm25);
     add(semantic, vectorWeight);
+    const soft = this.softRanking(query, named, fused.keys());
+    if (soft !== undefined) add(soft, this.weights.softMatch);
     const now = options.now ?? Date.now();
+    const dates = this.weights.date === 1 ? [] : dateSpans(query, now);
     const hits: SearchHit[] = [];
     for (const [slot, score] of fused) {
       const item = this.bySlot[slot]!;
-      hits.push({ item, score: score * memoryBoost(this.weights, item, options.listener, now, named) });
+      hits.push({ item, score: score * memoryBoost(this.weights, item, options.listener, now, named, dates) });
     }
     return this.finish(hits, options);
   }
@@ -610,7 +621,7 @@ export class MemoryIndex {
    */
   private expand(query: string, queryTerms: readonly string[], named: ReadonlySet<string>): { terms: string[]; weights: number[] } | undefined {
     const { expansion, expansionNeighbours, expansionMinSimilarity } = this.weights;
-    if (this.termVectors === undefined || this.rowTerm.length === 0 || expansionNeighbours <= 0) return undefined;
+    if (this.termVectors === undefined || this.rowTerm.length === 0 || expansion <= 0 || expansionNeighbours <= 0) return undefined;
     const out = [...queryTerms];
     const weights = queryTerms.map(() => 1);
     const seen = new Set(queryTerms);
@@ -632,6 +643,77 @@ export class MemoryIndex {
       }
     }
     return out.length === queryTerms.length ? undefined : { terms: out, weights };
+  }
+
+  /**
+   * The candidates ranked by how well the query's words are matched in meaning by their words: for each query
+   * word (not a stop word, not a named speaker's name, with a word vector), its best cosine with any term of
+   * the memory's text or context that has a vector; averaged with the words' BM25 idf as weights, so "Melanie's
+   * family activities" counts "family" and "activities" above "do". Undefined when there is nothing to match.
+   * Measured on LoCoMo: hybrid recall@10 0.827 against 0.802 on the tuning half, 0.785 against 0.778 on the other.
+   */
+  private softRanking(query: string, named: ReadonlySet<string>, candidates: Iterable<number>): Ranking | undefined {
+    if (this.termVectors === undefined || this.weights.softMatch <= 0 || this.rowTerm.length === 0) return undefined;
+    const perWord: Float32Array[] = [];
+    const idf: number[] = [];
+    const seen = new Set<string>();
+    const n = this.bm25.size;
+    for (const word of words(this.withoutNames(query, named))) {
+      if (STOP_WORDS.has(word) || word.includes("'") || seen.has(word)) continue;
+      seen.add(word);
+      const vector = this.embedder.wordVector!(word);
+      if (vector === undefined) continue;
+      const df = this.bm25.documentFrequency(stem(word));
+      perWord.push(this.termVectors.scores(vector));
+      idf.push(Math.log(1 + (n - df + 0.5) / (df + 0.5)));
+    }
+    const w = perWord.length;
+    if (w === 0) return undefined;
+    const rowOf = this.termRows();
+    let totalIdf = 0;
+    for (const x of idf) totalIdf += x;
+    const best = new Float32Array(w);
+    const slots = Int32Array.from(candidates);
+    const scores = new Float64Array(slots.length);
+    const fields = [this.bm25, this.contextBm25];
+    const fieldRows = [rowOf.text, rowOf.context];
+    for (let c = 0; c < slots.length; c++) {
+      best.fill(0);
+      for (let f = 0; f < 2; f++) {
+        const ids = fields[f]!.documentTerms(slots[c]!);
+        if (ids === undefined) continue;
+        const rows = fieldRows[f]!;
+        for (let i = 0; i < ids.length; i++) {
+          const row = rows[ids[i]!]!;
+          if (row < 0) continue;
+          for (let q = 0; q < w; q++) {
+            const x = perWord[q]![row]!;
+            if (x > best[q]!) best[q] = x;
+          }
+        }
+      }
+      let score = 0;
+      for (let q = 0; q < w; q++) score += idf[q]! * best[q]!;
+      scores[c] = score / totalIdf;
+    }
+    const order = Array.from(slots.keys()).sort((a, b) => scores[b]! - scores[a]! || slots[a]! - slots[b]!);
+    return { slots: Int32Array.from(order, (i) => slots[i]!), scores: Float64Array.from(order, (i) => scores[i]!) };
+  }
+
+  /** Each BM25 term id's expansion row (-1 for none), per field, brought up to date with both. */
+  private termRows(): { text: Int32Array; context: Int32Array } {
+    const rows = this.rowTerm.length;
+    if (this.rowOfId.rows !== rows) this.rowOfId = { rows, text: new Int32Array(0), context: new Int32Array(0) };
+    const fill = (field: Bm25Index, known: Int32Array): Int32Array => {
+      if (known.length === field.termCount) return known;
+      const out = new Int32Array(field.termCount);
+      out.set(known);
+      for (let id = known.length; id < out.length; id++) out[id] = this.termRow.get(field.term(id)) ?? -1;
+      return out;
+    };
+    this.rowOfId.text = fill(this.bm25, this.rowOfId.text);
+    this.rowOfId.context = fill(this.contextBm25, this.rowOfId.context);
+    return this.rowOfId;
   }
 
   private placeContext(slot: number, item: MemoryItem): void {

@@ -72,4 +72,25 @@ describe("VectorStore", () => {
     allowed[0] = 0;
     expect(store.search(first, allowed, 1).slots[0]).not.toBe(0);
   });
+
+  it("scores every row against a query, close to the exact cosine, and refuses a query of another size", () => {
+    const rand = prng(6);
+    const store = new VectorStore(50);
+    expect(store.scores(randomUnit(rand, 50)).length).toBe(0);
+    const rows = Array.from({ length: 300 }, () => randomUnit(rand, 50));
+    rows.forEach((row, i) => store.set(i, row));
+    const query = randomUnit(rand, 50);
+    const scores = store.scores(query);
+    expect(scores.length).toBe(300);
+    rows.forEach((row, i) => {
+      let exact = 0;
+      for (let j = 0; j < 50; j++) exact += row[j]! * query[j]!;
+      expect(Math.abs(scores[i]! - exact)).toBeLessThan(0.03);
+    });
+    // A copy: the next scan does not change it.
+    const before = Array.from(scores);
+    store.scores(randomUnit(rand, 50));
+    expect(Array.from(scores)).toEqual(before);
+    expect(() => store.scores(new Float32Array(49))).toThrow(RangeError);
+  });
 });

@@ -144,11 +144,25 @@ export class VectorStore {
     return fine.drain();
   }
 
-  /** int8 scores of rows [0, rows) (a view valid until the next call). */
+  /**
+   * The approximate (int8) cosine of `query` with every row set so far, by slot: a whole-table scan at the
+   * kernel's speed, for callers that need many rows' scores rather than the best few (a copy, theirs to keep).
+   *
+   * @example
+   * const similarity = store.scores(queryVector) // similarity[slot]
+   */
+  scores(query: Float32Array): Float32Array {
+    if (query.length !== this.dimensions) throw new RangeError(`query of ${query.length} dimensions, expected ${this.dimensions}`);
+    if (this.rows === 0) return new Float32Array(0);
+    const out = this.approximateScores(query, this.rows).slice();
+    const scale = queryScale(query);
+    for (let r = 0; r < out.length; r++) out[r]! *= scale;
+    return out;
+  }
+
+  /** int8 scores of rows [0, rows), in steps of the query's scale (a view valid until the next call). */
   private approximateScores(query: Float32Array, rows: number): Float32Array {
-    let max = 0;
-    for (let j = 0; j < query.length; j++) max = Math.max(max, Math.abs(query[j]!));
-    const scale = max > 0 ? max / 127 : 1;
+    const scale = queryScale(query);
     const { codes, scales } = this.views();
     if (this.kernel !== undefined) {
       const q = new Int8Array(this.kernel.memory.buffer, this.queryAt, this.stride);
@@ -217,3 +231,10 @@ export class VectorStore {
 }
 
 const align16 = (n: number): number => Math.ceil(n / 16) * 16;
+
+/** The step of a query's int8 codes: its largest magnitude maps to 127 (approximate scores are in these steps). */
+function queryScale(query: Float32Array): number {
+  let max = 0;
+  for (let j = 0; j < query.length; j++) max = Math.max(max, Math.abs(query[j]!));
+  return max > 0 ? max / 127 : 1;
+}
