@@ -567,7 +567,7 @@ function earningsText(r: EarningsReport, token: TokenInfo): string[] {
       `(${p.inputTokens} input / ${p.outputTokens} output tokens)`,
     `creator    ${showMoney(c.amount, token)} from ${plural(c.settlements, "settlement")}`,
     ...c.personas.map(
-      (x) => `  persona ${x.personaId}: ${showMoney(x.amount, token)}, ${x.settlements} settlements, ` +
+      (x) => `  persona ${x.personaId}: ${showMoney(x.amount, token)}, ${plural(x.settlements, "settlement")}, ` +
         `${x.inputTokens} input / ${x.outputTokens} output tokens`,
     ),
     ...(r.other > 0n ? [`other      ${showMoney(r.other, token)} (protocol fees)`] : []),
