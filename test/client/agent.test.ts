@@ -27,6 +27,7 @@ import {
 import { parseCharacterCard } from "../../sdk/memory/persona/card.js";
 import type { Embedder } from "../../sdk/memory/retrieval/embedder.js";
 import { readPublishedHead } from "../../sdk/vault/head.js";
+import { hashEmbedder } from "../helpers/hash-embedder.js";
 import { MemoryBlockStore } from "../helpers/memory-block-store.js";
 import { USD } from "../helpers/soulmesh.js";
 import { startTestNetwork, TEST_PRICES, type TestNetwork } from "../helpers/test-network.js";
@@ -35,19 +36,6 @@ let net: TestNetwork;
 let root: string;
 let tokenizer: LocalTokenizer;
 
-/** Deterministic vectors: enough for the index; real embedders are tested in sdk/memory/retrieval. */
-const hashEmbedder: Embedder = {
-  id: "test-hash-v1",
-  dimensions: 16,
-  async embed(texts) {
-    return texts.map((t) => {
-      const v = new Float32Array(16);
-      for (const w of t.toLowerCase().split(/\W+/)) if (w) v[[...w].reduce((h, c) => (h * 31 + c.charCodeAt(0)) % 16, 7)]! += 1;
-      const norm = Math.hypot(...v) || 1;
-      return v.map((x) => x / norm);
-    });
-  },
-};
 
 const card = parseCharacterCard({
   spec: "chara_card_v2",

@@ -15,25 +15,13 @@ import type { Embedder } from "../../sdk/memory/retrieval/embedder.js";
 import { generateAgentKey, ownerKeyFromSigner } from "../../sdk/vault/crypto.js";
 import { TurnJournal } from "../../sdk/vault/journal.js";
 import { AgentVault } from "../../sdk/vault/vault.js";
+import { hashEmbedder } from "../helpers/hash-embedder.js";
 import { MemoryBlockStore } from "../helpers/memory-block-store.js";
 import { startTestNetwork, type TestNetwork } from "../helpers/test-network.js";
 
 let net: TestNetwork;
 let root: string;
 
-/** Deterministic vectors: enough for the index; real embedders are tested in sdk/memory/retrieval. */
-const hashEmbedder: Embedder = {
-  id: "test-hash-v1",
-  dimensions: 16,
-  async embed(texts) {
-    return texts.map((t) => {
-      const v = new Float32Array(16);
-      for (const w of t.toLowerCase().split(/\W+/)) if (w) v[[...w].reduce((h, c) => (h * 31 + c.charCodeAt(0)) % 16, 7)]! += 1;
-      const norm = Math.hypot(...v) || 1;
-      return v.map((x) => x / norm);
-    });
-  },
-};
 
 beforeAll(async () => {
   net = await startTestNetwork();
