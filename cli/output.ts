@@ -73,3 +73,13 @@ export function formatUnitsFixed(amount: bigint, decimals: number): string {
   const frac = (abs % base).toString().padStart(decimals, "0").replace(/0+$/, "");
   return `${negative ? "-" : ""}${whole}${frac ? `.${frac}` : ""}`;
 }
+
+/**
+ * A count with its noun, in the plural when it is not 1.
+ *
+ * @example
+ * plural(1, "turn") // "1 turn"
+ */
+export function plural(n: number, noun: string): string {
+  return `${n} ${noun}${n === 1 ? "" : "s"}`;
+}

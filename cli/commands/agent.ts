@@ -9,6 +9,7 @@ import type { BlockStore } from "../../sdk/vault/types.js";
 import { withContext } from "../context.js";
 import type { CommandContext } from "../context.js";
 import { formatUnitsFixed } from "../output.js";
+import { sendTransaction } from "../transactions.js";
 import { money, NoGasError, showMoney, tokenInfo } from "./escrow.js";
 import type { TokenInfo } from "./escrow.js";
 import {
@@ -17,7 +18,6 @@ import {
   parseAmountOrZero,
   parseId,
   requirePersona,
-  sendTransaction,
   tryManifest,
 } from "./persona.js";
 

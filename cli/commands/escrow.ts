@@ -12,7 +12,8 @@ import { describeAccount } from "../accounts/resolve.js";
 import type { Account } from "../accounts/resolve.js";
 import { withContext } from "../context.js";
 import type { CommandContext } from "../context.js";
-import { formatUnitsFixed } from "../output.js";
+import { formatUnitsFixed, plural } from "../output.js";
+import { sendTransaction } from "../transactions.js";
 
 /** An amount that is not a positive decimal number of tokens with at most the token's decimals. */
 export class InvalidAmountError extends SoulmeshError {
@@ -269,20 +270,6 @@ export function accountJson(account: Account): Record<string, unknown> {
   }
 }
 
-/** Sends a transaction, waits for it, decodes reverts; the wait gives up (not the transaction) on Ctrl-C. */
-async function send(
-  ctx: CommandContext,
-  what: string,
-  tx: () => Promise<ContractTransactionResponse>,
-): Promise<TransactionReceipt> {
-  ctx.signal.throwIfAborted();
-  ctx.out.progress(what);
-  const response = await ctx.abortable(withRevertDecoding(tx()));
-  const receipt = await ctx.abortable(withRevertDecoding(response.wait()));
-  if (receipt === null) throw new Error(`transaction ${response.hash} was dropped`);
-  return receipt;
-}
-
 function eventArgs(escrow: InferenceEscrow, logs: readonly Log[], event: string): Record<string, unknown> | undefined {
   for (const log of logs) {
     try {
@@ -314,12 +301,12 @@ async function runDeposit(ctx: CommandContext, amountText: string): Promise<void
   if (native === 0n) throw new NoGasError(address);
   const txHashes: string[] = [];
   if (allowance < amount) {
-    const r = await send(ctx, `approving the escrow to take ${showMoney(amount, token)}…`, () =>
+    const r = await sendTransaction(ctx, `approving the escrow to take ${showMoney(amount, token)}…`, () =>
       c.token.approve(escrowAddress, amount),
     );
     txHashes.push(r.hash);
   }
-  const r = await send(ctx, `depositing ${showMoney(amount, token)} from ${address}…`, () => c.inferenceEscrow.deposit(amount));
+  const r = await sendTransaction(ctx, `depositing ${showMoney(amount, token)} from ${address}…`, () => c.inferenceEscrow.deposit(amount));
   txHashes.push(r.hash);
   const deposit = await c.inferenceEscrow.depositOf(address);
   ctx.out.result(
@@ -343,7 +330,7 @@ async function runWithdrawRequest(ctx: CommandContext, amountText: string | unde
   const amount = requested ?? deposit;
   if (amount === 0n || amount > deposit) throw new InsufficientDepositError(amount, deposit, token);
   if (pendingAt !== 0n) ctx.out.progress(`this replaces the pending withdrawal of ${showMoney(pendingAmount, token)}`);
-  const receipt = await send(ctx, `requesting to withdraw ${showMoney(amount, token)}…`, () =>
+  const receipt = await sendTransaction(ctx, `requesting to withdraw ${showMoney(amount, token)}…`, () =>
     c.inferenceEscrow.requestWithdrawal(amount),
   );
   const availableAt = Number(eventArgs(c.inferenceEscrow, receipt.logs, "WithdrawalRequested")?.availableAt ?? 0n);
@@ -363,7 +350,7 @@ async function runWithdrawComplete(ctx: CommandContext): Promise<void> {
   const c = await ctx.contracts(signer);
   let receipt: TransactionReceipt;
   try {
-    receipt = await send(ctx, "completing the withdrawal…", () => c.inferenceEscrow.completeWithdrawal());
+    receipt = await sendTransaction(ctx, "completing the withdrawal…", () => c.inferenceEscrow.completeWithdrawal());
   } catch (err) {
     if (err instanceof ContractRevertError && err.reason === "Escrow__WithdrawalNotReady") {
       const availableAt = Number(err.args[0] as bigint);
@@ -386,7 +373,7 @@ async function runWithdrawCancel(ctx: CommandContext): Promise<void> {
   const signer = await ctx.signer();
   const c = await ctx.contracts(signer);
   const [amount] = await c.inferenceEscrow.pendingWithdrawalOf(signer.address);
-  const receipt = await send(ctx, "cancelling the pending withdrawal…", () => c.inferenceEscrow.cancelWithdrawal());
+  const receipt = await sendTransaction(ctx, "cancelling the pending withdrawal…", () => c.inferenceEscrow.cancelWithdrawal());
   const deposit = await c.inferenceEscrow.depositOf(signer.address);
   ctx.out.result(
     { account: signer.address, cancelled: money(amount, token), deposit: money(deposit, token), txHash: receipt.hash },
@@ -596,7 +583,7 @@ async function runEarnings(ctx: CommandContext, opts: { withdraw: boolean; to?: 
   const signer = await ctx.signer();
   const to = opts.to ?? signer.address;
   const c = await ctx.contracts(signer);
-  const receipt = await send(ctx, `withdrawing ${showMoney(report.pending, token)} of earnings to ${to}…`, () =>
+  const receipt = await sendTransaction(ctx, `withdrawing ${showMoney(report.pending, token)} of earnings to ${to}…`, () =>
     c.inferenceEscrow.withdrawEarnings(to),
   );
   const amount = (eventArgs(c.inferenceEscrow, receipt.logs, "EarningsWithdrawn")?.amount as bigint | undefined) ?? 0n;
@@ -692,7 +679,3 @@ Examples:
     .action((opts: { withdraw: boolean; to?: string }, cmd: Command) => withContext(cmd, (ctx) => runEarnings(ctx, opts)));
 }
 
-/** "1 settlement", "2 settlements". */
-function plural(n: number, noun: string): string {
-  return `${n} ${noun}${n === 1 ? "" : "s"}`;
-}

@@ -28,6 +28,7 @@ import { openCliAgent, parseAgentId } from "../agent-session.js";
 import type { CliAgent } from "../agent-session.js";
 import { withContext } from "../context.js";
 import type { CommandContext } from "../context.js";
+import { plural } from "../output.js";
 
 /** The `format` field of an export. */
 export const MEMORY_EXPORT_FORMAT = "soulmesh-agent-memory";
@@ -552,7 +553,3 @@ profile, notebook or working memory go too when something in them came from a fo
     .action((agentId: bigint, opts: ForgetOptions, cmd: Command) => withContext(cmd, (ctx) => runForget(ctx, agentId, opts)));
 }
 
-/** "1 turn", "2 turns". */
-function plural(n: number, noun: string): string {
-  return `${n} ${noun}${n === 1 ? "" : "s"}`;
-}
