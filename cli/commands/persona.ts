@@ -3,7 +3,7 @@ import type { Command } from "commander";
 import { getAddress, isAddress } from "ethers";
 import type { ContractTransactionResponse, TransactionReceipt } from "ethers";
 import type { PersonaRegistry, SoulmeshContracts } from "../../sdk/chain/contracts.js";
-import { withRevertDecoding } from "../../sdk/chain/revert.js";
+import { ContractRevertError } from "../../sdk/chain/errors.js";
 import { readAdoptions } from "../../sdk/chain/usage.js";
 import { SoulmeshError } from "../../sdk/errors.js";
 import { exportCharacterCard, parseCharacterCard } from "../../sdk/memory/persona/card.js";
@@ -19,7 +19,8 @@ import { withContext } from "../context.js";
 import type { CommandContext } from "../context.js";
 import { resolveBaseModel } from "../models.js";
 import type { Output } from "../output.js";
-import { isoTime, money, parseTokenAmount, showMoney, tokenInfo } from "./escrow.js";
+import { sendTransaction } from "../transactions.js";
+import { InvalidAmountError, isoTime, money, parseTokenAmount, showMoney, tokenInfo } from "./escrow.js";
 import type { Money, TokenInfo } from "./escrow.js";
 
 /** How long a listing waits for one manifest from IPFS before showing the persona without its name. */
@@ -126,26 +127,6 @@ export function parseAddressOption(option: string, input: string): string {
 export function parseAmountOrZero(input: string, decimals: number): bigint {
   if (/^\s*(0+(\.0*)?|\.0+)\s*$/.test(input)) return 0n;
   return parseTokenAmount(input, decimals);
-}
-
-/**
- * Sends a transaction with a progress line, waits for it and decodes a revert; the wait (not the
- * transaction) gives up on Ctrl-C.
- *
- * @example
- * const receipt = await sendTransaction(ctx, "minting…", () => agents.mint(1n, 0n))
- */
-export async function sendTransaction(
-  ctx: CommandContext,
-  what: string,
-  tx: () => Promise<ContractTransactionResponse>,
-): Promise<TransactionReceipt> {
-  ctx.signal.throwIfAborted();
-  ctx.out.progress(what);
-  const response = await ctx.abortable(withRevertDecoding(tx()));
-  const receipt = await ctx.abortable(withRevertDecoding(response.wait()));
-  if (receipt === null) throw new Error(`transaction ${response.hash} was dropped`);
-  return receipt;
 }
 
 /**
@@ -501,9 +482,184 @@ async function runShow(ctx: CommandContext, idText: string): Promise<void> {
   );
 }
 
+// ------------------------------------------------------------------------------------- royalty and price
+
+/** The registry keeps royalties in a uint96. */
+const MAX_ROYALTY = 2n ** 96n - 1n;
+
+/** The account does not hold the persona: only its holder may change its royalty or adoption price. */
+export class NotPersonaHolderError extends SoulmeshError {
+  override readonly name = "NotPersonaHolderError";
+  constructor(
+    readonly personaId: bigint,
+    readonly holder: string,
+    readonly caller: string,
+    options?: ErrorOptions,
+  ) {
+    super(
+      `Persona ${personaId} is held by ${holder}, not by ${caller}: only its holder may change its royalty or adoption price. ` +
+        "Run the command as the holder (--account NAME|ADDRESS|dev:N); nothing was changed.",
+      options,
+    );
+  }
+}
+
+/** Units for {@link durationWords}, largest first. */
+const WORD_UNITS = [["day", 86_400], ["hour", 3_600], ["minute", 60], ["second", 1]] as const;
+
+/**
+ * A duration in words, in its two largest units, rounded to the smaller one: a change scheduled two days
+ * ahead and read a few seconds later is still "2 days" away.
+ *
+ * @example
+ * durationWords(172_790) // "2 days"
+ * durationWords(90_061) // "1 day 1 hour"
+ */
+export function durationWords(seconds: number): string {
+  let s = Math.max(0, Math.round(seconds));
+  const largest = WORD_UNITS.findIndex(([, size]) => s >= size);
+  if (largest === -1) return "0 seconds";
+  const step = WORD_UNITS[Math.min(largest + 1, WORD_UNITS.length - 1)]![1];
+  s = Math.round(s / step) * step;
+  const parts: string[] = [];
+  for (const [unit, size] of WORD_UNITS) {
+    if (s >= size && parts.length < 2) {
+      const n = Math.floor(s / size);
+      parts.push(`${n} ${unit}${n === 1 ? "" : "s"}`);
+      s %= size;
+    } else if (parts.length > 0) break;
+  }
+  return parts.join(" ");
+}
+
+/**
+ * When a scheduled change takes effect, relative to chain time.
+ *
+ * @example
+ * whenFromNow(1_700_172_800, 1_700_000_000) // "in 2 days"
+ */
+export function whenFromNow(effectiveAt: number, chainTime: number): string {
+  return effectiveAt <= chainTime ? "now" : `in ${durationWords(effectiveAt - chainTime)}`;
+}
+
+/** A royalty per million tokens: zero is allowed (none); above the registry's uint96 is not. */
+function parseRoyalty(input: string, decimals: number): bigint {
+  const royalty = parseAmountOrZero(input, decimals);
+  if (royalty > MAX_ROYALTY) throw new InvalidAmountError(input, "it is above the largest royalty the registry can hold");
+  return royalty;
+}
+
+/**
+ * Sends a holder-only transaction, turning the registry's Persona__NotHolder revert (raised when the gas is
+ * estimated, so before anything is sent) into an error naming the holder.
+ */
+async function asHolder(
+  ctx: CommandContext,
+  registry: PersonaRegistry,
+  personaId: bigint,
+  caller: string,
+  what: string,
+  tx: () => Promise<ContractTransactionResponse>,
+): Promise<TransactionReceipt> {
+  try {
+    return await sendTransaction(ctx, what, tx);
+  } catch (err) {
+    if (err instanceof ContractRevertError && err.reason === "Persona__NotHolder") {
+      throw new NotPersonaHolderError(personaId, await registry.ownerOf(personaId), caller, { cause: err });
+    }
+    throw err;
+  }
+}
+
+async function runRoyalty(ctx: CommandContext, idText: string, amountText: string): Promise<void> {
+  const personaId = parseId(idText, "persona");
+  const read = await ctx.contracts();
+  const token = await tokenInfo(read);
+  const royalty = parseRoyalty(amountText, token.decimals);
+  await requirePersona(read.personaRegistry, personaId);
+  const signer = await ctx.signer();
+  const { personaRegistry } = await ctx.contracts(signer);
+  const before = await personaRegistry.royaltyScheduleOf(personaId);
+  const replaced =
+    before.effectiveAt === 0n ? null : { royalty: money(before.next, token), effectiveAt: isoTime(Number(before.effectiveAt)) };
+  if (replaced !== null) {
+    ctx.out.progress(`this replaces the pending change to ${showMoney(before.next, token)} from ${replaced.effectiveAt}`);
+  }
+  const receipt = await asHolder(
+    ctx,
+    personaRegistry,
+    personaId,
+    signer.address,
+    `scheduling a royalty of ${showMoney(royalty, token)} per million tokens for persona ${personaId}…`,
+    () => personaRegistry.scheduleRoyalty(personaId, royalty),
+  );
+  // Read at the transaction's block: the schedule as it was set, whatever the chain did since.
+  const [schedule, block] = await Promise.all([
+    personaRegistry.royaltyScheduleOf(personaId, { blockTag: receipt.blockNumber }),
+    receipt.getBlock(),
+  ]);
+  const effectiveAt = Number(schedule.effectiveAt);
+  const chainTime = block.timestamp;
+  const inWords = whenFromNow(effectiveAt, chainTime);
+  ctx.out.result(
+    {
+      personaId,
+      holder: signer.address,
+      current: money(schedule.current, token),
+      scheduled: money(schedule.next, token),
+      effectiveAt: isoTime(effectiveAt),
+      effectiveAtUnix: effectiveAt,
+      effectiveIn: inWords,
+      inSeconds: effectiveAt - chainTime,
+      chainTime: isoTime(chainTime),
+      chainTimeUnix: chainTime,
+      replaced,
+      tx: receipt.hash,
+    },
+    [
+      `Scheduled a royalty change for persona ${personaId}.`,
+      `  now         ${showMoney(schedule.current, token)} per million tokens`,
+      `  scheduled   ${showMoney(schedule.next, token)} per million tokens`,
+      `  from        ${isoTime(effectiveAt)} (chain time), ${inWords}`,
+      ...(replaced !== null ? [`  replaces    the pending change to ${showMoney(before.next, token)} from ${replaced.effectiveAt}`] : []),
+      `  tx          ${receipt.hash}`,
+      "",
+      "Sessions opened before the change keep paying the royalty in force when they opened.",
+    ].join("\n"),
+  );
+}
+
+async function runPrice(ctx: CommandContext, idText: string, amountText: string): Promise<void> {
+  const personaId = parseId(idText, "persona");
+  const read = await ctx.contracts();
+  const token = await tokenInfo(read);
+  const price = parseAmountOrZero(amountText, token.decimals);
+  await requirePersona(read.personaRegistry, personaId);
+  const signer = await ctx.signer();
+  const { personaRegistry } = await ctx.contracts(signer);
+  const [, previous] = await personaRegistry.adoptionTermsOf(personaId);
+  const receipt = await asHolder(
+    ctx,
+    personaRegistry,
+    personaId,
+    signer.address,
+    `setting the adoption price of persona ${personaId} to ${price === 0n ? "free" : showMoney(price, token)}…`,
+    () => personaRegistry.setAdoptionPrice(personaId, price),
+  );
+  const [, now] = await personaRegistry.adoptionTermsOf(personaId, { blockTag: receipt.blockNumber });
+  const show = (v: bigint): string => (v === 0n ? "free" : showMoney(v, token));
+  ctx.out.result(
+    { personaId, holder: signer.address, previous: money(previous, token), adoptionPrice: money(now, token), tx: receipt.hash },
+    [
+      `Persona ${personaId}'s adoption price is now ${show(now)} (was ${show(previous)}), from the next adoption.`,
+      `  tx          ${receipt.hash}`,
+    ].join("\n"),
+  );
+}
+
 // ---------------------------------------------------------------------------------------------- register
 
-/** Registers `soulmesh persona create|list|show`. */
+/** Registers `soulmesh persona create|list|show|royalty|price`. */
 export function registerPersona(program: Command): void {
   const persona = program
     .command("persona")
@@ -564,4 +720,38 @@ Examples:
   $ soulmesh persona show 1 --json`,
     )
     .action((id: string, _opts: unknown, cmd: Command) => withContext(cmd, (ctx) => runShow(ctx, id)));
+
+  persona
+    .command("royalty")
+    .description("Schedule a new royalty for a persona the account holds; it takes effect after the registry's royalty delay")
+    .argument("<id>", "the persona's id")
+    .argument("<amount>", "tokens earned per million tokens the persona generates (0 for none)")
+    .addHelpText(
+      "after",
+      `
+The change takes effect after the registry's royalty delay (2 days on the devnet), so that every voucher
+settles at a royalty its payer could see; sessions opened before it keep the old royalty. A change still
+pending is replaced. See the schedule with \`soulmesh persona show ID\`.
+
+Examples:
+  $ soulmesh persona royalty 1 0.5 --account creator
+  $ soulmesh persona royalty 1 0 --json          # no royalty from two days on`,
+    )
+    .action((id: string, amount: string, _opts: unknown, cmd: Command) => withContext(cmd, (ctx) => runRoyalty(ctx, id, amount)));
+
+  persona
+    .command("price")
+    .description("Set the adoption price of a persona the account holds; it applies to the next adoption")
+    .argument("<id>", "the persona's id")
+    .argument("<amount>", "tokens a user pays to adopt it (0 for free)")
+    .addHelpText(
+      "after",
+      `
+Adopters are protected by the price they were shown: \`soulmesh agent mint\` refuses to pay more.
+
+Examples:
+  $ soulmesh persona price 1 7.5 --account creator
+  $ soulmesh persona price 1 0 --json            # free to adopt`,
+    )
+    .action((id: string, amount: string, _opts: unknown, cmd: Command) => withContext(cmd, (ctx) => runPrice(ctx, id, amount)));
 }

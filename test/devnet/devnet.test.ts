@@ -35,8 +35,11 @@ afterAll(async () => {
 describe("soulmesh devnet", () => {
   it("prints the deployment as JSON and writes the same one to $SOULMESH_HOME/devnet.json, with the IPFS service's address", async () => {
     const written = await readDeployment(devnetDeploymentPath(home));
-    // The printed result adds where the home's IPFS service listens; the deployment file is the chain's alone.
-    const { ipfs, ...deployment } = printed as Deployment & { ipfs?: { api: string; apiFile: string; peerId: string } };
+    // The printed result adds where the home's IPFS service listens and the fee in force; the file is the deployment alone.
+    const { ipfs, protocolFee: _fee, ...deployment } = printed as Deployment & {
+      ipfs?: { api: string; apiFile: string; peerId: string };
+      protocolFee?: unknown;
+    };
     expect(written).toEqual(deployment);
     expect(ipfs?.apiFile).toBe(join(home, "ipfs", "api.json"));
     expect(JSON.parse(await readFile(ipfs!.apiFile, "utf8"))).toMatchObject({ url: ipfs!.api, peerId: ipfs!.peerId });
