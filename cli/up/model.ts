@@ -4,42 +4,40 @@
  * a machine without network still gets a working local network.
  *
  * node-llama-cpp's downloader retries a failing download (no DNS, no route) for minutes and does not honour its
- * signal meanwhile, so reachability is checked first with one short HTTP request to the same endpoint.
+ * signal meanwhile, so reachability is checked first with one short HTTP request to the same endpoint (the probe
+ * in node/engine/model-probe.ts, which `provider start` runs too).
  */
 import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { InvalidModelUriError, ModelNotFoundError } from "../../node/engine/errors.js";
+import {
+  DEFAULT_PROBE_TIMEOUT_MS,
+  describeNetworkFailure,
+  ModelDownloadError,
+  ModelHostUnreachableError,
+  probeModelHost,
+} from "../../node/engine/model-probe.js";
+import type { ModelProbe } from "../../node/engine/model-probe.js";
 import { hfUriProblem, isHuggingFaceUri, resolveModelFile } from "../../node/engine/models.js";
 import type { ResolveModelOptions } from "../../node/engine/models.js";
-import { SoulmeshError } from "../../sdk/errors.js";
-// The tiny model writer lives with the test fixtures (~500 lines of GGUF writing); `up` needs it only as the
-// offline fallback. Importing a test fixture from the CLI is a stopgap until it moves into node/engine.
-import { TINY, writeTinyLlama } from "../../test/fixtures/gguf/llama.js";
+import { TINY, writeTinyLlama } from "../../node/engine/tiny-llama.js";
+
+// The probe and its errors moved to node/engine (provider start uses them too); re-exported for `up`'s callers.
+export {
+  DEFAULT_PROBE_TIMEOUT_MS,
+  huggingFaceEndpoint,
+  ModelDownloadError,
+  ModelHostUnreachableError,
+  modelProbeUrl,
+  probeModelHost,
+} from "../../node/engine/model-probe.js";
+export type { ModelProbe } from "../../node/engine/model-probe.js";
 
 /** The default model: Qwen2.5 0.5B Instruct, Q4_K_M (about 400 MB), a small real chat model. */
 export const DEFAULT_MODEL_URI = "hf:Qwen/Qwen2.5-0.5B-Instruct-GGUF/qwen2.5-0.5b-instruct-q4_k_m.gguf";
 
 /** The generated fallback model's file name in the models folder. */
 export const TINY_MODEL_FILE = "tiny-llama.gguf";
-
-/** How long the reachability check of the model's host may take. */
-export const DEFAULT_PROBE_TIMEOUT_MS = 8_000;
-
-/** The model could not be downloaded; `reason` says why in a few words. */
-export class ModelDownloadError extends SoulmeshError {
-  override readonly name = "ModelDownloadError";
-  constructor(
-    readonly uri: string,
-    readonly reason: string,
-    options?: ErrorOptions,
-  ) {
-    super(
-      `Could not download ${uri} (${reason}). Check the network (or set HF_ENDPOINT to a mirror), or pass --model PATH ` +
-        "to use a GGUF file you have.",
-      options,
-    );
-  }
-}
 
 /** The model `up` serves. */
 export interface UpModel {
@@ -55,8 +53,6 @@ export interface UpModel {
   fallback: { reason: string; message: string } | undefined;
 }
 
-/** Checks that the model's host answers, throwing ModelDownloadError otherwise. */
-export type ModelProbe = (uri: string, options: { timeoutMs: number; signal?: AbortSignal }) => Promise<void>;
 /** Downloads an `hf:` model, resolving with its local path. */
 export type ModelDownloader = (uri: string, options: ResolveModelOptions) => Promise<string>;
 
@@ -121,6 +117,8 @@ export async function resolveUpModel(options: ResolveUpModelOptions): Promise<Up
         download(source, {
           modelsDir,
           download: true,
+          // Probed just above.
+          probe: false,
           showProgressBar: options.showProgressBar ?? false,
           ...(options.onProgress && { onProgress: options.onProgress }),
           ...(signal && { signal }),
@@ -130,7 +128,8 @@ export async function resolveUpModel(options: ResolveUpModelOptions): Promise<Up
       return { path, source, uri: source, tiny: false, fallback: undefined };
     } catch (err) {
       signal?.throwIfAborted();
-      reason = err instanceof ModelDownloadError ? err.reason : describeFailure(err);
+      reason =
+        err instanceof ModelDownloadError || err instanceof ModelHostUnreachableError ? err.reason : describeNetworkFailure(err);
     }
   }
   const fallback = { reason, message: fallbackMessage(source, reason) };
@@ -164,89 +163,6 @@ export async function writeTinyModel(modelsDir: string): Promise<string> {
   const path = join(modelsDir, TINY_MODEL_FILE);
   await writeTinyLlama(path, TINY);
   return path;
-}
-
-/**
- * The Hugging Face endpoint node-llama-cpp downloads from: MODEL_ENDPOINT, else HF_ENDPOINT, else huggingface.co
- * (the order of its resolveHuggingFaceEndpoint, which the package does not export).
- *
- * @example
- * huggingFaceEndpoint({ HF_ENDPOINT: "https://hf-mirror.com" }) // "https://hf-mirror.com/"
- */
-export function huggingFaceEndpoint(env: NodeJS.ProcessEnv = process.env): string {
-  for (const value of [env.MODEL_ENDPOINT, env.HF_ENDPOINT]) {
-    if (value === undefined || value === "") continue;
-    try {
-      const url = new URL(value);
-      if (url.protocol === "http:" || url.protocol === "https:") return value.endsWith("/") ? value : `${value}/`;
-    } catch {
-      // Not a URL: node-llama-cpp skips it too.
-    }
-  }
-  return "https://huggingface.co/";
-}
-
-/**
- * The URL whose answer tells whether an `hf:` model can be downloaded: the file itself for
- * `hf:<user>/<repo>/<file>.gguf[#branch]`, else the repository's API page.
- *
- * @example
- * modelProbeUrl("hf:Qwen/Qwen2.5-0.5B-Instruct-GGUF/qwen2.5-0.5b-instruct-q4_k_m.gguf")
- * // "https://huggingface.co/Qwen/Qwen2.5-0.5B-Instruct-GGUF/resolve/main/qwen2.5-0.5b-instruct-q4_k_m.gguf"
- */
-export function modelProbeUrl(uri: string, endpoint: string = huggingFaceEndpoint()): string {
-  const rest = uri.replace(/^(hf|huggingface):(\/\/)?/i, "");
-  const [path = "", branch = "main"] = rest.split("#");
-  const [user = "", repoAndTag = "", ...file] = path.split("/");
-  const repo = repoAndTag.split(":")[0]!;
-  const enc = (s: string): string => encodeURIComponent(s);
-  if (file.length === 0) return `${endpoint}api/models/${enc(user)}/${enc(repo)}`;
-  return `${endpoint}${enc(user)}/${enc(repo)}/resolve/${enc(branch)}/${file.map(enc).join("/")}`;
-}
-
-/**
- * Checks, with one HEAD request bounded by `timeoutMs`, that the model's host answers and has the file.
- *
- * @example
- * await probeModelHost(DEFAULT_MODEL_URI, { timeoutMs: 8_000 })
- * @throws ModelDownloadError saying why (DNS failure, refused, timeout, HTTP status).
- */
-export async function probeModelHost(uri: string, options: { timeoutMs: number; signal?: AbortSignal }): Promise<void> {
-  const url = modelProbeUrl(uri);
-  const timeout = AbortSignal.timeout(options.timeoutMs);
-  const signal = options.signal === undefined ? timeout : AbortSignal.any([options.signal, timeout]);
-  const headers: Record<string, string> = {};
-  const token = process.env.HF_TOKEN;
-  if (token !== undefined && token !== "") headers.authorization = `Bearer ${token}`;
-  let status: number;
-  try {
-    // Not following the redirect to the CDN: the host's answer is enough, and the CDN's would cost a round trip.
-    status = (await fetch(url, { method: "HEAD", redirect: "manual", headers, signal })).status;
-  } catch (err) {
-    options.signal?.throwIfAborted();
-    if (timeout.aborted) throw new ModelDownloadError(uri, `no answer from ${new URL(url).host} within ${options.timeoutMs / 1000} s`);
-    throw new ModelDownloadError(uri, describeFailure(err), { cause: err });
-  }
-  if (status === 401 || status === 403) {
-    throw new ModelDownloadError(uri, `HTTP ${status}: the repository needs a Hugging Face token (set HF_TOKEN)`);
-  }
-  if (status === 404) throw new ModelDownloadError(uri, `HTTP 404: no such file at ${url}`);
-  if (status >= 400) throw new ModelDownloadError(uri, `HTTP ${status} from ${new URL(url).host}`);
-}
-
-/** A network failure in a few words: fetch hides the cause (ENOTFOUND, ECONNREFUSED…) one level down. */
-function describeFailure(err: unknown): string {
-  let e: unknown = err;
-  for (let depth = 0; depth < 4 && e instanceof Error; depth++) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (typeof code === "string") {
-      const host = (e as { hostname?: string }).hostname;
-      return host !== undefined ? `${code} ${host}` : e.message.includes(code) ? e.message : `${code}: ${e.message}`;
-    }
-    if (e.cause === undefined) break;
-    e = e.cause;
-  }
-  return e instanceof Error ? e.message : String(e);
 }
 
 function untilAborted<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {

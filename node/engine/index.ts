@@ -1,5 +1,6 @@
-// The provider's inference engine: base models, persona LoRA adapters, the context pool, persistent
-// sessions with encrypted KV states, generation and admission control.
+// The provider's inference engine: base models (with the download host's reachability check and the generated
+// tiny model), persona LoRA adapters, the context pool, persistent sessions with encrypted KV states, generation
+// and admission control.
 export * from "./errors.js";
 export { defaultThreads } from "./threads.js";
 export { AdmissionQueue, type AdmissionOptions } from "./admission.js";
@@ -12,7 +13,29 @@ export {
   type BaseModelInfo,
   type LoadBaseModelOptions,
   type ModelLoadProgress,
+  type ResolveModelOptions,
 } from "./models.js";
+export {
+  probeModelHost,
+  modelProbeUrl,
+  huggingFaceEndpoint,
+  describeNetworkFailure,
+  DEFAULT_PROBE_TIMEOUT_MS,
+  ModelHostUnreachableError,
+  ModelDownloadError,
+  type ModelProbe,
+  type ModelProbeOptions,
+} from "./model-probe.js";
+export { writeGguf, type GgufMetadata, type GgufTensor, type GgufWriteResult } from "./gguf-writer.js";
+export {
+  writeTinyLlama,
+  writeLoraAdapter,
+  TINY,
+  WRITER_VERSION,
+  type TinyLlamaSpec,
+  type LoraAdapterSpec,
+  type GgufFile,
+} from "./tiny-llama.js";
 export {
   AdapterStore,
   folderAdapterSource,

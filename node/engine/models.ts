@@ -4,6 +4,8 @@ import { readGgufFileInfo, resolveModelFile as resolveWithNodeLlamaCpp } from "n
 import type { GgufFileInfo, Llama, LlamaModel, LlamaModelOptions } from "node-llama-cpp";
 import { HashMismatchError, InvalidGgufError, InvalidModelUriError, ModelNotFoundError } from "./errors.js";
 import { normalizeSha256 } from "./file-hash.js";
+import { DEFAULT_PROBE_TIMEOUT_MS, probeModelHost } from "./model-probe.js";
+import type { ModelProbe } from "./model-probe.js";
 import type { FileHashCache } from "./file-hash.js";
 
 /** Options of {@link resolveModelFile}. */
@@ -17,6 +19,14 @@ export interface ResolveModelOptions {
   showProgressBar?: boolean;
   /** False: never touch the network; an `hf:` model must already be in `modelsDir`. Default true. */
   download?: boolean;
+  /**
+   * Before a download, check with one short request that the host answers, so that a machine without network
+   * fails in seconds instead of after node-llama-cpp's minutes of retries. False skips it (the caller probed
+   * already); a function replaces it. Default {@link probeModelHost}.
+   */
+  probe?: boolean | ModelProbe;
+  /** The most the check may take; default {@link DEFAULT_PROBE_TIMEOUT_MS}. */
+  probeTimeoutMs?: number;
 }
 
 const HF_PREFIXES = ["hf://", "huggingface://", "hf:", "huggingface:"] as const;
@@ -65,7 +75,8 @@ export function hfUriProblem(uri: string): string | undefined {
 
 /**
  * The local path of a model: a GGUF file path as is, or an `hf:` URI downloaded into `modelsDir` (through
- * node-llama-cpp, which resumes an interrupted download and finds a finished one again without network).
+ * node-llama-cpp, which resumes an interrupted download and finds a finished one again without network). A model
+ * already in `modelsDir` is found without network; otherwise the host is probed before the download starts.
  *
  * @example
  * const path = await resolveModelFile("hf:bartowski/Qwen2.5-0.5B-Instruct-GGUF:Q4_K_M", {
@@ -73,7 +84,8 @@ export function hfUriProblem(uri: string): string | undefined {
  *   onProgress: (done, total) => bar.update(done / total),
  * })
  * @throws ModelNotFoundError when the path is not a file or the download fails; InvalidModelUriError for a
- * malformed `hf:` URI; the signal's reason when aborted.
+ * malformed `hf:` URI; ModelHostUnreachableError when the host cannot be reached, ModelDownloadError when it
+ * answers with an HTTP error (both before anything is downloaded); the signal's reason when aborted.
  */
 export async function resolveModelFile(source: string, options: ResolveModelOptions): Promise<string> {
   const { signal } = options;
@@ -83,6 +95,14 @@ export async function resolveModelFile(source: string, options: ResolveModelOpti
   const problem = hfUriProblem(source);
   if (problem !== undefined) throw new InvalidModelUriError(source, problem);
   await mkdir(options.modelsDir, { recursive: true });
+  if (options.download !== false) {
+    const present = await findDownloadedModel(source, options.modelsDir, signal);
+    if (present !== undefined) return present;
+    if (options.probe !== false) {
+      const probe = typeof options.probe === "function" ? options.probe : probeModelHost;
+      await probe(source, { timeoutMs: options.probeTimeoutMs ?? DEFAULT_PROBE_TIMEOUT_MS, ...(signal && { signal }) });
+    }
+  }
   const onProgress = options.onProgress;
   try {
     return await resolveWithNodeLlamaCpp(source, {
@@ -101,6 +121,26 @@ export async function resolveModelFile(source: string, options: ResolveModelOpti
       throw new InvalidModelUriError(source, "node-llama-cpp cannot parse it", { cause: err });
     }
     throw new ModelNotFoundError(source, { cause: err });
+  }
+}
+
+/**
+ * The file of an `hf:` model already downloaded into `modelsDir`, or undefined (without network: node-llama-cpp
+ * only matches the file names it would download to).
+ *
+ * @example
+ * await findDownloadedModel("hf:alice/tiny-GGUF:Q8_0", modelsDir) // ".../hf_alice_tiny.Q8_0.gguf"
+ * @throws InvalidModelUriError when node-llama-cpp cannot parse the URI; the signal's reason when aborted.
+ */
+async function findDownloadedModel(source: string, modelsDir: string, signal: AbortSignal | undefined): Promise<string | undefined> {
+  try {
+    return await resolveWithNodeLlamaCpp(source, { directory: modelsDir, download: false, cli: false, signal });
+  } catch (err) {
+    if (signal?.aborted) throw signal.reason;
+    if (err instanceof Error && err.message.startsWith("Invalid Hugging Face URI")) {
+      throw new InvalidModelUriError(source, "node-llama-cpp cannot parse it", { cause: err });
+    }
+    return undefined;
   }
 }
 
@@ -248,8 +288,8 @@ export interface LoadBaseModelOptions {
  * const base = await loadBaseModel(llama, { source: "models/tiny.gguf", modelsDir, hashCache, gpuLayers: 0 })
  * base.sha256 // "0x…", what the provider registers on chain
  * await base.dispose()
- * @throws ModelNotFoundError, InvalidModelUriError, HashMismatchError, InvalidGgufError (see each), InvalidHashError
- * for a malformed `expectedSha256`; the signal's reason when aborted.
+ * @throws ModelNotFoundError, InvalidModelUriError, ModelHostUnreachableError, ModelDownloadError, HashMismatchError,
+ * InvalidGgufError (see each), InvalidHashError for a malformed `expectedSha256`; the signal's reason when aborted.
  */
 export async function loadBaseModel(llama: Llama, options: LoadBaseModelOptions): Promise<LoadedModel> {
   const { source, signal, onProgress } = options;
