@@ -294,11 +294,18 @@ class KeyMatcher {
     }
     this.context.re = re;
     this.context.s = haystack.length > MAX_REGEX_SCAN_CHARS ? haystack.slice(-MAX_REGEX_SCAN_CHARS) : haystack;
-    try {
-      return REGEX_TEST.runInContext(this.context, { timeout: Math.min(Math.ceil(remaining), this.perKeyMs) }) === true;
-    } catch {
-      this.warn(`regex key ${quote(key)} skipped: it ran past the time limit`);
-      return false;
+    // The limit is wall-clock time: on a loaded machine a fast regex can lose its slice to another process.
+    // A second try tells the two apart, since a catastrophic pattern runs out again (within the same deadline).
+    for (let attempt = 0; ; attempt++) {
+      const left = this.deadline - performance.now();
+      try {
+        return REGEX_TEST.runInContext(this.context, { timeout: Math.max(1, Math.min(Math.ceil(left), this.perKeyMs)) }) === true;
+      } catch (err) {
+        const timedOut = (err as { code?: unknown }).code === "ERR_SCRIPT_EXECUTION_TIMEOUT";
+        if (timedOut && attempt === 0 && this.deadline - performance.now() >= 1) continue;
+        this.warn(`regex key ${quote(key)} skipped: it ran past the time limit`);
+        return false;
+      }
     }
   }
 
