@@ -4,18 +4,11 @@
  */
 import { chmod, mkdir, readFile, rename, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { noise } from "@chainsafe/libp2p-noise";
-import { yamux } from "@chainsafe/libp2p-yamux";
 import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from "@libp2p/crypto/keys";
-import { identify, type Identify } from "@libp2p/identify";
 import type { PeerId, PrivateKey } from "@libp2p/interface";
-import { kadDHT, passthroughMapper, removePrivateAddressesMapper, type KadDHT } from "@libp2p/kad-dht";
-import { ping, type Ping } from "@libp2p/ping";
-import { tcp } from "@libp2p/tcp";
-import { webSockets } from "@libp2p/websockets";
 import { multiaddr, type Multiaddr } from "@multiformats/multiaddr";
-import { createLibp2p, type Libp2p } from "libp2p";
 import { SOULMESH_DHT_PROTOCOL } from "../../sdk/protocol/ids.js";
+import { createSoulmeshLibp2p, type SoulmeshLibp2p, type SoulmeshServices } from "../../sdk/protocol/libp2p.js";
 import { HostNotRunningError, PeerKeyCorruptError } from "./errors.js";
 
 /** Loopback TCP and WebSockets on ports the OS picks. */
@@ -26,7 +19,7 @@ export { SOULMESH_DHT_PROTOCOL };
 /** The file under `dataDir` that holds the peer's private key (libp2p protobuf encoding). */
 export const PEER_KEY_FILE = "peer.key";
 
-export type HostServices = { identify: Identify; ping: Ping; dht: KadDHT };
+export type HostServices = SoulmeshServices;
 
 export interface ProviderHostOptions {
   /** The node's data folder; holds `peer.key`. Created when missing. */
@@ -98,7 +91,7 @@ export class ProviderHost extends EventTarget {
 
   constructor(
     /** The libp2p node, for registering protocol handlers and dialing. */
-    readonly libp2p: Libp2p<HostServices>,
+    readonly libp2p: SoulmeshLibp2p,
     readonly bootstrap: readonly string[],
   ) {
     super();
@@ -166,31 +159,18 @@ export async function createProviderHost(options: ProviderHostOptions): Promise<
   await mkdir(options.dataDir, { recursive: true, mode: 0o700 });
   const privateKey = await loadOrCreatePeerKey(join(options.dataDir, PEER_KEY_FILE));
   options.signal?.throwIfAborted();
-  const announcePrivate = options.announcePrivateAddresses ?? true;
-  const libp2p = await createLibp2p({
-    start: false,
+  const libp2p = await createSoulmeshLibp2p({
+    // Server mode: every provider answers DHT queries, or a small network could not route at all.
+    dhtMode: "server",
+    listen: options.listen ?? DEFAULT_LISTEN,
     privateKey,
-    addresses: { listen: [...(options.listen ?? DEFAULT_LISTEN)] },
-    connectionManager: {
-      inboundConnectionThreshold: options.inboundConnectionsPerSecondPerHost ?? 64,
+    announcePrivateAddresses: options.announcePrivateAddresses ?? true,
+    inbound: {
+      perSecondPerHost: options.inboundConnectionsPerSecondPerHost ?? 64,
       // Handshakes in flight at once; raised with the rate so that a burst of clients is not cut short.
-      maxIncomingPendingConnections: 32,
+      pending: 32,
     },
-    transports: [tcp(), webSockets()],
-    connectionEncrypters: [noise()],
-    streamMuxers: [yamux()],
-    // Discovery is the bootstrap list plus the DHT; mDNS is left to LAN setups that add it themselves.
-    peerDiscovery: [],
-    services: {
-      identify: identify(),
-      ping: ping(),
-      dht: kadDHT({
-        protocol: SOULMESH_DHT_PROTOCOL,
-        // Server mode: every provider answers DHT queries, or a small network could not route at all.
-        clientMode: false,
-        peerInfoMapper: announcePrivate ? passthroughMapper : removePrivateAddressesMapper,
-      }),
-    },
+    signal: options.signal,
   });
   return new ProviderHost(libp2p, options.bootstrap ?? []);
 }

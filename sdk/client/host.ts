@@ -3,23 +3,15 @@
  * address is dialable), but dial-only and a DHT client, since a chat app must not become a relay for other
  * peers' queries nor open a port it did not ask for.
  */
-import { noise } from "@chainsafe/libp2p-noise";
-import { yamux } from "@chainsafe/libp2p-yamux";
-import { identify, type Identify } from "@libp2p/identify";
 import type { PrivateKey } from "@libp2p/interface";
-import { kadDHT, passthroughMapper, type KadDHT } from "@libp2p/kad-dht";
-import { ping, type Ping } from "@libp2p/ping";
-import { tcp } from "@libp2p/tcp";
-import { webSockets } from "@libp2p/websockets";
 import { multiaddr } from "@multiformats/multiaddr";
-import { createLibp2p, type Libp2p } from "libp2p";
-import { SOULMESH_DHT_PROTOCOL } from "../protocol/ids.js";
+import { createSoulmeshLibp2p, type SoulmeshLibp2p, type SoulmeshServices } from "../protocol/libp2p.js";
 import { TypedEventTarget } from "../events.js";
 
-export type ClientServices = { identify: Identify; ping: Ping; dht: KadDHT };
+export type ClientServices = SoulmeshServices;
 
 /** A client's libp2p node. */
-export type ClientLibp2p = Libp2p<ClientServices>;
+export type ClientLibp2p = SoulmeshLibp2p;
 
 export interface ClientHostOptions {
   /**
@@ -106,25 +98,14 @@ export class ClientHost extends TypedEventTarget<ClientHostEvents> {
  */
 export async function createClientHost(options: ClientHostOptions = {}): Promise<ClientHost> {
   options.signal?.throwIfAborted();
-  const libp2p = await createLibp2p({
-    start: false,
-    ...(options.privateKey !== undefined && { privateKey: options.privateKey }),
-    addresses: { listen: [...(options.listen ?? [])] },
-    transports: [tcp(), webSockets()],
-    connectionEncrypters: [noise()],
-    streamMuxers: [yamux()],
-    peerDiscovery: [],
-    services: {
-      identify: identify(),
-      ping: ping(),
-      dht: kadDHT({
-        protocol: SOULMESH_DHT_PROTOCOL,
-        // Client mode: query the providers' DHT without answering queries (we may be behind NAT, or gone soon).
-        clientMode: true,
-        // Devnets and LANs announce private addresses; a client must be able to use what it is told.
-        peerInfoMapper: passthroughMapper,
-      }),
-    },
+  const libp2p = await createSoulmeshLibp2p({
+    // Client mode: query the providers' DHT without answering queries (we may be behind NAT, or gone soon).
+    dhtMode: "client",
+    listen: options.listen ?? [],
+    privateKey: options.privateKey,
+    // Devnets and LANs announce private addresses; a client must be able to use what it is told.
+    announcePrivateAddresses: true,
+    signal: options.signal,
   });
   return new ClientHost(libp2p, options.bootstrap ?? []);
 }
