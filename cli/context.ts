@@ -94,23 +94,9 @@ export function commandContext(cmd: Command, options: CommandContextOptions = {}
   const home = resolve(g.home ?? soulmeshHome());
   const out = createOutput({ json: g.json });
   const deploymentPath = g.deployment !== undefined ? resolve(g.deployment) : devnetDeploymentPath(home);
-  const abort = new AbortController();
-  const signal = abort.signal;
-
-  let signals = 0;
-  const onSignal = (): void => {
-    signals++;
-    if (signals === 1) abort.abort(new InterruptedError());
-    else {
-      process.stderr.write("stopping at once (second signal)\n");
-      process.exit(130);
-    }
-  };
-  const handleSignals = options.handleSignals ?? true;
-  if (handleSignals) {
-    process.on("SIGINT", onSignal);
-    process.on("SIGTERM", onSignal);
-  }
+  // A command that handles Ctrl-C itself still gets a signal, one that never aborts.
+  const stops = (options.handleSignals ?? true) ? stopSignals(() => new InterruptedError()) : undefined;
+  const signal = stops?.signal ?? new AbortController().signal;
 
   let deployment: Promise<Deployment> | undefined;
   let provider: Promise<JsonRpcProvider> | undefined;
@@ -174,15 +160,62 @@ export function commandContext(cmd: Command, options: CommandContextOptions = {}
     async close() {
       if (closed) return;
       closed = true;
-      if (handleSignals) {
-        process.off("SIGINT", onSignal);
-        process.off("SIGTERM", onSignal);
-      }
+      stops?.release();
       void provider?.then((p) => p.destroy()).catch(() => {});
       await ipfs?.then((i) => i.close()).catch(() => {});
     },
   };
   return ctx;
+}
+
+/** The abort that SIGINT/SIGTERM trigger, from {@link stopSignals}. */
+export interface StopSignals {
+  /** Aborted by the first SIGINT or SIGTERM. */
+  readonly signal: AbortSignal;
+  /**
+   * Stops listening to SIGINT only, so that Ctrl-C goes to whoever else listens (an interactive chat); SIGTERM
+   * still aborts. Idempotent.
+   */
+  releaseSigint(): void;
+  /** Stops listening to both signals. Idempotent. */
+  release(): void;
+}
+
+/**
+ * Turns the first SIGINT or SIGTERM into an abort, so that a long-running command stops cleanly; a second one
+ * exits at once (code 130), for when stopping cleanly hangs. Call `release()` when the command ends.
+ *
+ * @param reason the abort's reason, made when the first signal arrives (default: the AbortSignal's own AbortError)
+ * @example
+ * const stops = stopSignals(() => new InterruptedError())
+ * try {
+ *   await work({ signal: stops.signal })
+ * } finally { stops.release() }
+ */
+export function stopSignals(reason?: () => unknown): StopSignals {
+  const abort = new AbortController();
+  let signals = 0;
+  const onSignal = (): void => {
+    if (++signals === 1) {
+      if (reason === undefined) abort.abort();
+      else abort.abort(reason());
+    } else {
+      process.stderr.write("stopping at once (second signal)\n");
+      process.exit(130);
+    }
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+  return {
+    signal: abort.signal,
+    releaseSigint() {
+      process.off("SIGINT", onSignal);
+    },
+    release() {
+      process.off("SIGINT", onSignal);
+      process.off("SIGTERM", onSignal);
+    },
+  };
 }
 
 /**

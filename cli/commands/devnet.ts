@@ -5,6 +5,7 @@ import { soulmeshHome } from "../../sdk/chain/deployment.js";
 import { SoulmeshError } from "../../sdk/errors.js";
 import { startDevnet } from "../devnet/devnet.js";
 import type { Devnet, DevnetEvent } from "../devnet/devnet.js";
+import { stopSignals } from "../context.js";
 import { apiFilePath, startLocalIpfsService } from "../ipfs/local-ipfs.js";
 import type { LocalIpfsService } from "../ipfs/local-ipfs.js";
 import { createOutput, formatUnitsFixed } from "../output.js";
@@ -99,24 +100,14 @@ async function runDevnet(
   out: Output,
   opts: { port: number; home: string; ipfsPort: number; protocolFeeBps?: number; treasury?: string },
 ): Promise<void> {
-  const abort = new AbortController();
-  let signals = 0;
-  const onSignal = (): void => {
-    if (++signals === 1) abort.abort();
-    else {
-      process.stderr.write("stopping at once (second signal)\n");
-      process.exit(130);
-    }
-  };
-  process.on("SIGINT", onSignal);
-  process.on("SIGTERM", onSignal);
+  const stops = stopSignals();
   let ipfs: LocalIpfsService | undefined;
   try {
     out.progress("starting the Soulmesh devnet…");
     const devnet = await startDevnet({
       port: opts.port,
       home: opts.home,
-      signal: abort.signal,
+      signal: stops.signal,
       onEvent: (e) => out.progress(describe(e)),
       parameters: {
         ...(opts.protocolFeeBps !== undefined && { protocolFeeBps: opts.protocolFeeBps }),
@@ -127,7 +118,7 @@ async function runDevnet(
     try {
       fee = await readProtocolFee(devnet);
       // Personas, adapters and agents' memories live on IPFS: the other commands reach this node's API.
-      ipfs = await startLocalIpfsService({ home: opts.home, port: opts.ipfsPort, signal: abort.signal, onProgress: (m) => out.progress(m) });
+      ipfs = await startLocalIpfsService({ home: opts.home, port: opts.ipfsPort, signal: stops.signal, onProgress: (m) => out.progress(m) });
     } catch (err) {
       await devnet.stop();
       throw err;
@@ -154,14 +145,13 @@ async function runDevnet(
       ].join("\n"),
     );
 
-    if (!abort.signal.aborted) await new Promise((r) => abort.signal.addEventListener("abort", r, { once: true }));
+    if (!stops.signal.aborted) await new Promise((r) => stops.signal.addEventListener("abort", r, { once: true }));
     out.progress("stopping…");
     await ipfs.stop();
     await devnet.stop();
     out.progress("devnet stopped");
   } finally {
-    process.off("SIGINT", onSignal);
-    process.off("SIGTERM", onSignal);
+    stops.release();
   }
 }
 

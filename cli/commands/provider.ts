@@ -15,6 +15,7 @@ import {
 } from "../../node/provider/provider.js";
 import { readProviderRecord, type OnChainProvider } from "../../node/provider/registration.js";
 import type { BlockStore } from "../../sdk/vault/types.js";
+import { stopSignals } from "../context.js";
 import { IpfsServiceRunningError, openLocalIpfs, startLocalIpfsService } from "../ipfs/local-ipfs.js";
 import { createOutput, formatUnitsFixed, type Output } from "../output.js";
 import { globalOptions, parsePort } from "./options.js";
@@ -193,25 +194,14 @@ async function providerIpfs(
 }
 
 async function runStart(opts: StartOptions, out: Output, home: string): Promise<void> {
-  const abort = new AbortController();
-  let signals = 0;
-  const onSignal = (): void => {
-    signals++;
-    if (signals === 1) abort.abort(new ProviderInterruptedError());
-    else {
-      process.stderr.write("stopping at once (second signal)\n");
-      process.exit(130);
-    }
-  };
-  process.on("SIGINT", onSignal);
-  process.on("SIGTERM", onSignal);
+  const stops = stopSignals(() => new ProviderInterruptedError());
   let stopIpfs: (() => Promise<void>) | undefined;
   try {
     const deploymentPath = resolve(opts.deployment ?? devnetDeploymentPath(home));
     const deployment = await readDeployment(deploymentPath);
     const privateKey = providerKey(opts, deployment);
     const dataDir = resolve(opts.dataDir ?? join(home, "provider"));
-    const ipfs = opts.ipfs ? await providerIpfs(home, opts.ipfsApi, abort.signal, out) : undefined;
+    const ipfs = opts.ipfs ? await providerIpfs(home, opts.ipfsApi, stops.signal, out) : undefined;
     stopIpfs = ipfs?.close;
     const config: ProviderConfig = {
       dataDir,
@@ -240,7 +230,7 @@ async function runStart(opts: StartOptions, out: Output, home: string): Promise<
     let node;
     try {
       node = await startProvider(config, {
-        signal: abort.signal,
+        signal: stops.signal,
         onProgress: (p) => {
           if (p.type === "step") out.progress(p.message);
           else if (p.type === "model") showModel(p.source, p.progress);
@@ -248,7 +238,7 @@ async function runStart(opts: StartOptions, out: Output, home: string): Promise<
         },
       });
     } catch (err) {
-      if (abort.signal.aborted) throw new ProviderInterruptedError();
+      if (stops.signal.aborted) throw new ProviderInterruptedError();
       throw err;
     }
     const result = {
@@ -279,14 +269,13 @@ async function runStart(opts: StartOptions, out: Output, home: string): Promise<
         "Press Ctrl-C to stop.",
       ].join("\n"),
     );
-    if (!abort.signal.aborted) await new Promise((r) => abort.signal.addEventListener("abort", r, { once: true }));
+    if (!stops.signal.aborted) await new Promise((r) => stops.signal.addEventListener("abort", r, { once: true }));
     out.progress("stopping: settling outstanding vouchers, saving sessions… (Ctrl-C again to force)");
     await node.stop();
     out.progress("provider stopped");
   } finally {
     await stopIpfs?.().catch(() => {});
-    process.off("SIGINT", onSignal);
-    process.off("SIGTERM", onSignal);
+    stops.release();
   }
 }
 

@@ -7,7 +7,7 @@ import { resolve } from "node:path";
 import type { Command } from "commander";
 import { InvalidArgumentError, Option } from "commander";
 import { soulmeshHome } from "../../sdk/chain/deployment.js";
-import { commandContext } from "../context.js";
+import { commandContext, stopSignals } from "../context.js";
 import { apiFilePath } from "../ipfs/local-ipfs.js";
 import { createOutput, formatUnitsFixed } from "../output.js";
 import type { Output } from "../output.js";
@@ -147,17 +147,7 @@ async function runUp(cmd: Command, opts: UpOptions): Promise<void> {
   const g = globalOptions(cmd);
   const out = createOutput({ json: g.json });
   const home = resolve(g.home ?? soulmeshHome());
-  const abort = new AbortController();
-  let signals = 0;
-  const onSignal = (): void => {
-    if (++signals === 1) abort.abort();
-    else {
-      process.stderr.write("stopping at once (second signal)\n");
-      process.exit(130);
-    }
-  };
-  process.on("SIGINT", onSignal);
-  process.on("SIGTERM", onSignal);
+  const stops = stopSignals();
 
   let net: LocalNetwork | undefined;
   try {
@@ -173,22 +163,23 @@ async function runUp(cmd: Command, opts: UpOptions): Promise<void> {
       deposit: opts.deposit,
       showProgressBar: tty,
       onEvent: progressPrinter(out, tty),
-      signal: abort.signal,
+      signal: stops.signal,
     });
     const { value, text } = summary(net);
     out.result(value, text);
 
-    if (opts.chat && !abort.signal.aborted) {
+    if (opts.chat && !stops.signal.aborted) {
       // The chat handles Ctrl-C itself (it cancels a turn, or ends the chat at an empty prompt); SIGTERM still
-      // stops everything, through `abort`.
-      process.off("SIGINT", onSignal);
-      await chatUntilDone(cmd, net, opts, abort.signal);
+      // stops everything, through `stops`.
+      stops.releaseSigint();
+      await chatUntilDone(cmd, net, opts, stops.signal);
     } else {
       out.progress("Press Ctrl-C to stop.");
-      if (!abort.signal.aborted) await new Promise((r) => abort.signal.addEventListener("abort", r, { once: true }));
+      if (!stops.signal.aborted) await new Promise((r) => stops.signal.addEventListener("abort", r, { once: true }));
     }
   } finally {
-    process.off("SIGINT", onSignal);
+    // No SIGINT handler while stopping: a Ctrl-C then ends the process at once, a SIGTERM waits for the stop.
+    stops.releaseSigint();
     if (net !== undefined) {
       out.progress("stopping the local network…");
       await net.stop();
@@ -196,7 +187,7 @@ async function runUp(cmd: Command, opts: UpOptions): Promise<void> {
       // A download node-llama-cpp still retries, or a socket a peer keeps open, must not hold the exit.
       setTimeout(() => process.exit(), 3_000).unref();
     }
-    process.off("SIGTERM", onSignal);
+    stops.release();
   }
 }
 

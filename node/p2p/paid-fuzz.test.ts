@@ -29,7 +29,6 @@ import {
   SessionExpiredError,
   SessionNotFoundError,
   SessionResponseSchema,
-  sessionRequestTypedData,
   UnexpectedMessageError,
   VoucherResponseSchema,
   type InferenceChunk,
@@ -50,7 +49,14 @@ import { readStream, requestProtocol, streamProtocol } from "./handler.js";
 import type { ProviderHost } from "./host.js";
 import { serveProviderProtocols, type ProviderProtocols, type ProviderSessionInfo } from "./provider-protocols.js";
 import { chainViewOf, NO_ADAPTER, type ProviderChainView } from "./sessions.js";
-import { Fixture as NetFixture, prng, rawFrame, rawJsonFrame } from "./test-support.js";
+import {
+  buildSessionRequest,
+  Fixture as NetFixture,
+  prng,
+  rawFrame,
+  rawJsonFrame,
+  signedSessionOpen,
+} from "./test-support.js";
 
 const PRICES = { input: 500_000n, output: 1_500_000n };
 const CASES = 3_000;
@@ -138,33 +144,26 @@ afterAll(async () => {
 const tcp = () => server.multiaddrs().find((m) => !m.toString().includes("/ws"))!;
 const ws = () => server.multiaddrs().find((m) => m.toString().includes("/ws"))!;
 
-let sessionNumber = BigInt(Date.now()) * 1000n;
-
-async function sessionRequest(fields: Partial<SessionRequest> = {}, who: Wallet = payer): Promise<SessionRequest> {
-  return {
-    payer: who.address,
-    provider: providerWallet.address,
-    agentId: (who === honestPayer ? honestAgent : agent).toString(),
-    personaId: persona.toString(),
-    session: (++sessionNumber).toString(),
-    priceInputPerMillion: PRICES.input.toString(),
-    priceOutputPerMillion: PRICES.output.toString(),
-    spendingCap: (10n * USD).toString(),
-    expiry: ((await chain.now()) + 3600).toString(),
-    chainId: escrow.chainId.toString(),
-    escrow: escrow.address,
-    ...fields,
-  };
-}
-
-/** Signs the typed data directly: signSessionRequest refuses to forge, and these tests must. */
-async function signed(request: SessionRequest, signer: Wallet): Promise<SessionOpen> {
-  const { domain, types, value } = sessionRequestTypedData(request);
-  return { type: "session.open", request, signature: await signer.signTypedData(domain, types, value) };
+/** This file's session requests: `who`'s agent (honestAgent for the honest payer, else the payer's), capped at 10 USD, for an hour. */
+function sessionRequest(fields: Partial<SessionRequest> = {}, who: Wallet = payer): Promise<SessionRequest> {
+  return buildSessionRequest(
+    {
+      payer: who.address,
+      provider: providerWallet.address,
+      agentId: who === honestPayer ? honestAgent : agent,
+      personaId: persona,
+      prices: PRICES,
+      spendingCap: 10n * USD,
+      escrow,
+      now: () => chain.now(),
+      ttlSeconds: 3600,
+    },
+    fields,
+  );
 }
 
 async function openSession(host: ProviderHost, fields: Partial<SessionRequest> = {}, who: Wallet = payer) {
-  const message = await signed(await sessionRequest(fields, who), who);
+  const message = await signedSessionOpen(await sessionRequest(fields, who), who);
   const answer = await requestProtocol(host.libp2p, tcp(), "session", message);
   if (answer.type !== "session.accepted") throw new Error(`not accepted: ${JSON.stringify(answer)}`);
   return { sessionId: answer.sessionId, request: message.request, message, key: keyOf(message.request) };
@@ -503,7 +502,7 @@ describe("paid protocols under attack", () => {
 
     // ---------------------------------------------------------------- junk, concurrently with the rest
     const templates: Templates = {
-      open: (await signed(await sessionRequest(), payer)) as SessionOpen,
+      open: (await signedSessionOpen(await sessionRequest(), payer)) as SessionOpen,
       victimTurn: inference(victim.sessionId, 2),
       victimNextTurn: 2,
       unpaidTurn: inference(unpaid.sessionId, 1),
@@ -545,13 +544,13 @@ describe("paid protocols under attack", () => {
     const attacks: [string, () => Promise<unknown>, new (message: string) => Error][] = [];
     const attack = (what: string, type: new (message: string) => Error, run: () => Promise<unknown>) => attacks.push([what, run, type]);
     const openAs = async (fields: Partial<SessionRequest>, signer: Wallet = payer) =>
-      requestProtocol(attackerHost.libp2p, tcp(), "session", await signed(await sessionRequest(fields), signer));
+      requestProtocol(attackerHost.libp2p, tcp(), "session", await signedSessionOpen(await sessionRequest(fields), signer));
     const chainNow = BigInt(await chain.now());
     attack("open: forged signature (a stranger signs the payer's request)", InvalidSignatureError, () => openAs({}, stranger));
     attack("open: signature of another payer", InvalidSignatureError, () => openAs({}, honestPayer));
     attack("open: the stranger's request signed by the payer", InvalidSignatureError, () => openAs({ payer: stranger.address }, payer));
     attack("open: a valid signature on a changed request", InvalidSignatureError, async () => {
-      const message = await signed(await sessionRequest(), payer);
+      const message = await signedSessionOpen(await sessionRequest(), payer);
       return requestProtocol(attackerHost.libp2p, tcp(), "session", { ...message, request: { ...message.request, spendingCap: (90n * USD).toString() } });
     });
     attack("open: another chain id", InvalidMessageError, () => openAs({ chainId: "1" }));

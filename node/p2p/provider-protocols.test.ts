@@ -27,7 +27,6 @@ import {
   ProviderBusyError,
   SessionExpiredError,
   SessionNotFoundError,
-  sessionRequestTypedData,
   UnexpectedMessageError,
   verifyReceipt,
   type InferenceChunk,
@@ -59,7 +58,13 @@ import {
   type ProviderProtocols,
 } from "./provider-protocols.js";
 import { chainViewOf, NO_ADAPTER, type ProviderChainView } from "./sessions.js";
-import { Fixture as NetFixture, prng } from "./test-support.js";
+import {
+  buildSessionRequest,
+  Fixture as NetFixture,
+  prng,
+  signedSessionOpen,
+  type SessionRequestDefaults,
+} from "./test-support.js";
 
 const PRICES = { input: 500_000n, output: 1_500_000n };
 const ADAPTER_CID = "bafyPersonaAdapter";
@@ -148,44 +153,26 @@ function serve(host: ProviderHost, on: InferenceEngine = engine): Promise<Provid
 
 const target = (host: ProviderHost = server) => host.multiaddrs().find((m) => !m.toString().includes("/ws"))!;
 
-let sessionNumber = BigInt(Date.now()) * 1000n;
-
-async function sessionRequest(fields: Partial<SessionRequest> = {}): Promise<SessionRequest> {
-  return {
-    payer: payer.address,
-    provider: providerWallet.address,
-    agentId: agentPlain.toString(),
-    personaId: personaPlain.toString(),
-    session: (++sessionNumber).toString(),
-    priceInputPerMillion: PRICES.input.toString(),
-    priceOutputPerMillion: PRICES.output.toString(),
-    spendingCap: (10n * USD).toString(),
-    expiry: ((await chain.now()) + 3600).toString(),
-    chainId: escrow.chainId.toString(),
-    escrow: escrow.address,
-    ...fields,
-  };
-}
+/** This file's session requests: `payer`'s agent on the plain persona, capped at 10 USD, for an hour. */
+const requestDefaults = (): SessionRequestDefaults => ({
+  payer: payer.address,
+  provider: providerWallet.address,
+  agentId: agentPlain,
+  personaId: personaPlain,
+  prices: PRICES,
+  spendingCap: 10n * USD,
+  escrow,
+  now: () => chain.now(),
+  ttlSeconds: 3600,
+});
 
 async function openMessage(
   fields: Partial<SessionRequest> = {},
   options: { signer?: Wallet; adapterCid?: string; stateKey?: string } = {},
 ): Promise<SessionOpen> {
-  const request = await sessionRequest(fields);
+  const request = await buildSessionRequest(requestDefaults(), fields);
   const signer = options.signer ?? (request.payer === poorPayer.address ? poorPayer : payer);
-  return {
-    type: "session.open",
-    request,
-    signature: await signer.signTypedData(...typedData(request)),
-    ...(options.adapterCid !== undefined && { adapterCid: options.adapterCid }),
-    ...(options.stateKey !== undefined && { stateKey: options.stateKey }),
-  };
-}
-
-/** The session request's typed data, signed directly: signSessionRequest refuses to forge, and a test must. */
-function typedData(request: SessionRequest): Parameters<Wallet["signTypedData"]> {
-  const { domain, types, value } = sessionRequestTypedData(request);
-  return [domain, types, value];
+  return signedSessionOpen(request, signer, options);
 }
 
 const open = (message: SessionOpen) => requestProtocol(client.libp2p, target(), "session", message);

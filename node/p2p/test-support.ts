@@ -2,7 +2,14 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { encodeVarint } from "../../sdk/protocol/index.js";
+import type { Signer } from "ethers";
+import type { EscrowRef } from "../../sdk/chain/voucher.js";
+import {
+  encodeVarint,
+  sessionRequestTypedData,
+  type SessionOpen,
+  type SessionRequest,
+} from "../../sdk/protocol/index.js";
 import { createProviderHost, type ProviderHost, type ProviderHostOptions } from "./host.js";
 import type { QuoteFacts } from "./quote.js";
 export { prng } from "../../test/helpers/prng.js";
@@ -58,3 +65,68 @@ export function rawFrame(body: Uint8Array): Uint8Array {
 
 /** A frame of `value`'s JSON, unchecked by any schema. */
 export const rawJsonFrame = (value: unknown): Uint8Array => rawFrame(new TextEncoder().encode(JSON.stringify(value)));
+
+/** What a test's session requests hold unless a case says otherwise; each file passes its own. */
+export interface SessionRequestDefaults {
+  payer: string;
+  provider: string;
+  agentId: bigint;
+  personaId: bigint;
+  prices: { input: bigint; output: bigint };
+  spendingCap: bigint;
+  escrow: EscrowRef;
+  /** The chain's time, in seconds: the request expires `ttlSeconds` after it. */
+  now: () => Promise<number>;
+  ttlSeconds: number;
+}
+
+// Past any session a run before this one used, and never the same twice in a run.
+let sessionNumber = BigInt(Date.now()) * 1000n;
+
+/**
+ * A session request on `defaults` with a fresh session number, `fields` overriding any of it.
+ *
+ * @example
+ * const request = await buildSessionRequest(defaults, { chainId: "1" })
+ */
+export async function buildSessionRequest(
+  defaults: SessionRequestDefaults,
+  fields: Partial<SessionRequest> = {},
+): Promise<SessionRequest> {
+  return {
+    payer: defaults.payer,
+    provider: defaults.provider,
+    agentId: defaults.agentId.toString(),
+    personaId: defaults.personaId.toString(),
+    session: (++sessionNumber).toString(),
+    priceInputPerMillion: defaults.prices.input.toString(),
+    priceOutputPerMillion: defaults.prices.output.toString(),
+    spendingCap: defaults.spendingCap.toString(),
+    expiry: ((await defaults.now()) + defaults.ttlSeconds).toString(),
+    chainId: defaults.escrow.chainId.toString(),
+    escrow: defaults.escrow.address,
+    ...fields,
+  };
+}
+
+/**
+ * The session.open of `request` signed by `signer`, whoever that is: it signs the typed data directly, since
+ * signSessionRequest refuses to forge and these tests must.
+ *
+ * @example
+ * const forged = await signedSessionOpen(request, stranger)
+ */
+export async function signedSessionOpen(
+  request: SessionRequest,
+  signer: Signer,
+  extras: { adapterCid?: string; stateKey?: string } = {},
+): Promise<SessionOpen> {
+  const { domain, types, value } = sessionRequestTypedData(request);
+  return {
+    type: "session.open",
+    request,
+    signature: await signer.signTypedData(domain, types, value),
+    ...(extras.adapterCid !== undefined && { adapterCid: extras.adapterCid }),
+    ...(extras.stateKey !== undefined && { stateKey: extras.stateKey }),
+  };
+}
