@@ -24,7 +24,7 @@ import { publishPersona } from "../../sdk/memory/persona/publish.js";
 import { readPublishedHead } from "../../sdk/vault/head.js";
 import { removeTinyFixtures, tinyFixtures } from "../fixtures/gguf/llama.js";
 import type { TinyFixtures } from "../fixtures/gguf/llama.js";
-import { runCli, SOULMESH_BIN } from "../helpers/cli.js";
+import { runCli, runCliJson, type CliJsonRun, SOULMESH_BIN } from "../helpers/cli.js";
 
 const USD = 1_000_000n;
 const PRICES = { input: 500_000n, output: 1_500_000n };
@@ -39,33 +39,16 @@ let contracts: SoulmeshContracts;
 let agentId: bigint;
 let noDepositAgent: bigint;
 
-interface Run {
-  code: number | null;
-  json: Record<string, unknown> & { error?: { name: string; message: string } };
-  stdout: string;
-  stderr: string;
-}
+type Run = CliJsonRun;
 
-/** `soulmesh ARGS --json` as dev account `account` of the devnet; the last stdout line parsed. */
-async function cli(args: string[], options: { home?: string; account?: string; json?: boolean } = {}): Promise<Run> {
-  const p = runCli([...args, ...(options.json === false ? [] : ["--json"]), "--home", options.home ?? home, "--deployment", devnet.deploymentPath], {
-    SOULMESH_ACCOUNT: options.account ?? "user",
-    SOULMESH_PASSWORD: "",
-    SOULMESH_RPC_URL: "",
-    SOULMESH_IPFS_API: "",
+/** Runs the CLI (with --json unless `json` is false) against the devnet, as the "user" unless `account` says. */
+function cli(args: string[], options: { home?: string; account?: string; json?: boolean } = {}): Promise<Run> {
+  return runCliJson(args, {
+    home: options.home ?? home,
+    deployment: devnet.deploymentPath,
+    account: options.account ?? "user",
+    ...(options.json !== undefined && { json: options.json }),
   });
-  p.child.stdin.end();
-  const code = await p.exited();
-  let json: Run["json"] = {};
-  if (options.json !== false) {
-    const line = p.stdout().trim().split("\n").at(-1) ?? "";
-    try {
-      json = JSON.parse(line) as Run["json"];
-    } catch {
-      throw new Error(`no JSON (exit ${code}); stdout: ${p.stdout()} stderr: ${p.stderr()}`);
-    }
-  }
-  return { code, json, stdout: p.stdout(), stderr: p.stderr() };
 }
 
 beforeAll(async () => {

@@ -19,7 +19,7 @@ import { connectContracts } from "../../sdk/chain/contracts.js";
 import type { SoulmeshContracts } from "../../sdk/chain/contracts.js";
 import { publishPersona } from "../../sdk/memory/persona/publish.js";
 import { readPublishedHead } from "../../sdk/vault/head.js";
-import { runCli } from "../helpers/cli.js";
+import { runCli, runCliJson, type CliJsonRun } from "../helpers/cli.js";
 
 let root: string;
 let home: string;
@@ -29,28 +29,11 @@ let contracts: SoulmeshContracts;
 let agentId: bigint;
 let secondAgent: bigint;
 
-interface Run {
-  code: number | null;
-  json: Record<string, any> & { error?: { name: string; message: string } };
-  stdout: string;
-  stderr: string;
-}
+type Run = CliJsonRun;
 
-async function cli(args: string[], options: { account?: string } = {}): Promise<Run> {
-  const p = runCli([...args, "--json", "--home", home, "--deployment", devnet.deploymentPath], {
-    SOULMESH_ACCOUNT: options.account ?? "user",
-    SOULMESH_PASSWORD: "",
-    SOULMESH_RPC_URL: "",
-    SOULMESH_IPFS_API: "",
-  });
-  p.child.stdin.end();
-  const code = await p.exited();
-  const line = p.stdout().trim().split("\n").at(-1) ?? "";
-  try {
-    return { code, json: JSON.parse(line) as Run["json"], stdout: p.stdout(), stderr: p.stderr() };
-  } catch {
-    throw new Error(`no JSON (exit ${code}); stdout: ${p.stdout()} stderr: ${p.stderr()}`);
-  }
+/** Runs the CLI with --json in the test's home against the devnet, as the "user" unless `account` says. */
+function cli(args: string[], options: { account?: string } = {}): Promise<Run> {
+  return runCliJson(args, { home, deployment: devnet.deploymentPath, account: options.account ?? "user" });
 }
 
 const T0 = Date.UTC(2025, 0, 10, 9, 0, 0);

@@ -29,7 +29,7 @@ import type { DevAccount } from "../../sdk/chain/dev-accounts.js";
 import { exportCharacterCard, parseCharacterCard } from "../../sdk/memory/persona/card.js";
 import { tinyFixtures } from "../fixtures/gguf/llama.js";
 import type { TinyFixtures } from "../fixtures/gguf/llama.js";
-import { runCli } from "../helpers/cli.js";
+import { runCli, runCliJson, type CliJsonRun } from "../helpers/cli.js";
 
 const DEMO_CARD = fileURLToPath(new URL("../../cli/up/demo-persona.json", import.meta.url));
 
@@ -42,28 +42,11 @@ let fx: TinyFixtures;
 let user: DevAccount;
 let creator: DevAccount;
 
-interface Run {
-  code: number | null;
-  json: Record<string, unknown> & { error?: { name: string; message: string } };
-  stderr: string;
-}
+type Run = CliJsonRun;
 
 /** Runs the CLI with --json in the test's home against the devnet and its IPFS service. */
-async function cli(args: string[]): Promise<Run> {
-  const p = runCli([...args, "--json", "--home", home, "--deployment", devnet.deploymentPath], {
-    SOULMESH_PASSWORD: "",
-    SOULMESH_ACCOUNT: "",
-    SOULMESH_RPC_URL: "",
-    SOULMESH_IPFS_API: "",
-  });
-  p.child.stdin.end();
-  const code = await p.exited();
-  const line = p.stdout().trim().split("\n").at(-1) ?? "";
-  try {
-    return { code, json: JSON.parse(line) as Run["json"], stderr: p.stderr() };
-  } catch {
-    throw new Error(`no JSON (exit ${code}); stdout: ${p.stdout()} stderr: ${p.stderr()}`);
-  }
+function cli(args: string[]): Promise<Run> {
+  return runCliJson(args, { home, deployment: devnet.deploymentPath });
 }
 
 const units = (m: unknown): bigint => BigInt((m as { units: string }).units);

@@ -17,7 +17,7 @@ import type { LocalIpfsService } from "../../cli/ipfs/local-ipfs.js";
 import { connectContracts } from "../../sdk/chain/contracts.js";
 import type { SoulmeshContracts } from "../../sdk/chain/contracts.js";
 import type { DevAccount } from "../../sdk/chain/dev-accounts.js";
-import { runCli } from "../helpers/cli.js";
+import { runCli, runCliJson, type CliJsonRun } from "../helpers/cli.js";
 
 const DEMO_CARD = fileURLToPath(new URL("../../cli/up/demo-persona.json", import.meta.url));
 /** Any SHA-256 names a base model for publishing; no provider runs it in this test. */
@@ -32,28 +32,11 @@ let user: DevAccount;
 let creator: DevAccount;
 let personaId: bigint;
 
-interface Run {
-  code: number | null;
-  json: Record<string, unknown> & { error?: { name: string; message: string } };
-  stderr: string;
-}
+type Run = CliJsonRun;
 
 /** Runs the CLI with --json in the test's home against the devnet and its IPFS service. */
-async function cli(args: string[]): Promise<Run> {
-  const p = runCli([...args, "--json", "--home", home, "--deployment", devnet.deploymentPath], {
-    SOULMESH_PASSWORD: "",
-    SOULMESH_ACCOUNT: "",
-    SOULMESH_RPC_URL: "",
-    SOULMESH_IPFS_API: "",
-  });
-  p.child.stdin.end();
-  const code = await p.exited();
-  const line = p.stdout().trim().split("\n").at(-1) ?? "";
-  try {
-    return { code, json: JSON.parse(line) as Run["json"], stderr: p.stderr() };
-  } catch {
-    throw new Error(`no JSON (exit ${code}); stdout: ${p.stdout()} stderr: ${p.stderr()}`);
-  }
+function cli(args: string[]): Promise<Run> {
+  return runCliJson(args, { home, deployment: devnet.deploymentPath });
 }
 
 const units = (m: unknown): bigint => BigInt((m as { units: string }).units);

@@ -58,3 +58,44 @@ export function runCli(args: string[], env: Record<string, string> = {}): CliPro
     },
   };
 }
+
+/** What a finished `soulmesh … --json` printed: its exit code, its last stdout line as JSON, and its output. */
+export interface CliJsonRun {
+  code: number | null;
+  /** Loosely typed on purpose: each test asserts the shape of what it reads. */
+  json: Record<string, any> & { error?: { name: string; message: string } };
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Runs `soulmesh ARGS… --json` to the end in `home` against `deployment`, with the SOULMESH_* variables of this
+ * environment cleared so that only what the test passes counts (`account` sets SOULMESH_ACCOUNT).
+ *
+ * @example
+ * const { code, json } = await runCliJson(["balance"], { home, deployment: devnet.deploymentPath, account: "user" })
+ */
+export async function runCliJson(
+  args: string[],
+  options: { home: string; deployment: string; account?: string; json?: boolean; env?: Record<string, string> },
+): Promise<CliJsonRun> {
+  const p = runCli([...args, ...(options.json === false ? [] : ["--json"]), "--home", options.home, "--deployment", options.deployment], {
+    SOULMESH_ACCOUNT: options.account ?? "",
+    SOULMESH_PASSWORD: "",
+    SOULMESH_RPC_URL: "",
+    SOULMESH_IPFS_API: "",
+    ...options.env,
+  });
+  p.child.stdin.end();
+  const code = await p.exited();
+  let json: CliJsonRun["json"] = {};
+  if (options.json !== false) {
+    const line = p.stdout().trim().split("\n").at(-1) ?? "";
+    try {
+      json = JSON.parse(line) as CliJsonRun["json"];
+    } catch {
+      throw new Error(`no JSON (exit ${code}); stdout: ${p.stdout()} stderr: ${p.stderr()}`);
+    }
+  }
+  return { code, json, stdout: p.stdout(), stderr: p.stderr() };
+}
