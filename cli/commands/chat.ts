@@ -15,6 +15,7 @@ import { explainTurnError, openCliAgent, parseAgentId } from "../agent-session.j
 import type { CliAgent } from "../agent-session.js";
 import { withContext } from "../context.js";
 import type { CommandContext } from "../context.js";
+import { plural } from "../output.js";
 import { money, parseTokenAmount, showMoney, tokenInfo } from "./escrow.js";
 import type { TokenInfo } from "./escrow.js";
 
@@ -315,7 +316,7 @@ async function chatLoop(session: CliAgent, hooks: LoopHooks): Promise<ChatSummar
   const { published } = await session.close();
   const head = agent.vault.head;
   say(
-    `Chat ended: ${turns} turns${cancelled > 0 ? ` (${cancelled} cancelled)` : ""}, spent ${showMoney(agent.spent, token)}. ` +
+    `Chat ended: ${plural(turns, "turn")}${cancelled > 0 ? ` (${cancelled} cancelled)` : ""}, spent ${showMoney(agent.spent, token)}. ` +
       (published !== undefined
         ? `Memory head ${published.cid} (#${published.seq}) published on chain.\n`
         : head !== undefined

@@ -514,7 +514,7 @@ export async function startProvider(config: ProviderConfig, options: StartProvid
         ...(signal && { signal }),
         onProgress: step,
       });
-      step(`registration ${registration.action}`);
+      step(`on-chain record ${registration.action}`);
     }
 
     // ------------------------------------------------------------------------------------ metrics and state

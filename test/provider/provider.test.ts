@@ -192,7 +192,7 @@ describe("startProvider", () => {
     const state = JSON.parse(await readFile(join(dataDir, STATE_FILE), "utf8"));
     expect(state).toMatchObject({ pid: process.pid, peerId: node.peerId, address: node.address, metricsUrl: node.metricsUrl });
     expect(await readProviderState(dataDir)).toEqual(state);
-    expect(progress.some((p) => p.type === "step" && p.message.includes("registration registered"))).toBe(true);
+    expect(progress.some((p) => p.type === "step" && p.message.includes("on-chain record registered"))).toBe(true);
     expect(progress.some((p) => p.type === "model" && p.progress.phase === "load")).toBe(true);
   });
 
