@@ -5,6 +5,8 @@ import type { ContractTransactionResponse, Log, TransactionReceipt } from "ether
 import type { InferenceEscrow, SoulmeshContracts } from "../../sdk/chain/contracts.js";
 import { ContractRevertError } from "../../sdk/chain/errors.js";
 import { withRevertDecoding } from "../../sdk/chain/revert.js";
+import { settlementsPaidTo } from "../../sdk/chain/creator-report.js";
+import type { PersonaTransfer } from "../../sdk/chain/creator-report.js";
 import { readSettlements } from "../../sdk/chain/usage.js";
 import type { Settlement } from "../../sdk/chain/usage.js";
 import { SoulmeshError } from "../../sdk/errors.js";
@@ -469,23 +471,18 @@ export async function readEarnings(contracts: SoulmeshContracts, address: string
   }
 
   // Royalties go to whoever held the persona when the voucher settled: follow this account's holdings.
-  const position = (l: { blockNumber: number; index: number }): number => l.blockNumber * 1e6 + l.index;
-  const holdings = new Map<bigint, { at: number; holds: boolean }[]>();
-  for (const [logs, holds] of [[transfersIn, true], [transfersOut, false]] as const) {
-    for (const l of logs) {
-      const id = l.args.tokenId;
-      holdings.set(id, [...(holdings.get(id) ?? []), { at: position(l), holds }]);
-    }
-  }
+  const transfers: PersonaTransfer[] = [...transfersIn, ...transfersOut].map((l) => ({
+    blockNumber: l.blockNumber,
+    logIndex: l.index,
+    transactionHash: l.transactionHash,
+    personaId: l.args.tokenId,
+    from: l.args.from,
+    to: l.args.to,
+  }));
   const creatorSettlements: Settlement[] = [];
-  for (const [personaId, events] of holdings) {
-    events.sort((a, b) => a.at - b.at);
+  for (const personaId of new Set(transfersIn.map((l) => l.args.tokenId))) {
     const settled = await readSettlements(escrow, range, { personaId });
-    for (const s of settled) {
-      const at = position({ blockNumber: s.blockNumber, index: s.logIndex });
-      const last = events.filter((e) => e.at < at).at(-1);
-      if (last?.holds === true && s.royaltyAmount > 0n) creatorSettlements.push(s);
-    }
+    creatorSettlements.push(...settlementsPaidTo(address, transfers, settled).filter((s) => s.royaltyAmount > 0n));
   }
   const byPersona = new Map<bigint, PersonaTotal>();
   for (const s of creatorSettlements) {

@@ -8,3 +8,4 @@ export * from "./rpc.js";
 export * from "./providers.js";
 export * from "./usage.js";
 export * from "./voucher.js";
+export * from "./creator-report.js";
