@@ -5,7 +5,7 @@ import type { ContractTransactionResponse, Log, TransactionReceipt } from "ether
 import type { InferenceEscrow, SoulmeshContracts } from "../../sdk/chain/contracts.js";
 import { ContractRevertError } from "../../sdk/chain/errors.js";
 import { withRevertDecoding } from "../../sdk/chain/revert.js";
-import { settlementsPaidTo } from "../../sdk/chain/creator-report.js";
+import { personaTransferOf, settlementsPaidTo } from "../../sdk/chain/creator-report.js";
 import type { PersonaTransfer } from "../../sdk/chain/creator-report.js";
 import { readSettlements } from "../../sdk/chain/usage.js";
 import type { Settlement } from "../../sdk/chain/usage.js";
@@ -471,14 +471,7 @@ export async function readEarnings(contracts: SoulmeshContracts, address: string
   }
 
   // Royalties go to whoever held the persona when the voucher settled: follow this account's holdings.
-  const transfers: PersonaTransfer[] = [...transfersIn, ...transfersOut].map((l) => ({
-    blockNumber: l.blockNumber,
-    logIndex: l.index,
-    transactionHash: l.transactionHash,
-    personaId: l.args.tokenId,
-    from: l.args.from,
-    to: l.args.to,
-  }));
+  const transfers: PersonaTransfer[] = [...transfersIn, ...transfersOut].map(personaTransferOf);
   const creatorSettlements: Settlement[] = [];
   for (const personaId of new Set(transfersIn.map((l) => l.args.tokenId))) {
     const settled = await readSettlements(escrow, range, { personaId });

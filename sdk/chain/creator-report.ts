@@ -173,6 +173,28 @@ export interface PersonaTransfer {
   to: string;
 }
 
+/**
+ * A persona NFT's Transfer log as a {@link PersonaTransfer}.
+ *
+ * @example
+ * const transfers = (await personas.queryFilter(personas.filters.Transfer(undefined, creator))).map(personaTransferOf)
+ */
+export function personaTransferOf(log: {
+  blockNumber: number;
+  index: number;
+  transactionHash: string;
+  args: { tokenId: bigint; from: string; to: string };
+}): PersonaTransfer {
+  return {
+    blockNumber: log.blockNumber,
+    logIndex: log.index,
+    transactionHash: log.transactionHash,
+    personaId: log.args.tokenId,
+    from: log.args.from,
+    to: log.args.to,
+  };
+}
+
 /** One withdrawal of earnings. */
 export interface EarningsWithdrawal {
   blockNumber: number;
@@ -347,14 +369,7 @@ export async function readCreatorReport(options: CreatorReportOptions): Promise<
 
   const transfersWhere = (from: string | undefined, to: string | undefined) => (a: number, b: number) =>
     chunked(a, b, size, signal, async (x, y): Promise<PersonaTransfer[]> =>
-      (await personas.queryFilter(personas.filters.Transfer(from, to, undefined), x, y)).map((l) => ({
-        blockNumber: l.blockNumber,
-        logIndex: l.index,
-        transactionHash: l.transactionHash,
-        personaId: l.args.tokenId,
-        from: l.args.from,
-        to: l.args.to,
-      })),
+      (await personas.queryFilter(personas.filters.Transfer(from, to, undefined), x, y)).map(personaTransferOf),
     );
   const [transfersIn, transfersOut, withdrawals] = await Promise.all([
     cached(key(personasAt, "Transfer", `to=${creator}`), transfersWhere(undefined, creator)),
