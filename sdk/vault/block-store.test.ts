@@ -10,6 +10,7 @@ import { CID } from "multiformats/cid";
 import * as raw from "multiformats/codecs/raw";
 import { sha256 } from "multiformats/hashes/sha2";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { cborBlock, rawBlock, rejection } from "../../test/helpers/blocks.js";
 import { createBlockStore, createHeliaBlockStore, createKuboBlockStore } from "./block-store.js";
 import type { HeliaBlockStore, KuboBlockStore } from "./block-store.js";
 import {
@@ -22,25 +23,6 @@ import {
 } from "./block-store-errors.js";
 
 const text = new TextEncoder();
-
-async function rawBlock(content: string): Promise<{ cid: CID; bytes: Uint8Array }> {
-  const bytes = text.encode(content);
-  return { cid: CID.createV1(raw.code, await sha256.digest(bytes)), bytes };
-}
-
-async function cborBlock(value: unknown): Promise<{ cid: CID; bytes: Uint8Array }> {
-  const bytes = dagCbor.encode(value);
-  return { cid: CID.createV1(dagCbor.code, await sha256.digest(bytes)), bytes };
-}
-
-async function rejection(promise: Promise<unknown>): Promise<unknown> {
-  try {
-    await promise;
-  } catch (err) {
-    return err;
-  }
-  throw new Error("expected a rejection");
-}
 
 describe("Helia block store", () => {
   let root: string;

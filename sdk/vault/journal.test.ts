@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Level } from "level";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { rejection } from "../../test/helpers/blocks.js";
 import { SoulmeshError } from "../errors.js";
 import { CRASH_AGENT, prng } from "./journal-crash-child.js";
 import {
@@ -34,15 +35,6 @@ function journal(dir: string, key: Uint8Array, ref: Partial<typeof REF> = {}): T
   const j = new TurnJournal({ dir, key, ...REF, ...ref });
   journals.push(j);
   return j;
-}
-
-async function rejection(promise: Promise<unknown>): Promise<unknown> {
-  try {
-    await promise;
-  } catch (err) {
-    return err;
-  }
-  throw new Error("expected a rejection");
 }
 
 /** Every file under `dir` (LevelDB logs, tables, manifest, LOG) that contains `needle`. */

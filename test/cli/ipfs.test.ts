@@ -5,12 +5,10 @@ import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import * as dagCbor from "@ipld/dag-cbor";
 import { create as createKuboClient } from "kubo-rpc-client";
-import { CID } from "multiformats/cid";
-import * as raw from "multiformats/codecs/raw";
-import { sha256 } from "multiformats/hashes/sha2";
+import type { CID } from "multiformats/cid";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { cborBlock, rawBlock, rejection } from "../helpers/blocks.js";
 import {
   apiFilePath,
   IpfsServiceRunningError,
@@ -36,25 +34,6 @@ import {
 } from "../../sdk/vault/block-store-errors.js";
 
 const text = new TextEncoder();
-
-async function rawBlock(content: string | Uint8Array): Promise<{ cid: CID; bytes: Uint8Array }> {
-  const bytes = typeof content === "string" ? text.encode(content) : content;
-  return { cid: CID.createV1(raw.code, await sha256.digest(bytes)), bytes };
-}
-
-async function cborBlock(value: unknown): Promise<{ cid: CID; bytes: Uint8Array }> {
-  const bytes = dagCbor.encode(value);
-  return { cid: CID.createV1(dagCbor.code, await sha256.digest(bytes)), bytes };
-}
-
-async function rejection(promise: Promise<unknown>): Promise<unknown> {
-  try {
-    await promise;
-  } catch (err) {
-    return err;
-  }
-  throw new Error("expected a rejection");
-}
 
 async function freePort(): Promise<number> {
   const server = createServer();
