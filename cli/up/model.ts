@@ -22,17 +22,6 @@ import { hfUriProblem, isHuggingFaceUri, resolveModelFile } from "../../node/eng
 import type { ResolveModelOptions } from "../../node/engine/models.js";
 import { TINY, writeTinyLlama } from "../../node/engine/tiny-llama.js";
 
-// The probe and its errors moved to node/engine (provider start uses them too); re-exported for `up`'s callers.
-export {
-  DEFAULT_PROBE_TIMEOUT_MS,
-  huggingFaceEndpoint,
-  ModelDownloadError,
-  ModelHostUnreachableError,
-  modelProbeUrl,
-  probeModelHost,
-} from "../../node/engine/model-probe.js";
-export type { ModelProbe } from "../../node/engine/model-probe.js";
-
 /** The default model: Qwen2.5 0.5B Instruct, Q4_K_M (about 400 MB), a small real chat model. */
 export const DEFAULT_MODEL_URI = "hf:Qwen/Qwen2.5-0.5B-Instruct-GGUF/qwen2.5-0.5b-instruct-q4_k_m.gguf";
 

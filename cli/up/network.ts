@@ -29,7 +29,8 @@ import { startLocalIpfsService } from "../ipfs/local-ipfs.js";
 import { formatUnitsFixed } from "../output.js";
 import type { LocalIpfsService } from "../ipfs/local-ipfs.js";
 import { resolveUpModel } from "./model.js";
-import type { ModelDownloader, ModelProbe, UpModel } from "./model.js";
+import type { ModelDownloader, UpModel } from "./model.js";
+import type { ModelProbe } from "../../node/engine/model-probe.js";
 
 /** The demo persona's character card. */
 export const DEMO_PERSONA_CARD = new URL("./demo-persona.json", import.meta.url);

@@ -11,15 +11,8 @@ import { JsonRpcProvider } from "ethers";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ModelNotFoundError, InvalidModelUriError } from "../../node/engine/errors.js";
 import { apiFilePath, openLocalIpfs } from "../../cli/ipfs/local-ipfs.js";
-import {
-  DEFAULT_MODEL_URI,
-  ModelDownloadError,
-  fallbackMessage,
-  huggingFaceEndpoint,
-  modelProbeUrl,
-  resolveUpModel,
-  TINY_MODEL_FILE,
-} from "../../cli/up/model.js";
+import { DEFAULT_MODEL_URI, fallbackMessage, resolveUpModel, TINY_MODEL_FILE } from "../../cli/up/model.js";
+import { huggingFaceEndpoint, ModelDownloadError, modelProbeUrl } from "../../node/engine/model-probe.js";
 import { UP_DEFAULTS } from "../../cli/up/network.js";
 import { connectContracts } from "../../sdk/chain/contracts.js";
 import type { SoulmeshContracts } from "../../sdk/chain/contracts.js";
