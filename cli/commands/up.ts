@@ -138,6 +138,7 @@ function summary(net: LocalNetwork): { value: Record<string, unknown>; text: str
       ["soulmesh balance", "the user's deposit"],
       [`soulmesh provider status --data-dir ${net.providerDataDir}`, "the provider"],
       ["soulmesh earnings --account creator", "the persona's royalties"],
+      ["soulmesh dashboard", "the creator dashboard in a browser"],
     ].map(([command, what]) => `  ${envPrefix}${command!.padEnd(36)} # ${what}`),
   ].join("\n");
   return { value, text };
