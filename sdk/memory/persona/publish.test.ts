@@ -18,13 +18,17 @@ import { NotACharacterCardError } from "./errors.js";
 import { v2Card, v3Card } from "./fixtures.js";
 import { encodePersonaManifest, PersonaManifestError, PersonaManifestMismatchError, type PersonaManifest } from "./manifest.js";
 import {
+  AdapterSizeMismatchError,
   checkLoraHeader,
   InvalidPersonaParameterError,
   listPersonas,
   NotALoraAdapterError,
+  preparePersona,
   publishPersona,
   readPersona,
+  storePersonaAdapter,
 } from "./publish.js";
+import type { CID as CidType } from "multiformats/cid";
 
 const json = (value: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(value));
 const sha256Hex = (bytes: Uint8Array): string => `0x${createHash("sha256").update(bytes).digest("hex")}`;
@@ -239,5 +243,147 @@ describe("checkLoraHeader", () => {
     const badVersion = Uint8Array.from(lora);
     badVersion[4] = 9;
     expect(() => checkLoraHeader(badVersion, badVersion.length)).toThrow(/version 9/);
+  });
+});
+
+/** A memory store that records pins, to tell "stored but unpinned" from "kept". */
+class PinningStore extends MemoryBlockStore {
+  readonly pins = new Set<string>();
+  async pin(cid: CidType): Promise<void> {
+    this.pins.add(cid.toString());
+  }
+}
+
+/** Yields `bytes` in pieces of `size` bytes, and records whether the consumer closed it early. */
+function chunked(bytes: Uint8Array, size: number): AsyncIterable<Uint8Array> & { closed: boolean; pulled: number } {
+  const source = {
+    closed: false,
+    pulled: 0,
+    [Symbol.asyncIterator](): AsyncIterator<Uint8Array> {
+      let at = 0;
+      return {
+        async next() {
+          if (at >= bytes.byteLength) return { done: true, value: undefined };
+          const chunk = bytes.subarray(at, at + size);
+          at += chunk.byteLength;
+          source.pulled += chunk.byteLength;
+          return { done: false, value: chunk };
+        },
+        async return() {
+          source.closed = true;
+          return { done: true, value: undefined };
+        },
+      };
+    },
+  };
+  return source;
+}
+
+describe("storePersonaAdapter and preparePersona", () => {
+  let fx: TinyFixtures;
+  let lora: Uint8Array;
+  // A LoRA header followed by 2.5 MiB more: the header check reads only the first MiB, the rest streams.
+  let big: Uint8Array;
+
+  beforeAll(async () => {
+    fx = await tinyFixtures();
+    lora = new Uint8Array(await readFsFile(fx.adapters[0]!.path));
+    big = new Uint8Array(lora.byteLength + 2.5 * 1024 * 1024);
+    big.set(lora);
+    for (let i = lora.byteLength; i < big.byteLength; i++) big[i] = i % 251;
+  });
+
+  it("stores a streamed adapter in odd-sized chunks: hash, bytes and pin as for a file", async () => {
+    const store = new PinningStore();
+    const progress: number[] = [];
+    const stored = await storePersonaAdapter(store, { stream: chunked(big, 300_001), size: big.byteLength }, {
+      onProgress: (done, total) => {
+        expect(total).toBe(big.byteLength);
+        progress.push(done);
+      },
+    });
+    expect(stored).toEqual({ cid: stored.cid, sha256: sha256Hex(big), size: big.byteLength });
+    expect(progress.at(-1)).toBe(big.byteLength);
+    expect(store.pins).toEqual(new Set([stored.cid]));
+    expect(Buffer.from(await readFile(store, CID.parse(stored.cid))).equals(Buffer.from(big))).toBe(true);
+    // Same bytes, same CID and hash, whatever the source.
+    expect(await storePersonaAdapter(new MemoryBlockStore(), { bytes: big })).toEqual(stored);
+    expect(await storePersonaAdapter(new MemoryBlockStore(), { path: fx.adapters[0]!.path })).toMatchObject({
+      sha256: fx.adapters[0]!.sha256,
+      size: lora.byteLength,
+    });
+  });
+
+  it("refuses a stream shorter or longer than announced, pinning nothing", async () => {
+    for (const [bytes, size] of [
+      [big.subarray(0, big.byteLength - 1), big.byteLength], // short after the header
+      [lora.subarray(0, 1000), lora.byteLength], // short inside the header
+      [big, big.byteLength - 10], // long
+      [lora, lora.byteLength - 1], // long, within the first MiB
+    ] as const) {
+      const store = new PinningStore();
+      const err = await storePersonaAdapter(store, { stream: chunked(bytes, 65_536), size }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(AdapterSizeMismatchError);
+      expect(err).toMatchObject({ expected: size });
+      expect(store.pins.size).toBe(0);
+    }
+    await expect(storePersonaAdapter(new MemoryBlockStore(), { stream: chunked(lora, 10), size: -1 })).rejects.toBeInstanceOf(
+      InvalidPersonaParameterError,
+    );
+  });
+
+  it("refuses a stream that is no LoRA after its first MiB alone, storing nothing and closing the source", async () => {
+    const model = new Uint8Array(await readFsFile(fx.base.path));
+    const padded = new Uint8Array(3 * 1024 * 1024);
+    padded.set(model.subarray(0, Math.min(model.byteLength, padded.byteLength)));
+    for (const bytes of [padded, json("not gguf")]) {
+      const store = new PinningStore();
+      const source = chunked(bytes, 100_000);
+      await expect(storePersonaAdapter(store, { stream: source, size: bytes.byteLength })).rejects.toBeInstanceOf(NotALoraAdapterError);
+      expect(store.blocks.size).toBe(0);
+      expect(source.closed).toBe(true);
+      expect(source.pulled).toBeLessThanOrEqual(Math.min(bytes.byteLength, 1024 * 1024 + 100_000));
+    }
+  });
+
+  it("prepares a persona around an adapter stored before, and checks that it is in the store", async () => {
+    const store = new PinningStore();
+    const stored = await storePersonaAdapter(store, { bytes: lora });
+    const cardBytes = json(v2Card());
+    const stages: string[] = [];
+    const prepared = await preparePersona({
+      store,
+      card: cardBytes,
+      adapter: { stored },
+      baseModelHash: fx.base.sha256.toUpperCase().replace("0X", "0x"),
+      baseModelName: "tiny",
+      onProgress: (p) => stages.push(p.stage),
+    });
+    expect(stages).not.toContain("adapter");
+    expect(prepared).toMatchObject({ adapterCid: stored.cid, adapterSha256: stored.sha256, baseModelHash: fx.base.sha256 });
+    expect(prepared.manifest.adapter).toEqual(stored);
+    const manifest = JSON.parse(new TextDecoder().decode(await readFile(store, CID.parse(prepared.manifestCid))));
+    expect(manifest).toMatchObject({ card: { cid: prepared.cardCid }, adapter: stored, baseModel: { hash: fx.base.sha256, name: "tiny" } });
+    expect(store.pins).toEqual(new Set([stored.cid, prepared.cardCid, prepared.manifestCid]));
+
+    // Without an adapter: the zero hash.
+    const bare = await preparePersona({ store, card: cardBytes, baseModelHash: fx.base.sha256 });
+    expect(bare.adapterSha256).toBe(ZeroHash);
+    expect(bare.manifest.adapter).toBeUndefined();
+
+    // An adapter record whose blocks are elsewhere, a bad card or hash: refused before anything is stored.
+    const empty = new PinningStore();
+    const base = { store: empty, card: cardBytes, baseModelHash: fx.base.sha256 };
+    await expect(preparePersona({ ...base, adapter: { stored } })).rejects.toBeInstanceOf(InvalidPersonaParameterError);
+    await expect(preparePersona({ ...base, adapter: { stored: { ...stored, cid: "nope" } } })).rejects.toBeInstanceOf(
+      InvalidPersonaParameterError,
+    );
+    await expect(preparePersona({ ...base, card: json({ hello: 1 }) })).rejects.toBeInstanceOf(NotACharacterCardError);
+    await expect(preparePersona({ ...base, baseModelHash: ZeroHash })).rejects.toBeInstanceOf(InvalidPersonaParameterError);
+    await expect(
+      preparePersona({ ...base, adapter: { stream: chunked(json("junk"), 3), size: 6 } }),
+    ).rejects.toBeInstanceOf(NotALoraAdapterError);
+    expect(empty.blocks.size).toBe(0);
+    expect(empty.pins.size).toBe(0);
   });
 });

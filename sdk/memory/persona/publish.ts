@@ -10,7 +10,7 @@
  */
 import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
-import { open, stat } from "node:fs/promises";
+import { open } from "node:fs/promises";
 import { ZeroHash } from "ethers";
 import type { Log } from "ethers";
 import type { PersonaRegistry } from "../../chain/contracts.js";
@@ -57,30 +57,210 @@ export class NotALoraAdapterError extends SoulmeshError {
   }
 }
 
-/** Where {@link publishPersona} is. */
+/**
+ * An adapter's bytes as {@link storePersonaAdapter} takes them: in memory, a file (streamed, never read whole),
+ * or a stream of announced size (an HTTP upload).
+ */
+export type AdapterSource = { bytes: Uint8Array } | { path: string } | { stream: AsyncIterable<Uint8Array>; size: number };
+
+/** An adapter stored and pinned by {@link storePersonaAdapter}: what a manifest and the chain record of it. */
+export interface StoredAdapter {
+  /** The UnixFS file's root CID. */
+  cid: string;
+  /** "0x" + 64 lowercase hex digits: what PersonaRegistry records and providers check before loading. */
+  sha256: string;
+  size: number;
+}
+
+/** An adapter stream that ended before, or ran past, the size it announced. Nothing was pinned. */
+export class AdapterSizeMismatchError extends SoulmeshError {
+  override readonly name = "AdapterSizeMismatchError";
+  constructor(
+    readonly expected: number,
+    /** Bytes received: all of them when short, those seen up to the overrun when long. */
+    readonly received: number,
+  ) {
+    super(
+      `${received < expected ? `The adapter ended after ${received} bytes` : `The adapter ran past its size (${received} bytes seen)`}, ` +
+        `${expected} were announced: the upload was cut off or the file changed while it was read. Nothing was pinned; ` +
+        `send the adapter again.`,
+    );
+  }
+}
+
+/** Options of {@link storePersonaAdapter}. */
+export interface StorePersonaAdapterOptions {
+  /** Bytes stored so far, out of the adapter's size. */
+  onProgress?: (bytesDone: number, bytesTotal: number) => void;
+  signal?: AbortSignal;
+}
+
+/** An adapter whose header was checked, ready to be stored; close() releases its source if it is not stored. */
+interface OpenedAdapter {
+  size: number;
+  chunks: AsyncIterable<Uint8Array> | Iterable<Uint8Array>;
+  close(): Promise<void>;
+}
+
+/**
+ * Stores a LoRA adapter on IPFS as a UnixFS file, hashing it as it goes, and pins it. Its GGUF header is
+ * checked on the first {@link ADAPTER_HEADER_BYTES} (buffered first, for a stream) before anything is stored;
+ * a stream must deliver exactly `size` bytes.
+ *
+ * @example
+ * const stored = await storePersonaAdapter(store, { stream: request, size: contentLength })
+ * await preparePersona({ store, card, adapter: { stored }, baseModelHash })
+ * @throws NotALoraAdapterError (nothing stored), AdapterSizeMismatchError (nothing pinned),
+ * InvalidPersonaParameterError (a size that is no byte count), the store's and the source's errors; the
+ * signal's reason when aborted.
+ */
+export async function storePersonaAdapter(
+  store: BlockStore,
+  source: AdapterSource,
+  options: StorePersonaAdapterOptions = {},
+): Promise<StoredAdapter> {
+  options.signal?.throwIfAborted();
+  return storeOpenedAdapter(store, await openAdapter(source, options.signal), options);
+}
+
+async function storeOpenedAdapter(store: BlockStore, adapter: OpenedAdapter, options: StorePersonaAdapterOptions): Promise<StoredAdapter> {
+  const { signal, onProgress } = options;
+  const hash = createHash("sha256");
+  let seen = 0;
+  async function* checked(): AsyncGenerator<Uint8Array> {
+    for await (const chunk of adapter.chunks) {
+      seen += chunk.byteLength;
+      // Refused as it happens: a source that never ends must not fill the store.
+      if (seen > adapter.size) throw new AdapterSizeMismatchError(adapter.size, seen);
+      hash.update(chunk);
+      yield chunk;
+    }
+    if (seen < adapter.size) throw new AdapterSizeMismatchError(adapter.size, seen);
+  }
+  try {
+    const file = await addFile(store, checked(), { signal, onProgress: (done) => onProgress?.(done, adapter.size) });
+    await store.pin?.(file.cid, { signal });
+    return { cid: file.cid.toString(), sha256: `0x${hash.digest("hex")}`, size: file.size };
+  } finally {
+    await adapter.close();
+  }
+}
+
+/** Checks the adapter's GGUF header, before anything is stored. */
+async function openAdapter(source: AdapterSource, signal: AbortSignal | undefined): Promise<OpenedAdapter> {
+  if ("bytes" in source) {
+    checkLoraHeader(source.bytes.subarray(0, ADAPTER_HEADER_BYTES), source.bytes.byteLength);
+    return { size: source.bytes.byteLength, chunks: [source.bytes], close: async () => {} };
+  }
+  if ("path" in source) return openAdapterFile(source.path, signal);
+  return openAdapterStream(source.stream, source.size, signal);
+}
+
+async function openAdapterFile(path: string, signal: AbortSignal | undefined): Promise<OpenedAdapter> {
+  const handle = await open(path, "r");
+  let size: number;
+  try {
+    signal?.throwIfAborted();
+    size = (await handle.stat()).size;
+    const head = new Uint8Array(Math.min(size, ADAPTER_HEADER_BYTES));
+    const { bytesRead } = await handle.read(head, 0, head.byteLength, 0);
+    checkLoraHeader(head.subarray(0, bytesRead), size);
+  } finally {
+    await handle.close();
+  }
+  // Opened only when stored: nothing to release before.
+  async function* chunks(): AsyncGenerator<Uint8Array> {
+    yield* createReadStream(path, { signal, highWaterMark: 1 << 20 }) as AsyncIterable<Uint8Array>;
+  }
+  const generator = chunks();
+  return { size, chunks: generator, close: async () => void (await generator.return(undefined)) };
+}
+
+async function openAdapterStream(stream: AsyncIterable<Uint8Array>, size: number, signal: AbortSignal | undefined): Promise<OpenedAdapter> {
+  if (!Number.isSafeInteger(size) || size < 0) throw new InvalidPersonaParameterError("adapter size", `${size} is not a byte count`);
+  const iterator = stream[Symbol.asyncIterator]();
+  const want = Math.min(size, ADAPTER_HEADER_BYTES);
+  const buffered: Uint8Array[] = [];
+  let length = 0;
+  let ended = false;
+  let first: Uint8Array;
+  try {
+    while (length < want) {
+      signal?.throwIfAborted();
+      const next = await iterator.next();
+      if (next.done === true) {
+        ended = true;
+        break;
+      }
+      buffered.push(next.value);
+      length += next.value.byteLength;
+    }
+    if (length > size || (ended && length < size)) throw new AdapterSizeMismatchError(size, length);
+    first = Buffer.concat(buffered);
+    checkLoraHeader(first.subarray(0, want), size);
+  } catch (err) {
+    await iterator.return?.();
+    throw err;
+  }
+  async function* chunks(): AsyncGenerator<Uint8Array> {
+    yield first;
+    while (!ended) {
+      const next = await iterator.next();
+      if (next.done === true) return;
+      yield next.value;
+    }
+  }
+  const generator = chunks();
+  return {
+    size,
+    chunks: generator,
+    async close() {
+      await generator.return(undefined);
+      await iterator.return?.();
+    },
+  };
+}
+
+/** Where {@link publishPersona} or {@link preparePersona} is. */
 export type PublishProgress =
   | { stage: "card" | "manifest"; bytesDone: number; bytesTotal: number }
   | { stage: "adapter"; bytesDone: number; bytesTotal: number | undefined }
   | { stage: "transaction"; transactionHash?: string };
 
-/** Options of {@link publishPersona}. */
-export interface PublishPersonaOptions {
+/** Options of {@link preparePersona}. */
+export interface PreparePersonaOptions {
   store: BlockStore;
-  /** Connected to the creator's signer: the creator becomes the persona's first holder. */
-  registry: PersonaRegistry;
   /** The character card file as is: JSON, or a PNG with a card chunk. */
   card: Uint8Array;
-  /** A GGUF LoRA adapter, in memory or as a file (streamed, never read whole). */
-  adapter?: { bytes: Uint8Array } | { path: string };
+  /** A GGUF LoRA adapter to store, or one {@link storePersonaAdapter} stored already in this store. */
+  adapter?: AdapterSource | { stored: StoredAdapter };
   /** SHA-256 of the base model file ("0x" + 64 hex digits), as providers register it. */
   baseModelHash: string;
   baseModelName?: string;
   /** Where the base model can be downloaded, for providers who do not serve it yet. */
   baseModelUri?: string;
-  royaltyPerMillion: bigint;
-  adoptionPrice: bigint;
   onProgress?: (progress: PublishProgress) => void;
   signal?: AbortSignal;
+}
+
+/** What {@link preparePersona} stored: what `createPersona` then records. */
+export interface PreparedPersona {
+  manifestCid: string;
+  manifest: PersonaManifest;
+  cardCid: string;
+  adapterCid: string | undefined;
+  /** The adapter's SHA-256 to record on chain; ZeroHash without an adapter. */
+  adapterSha256: string;
+  /** Lowercase, as the manifest gives it. */
+  baseModelHash: string;
+}
+
+/** Options of {@link publishPersona}. */
+export interface PublishPersonaOptions extends PreparePersonaOptions {
+  /** Connected to the creator's signer: the creator becomes the persona's first holder. */
+  registry: PersonaRegistry;
+  royaltyPerMillion: bigint;
+  adoptionPrice: bigint;
 }
 
 /** What {@link publishPersona} published. */
@@ -96,50 +276,45 @@ export interface PublishedPersona {
 }
 
 /**
- * Publishes a persona: validates the card (and adapter), stores card, adapter and manifest on IPFS, pins
- * them, and mints the persona NFT to the registry's signer. An invalid card, adapter or parameter is refused
- * before anything is stored; a reverted transaction leaves only unreferenced blocks behind.
+ * Everything of publishing but the transaction: validates the card (and adapter), stores card, adapter and
+ * manifest on IPFS, pins them and flushes the store. Whoever signs then sends
+ * `createPersona(manifestCid, adapterSha256, baseModelHash, royaltyPerMillion, adoptionPrice)` (a browser
+ * wallet, for the dashboard). An invalid card, adapter or base model hash is refused before anything is stored.
  *
  * @example
- * const persona = await publishPersona({
- *   store, registry: connectContracts(deployment, creator).personaRegistry,
- *   card: await readFile("aria.png"), adapter: { path: "aria-lora.gguf" },
- *   baseModelHash: model.sha256, royaltyPerMillion: 200_000n, adoptionPrice: 5_000_000n,
- * })
- * console.log(persona.personaId, persona.manifestCid)
+ * const prepared = await preparePersona({ store, card: await readFile("aria.png"), baseModelHash: model.sha256 })
+ * await registry.createPersona(prepared.manifestCid, prepared.adapterSha256, prepared.baseModelHash, 200_000n, 0n)
  * @throws the card parser's errors (NotACharacterCardError, NotPngError, …), NotALoraAdapterError,
- * InvalidPersonaParameterError, the store's errors, ContractRevertError; the signal's reason when aborted.
+ * AdapterSizeMismatchError, InvalidPersonaParameterError, the store's errors; the signal's reason when aborted.
  */
-export async function publishPersona(options: PublishPersonaOptions): Promise<PublishedPersona> {
-  const { store, registry, signal, onProgress } = options;
+export async function preparePersona(options: PreparePersonaOptions): Promise<PreparedPersona> {
+  const { store, signal, onProgress } = options;
   signal?.throwIfAborted();
-  const baseModelHash = checkParameters(options);
-  // Refused before anything is stored: a bad card must leave no trace.
+  const baseModelHash = checkBaseModelHash(options.baseModelHash);
+  // Refused before anything is stored: a bad card or adapter must leave no trace.
   const card = parseCharacterCard(options.card);
-  const adapterSize = options.adapter === undefined ? undefined : await checkAdapter(options.adapter, signal);
+  const given = options.adapter;
+  const reused = given !== undefined && "stored" in given ? await checkStoredAdapter(store, given.stored, signal) : undefined;
+  const opened = given !== undefined && !("stored" in given) ? await openAdapter(given, signal) : undefined;
 
-  const cardFile = await addFile(store, options.card, {
-    signal,
-    onProgress: (bytesDone) => onProgress?.({ stage: "card", bytesDone, bytesTotal: options.card.byteLength }),
-  });
-  await store.pin?.(cardFile.cid, { signal });
-
-  let adapter: PersonaManifest["adapter"];
-  if (options.adapter !== undefined) {
-    const hash = createHash("sha256");
-    const source = "bytes" in options.adapter ? [options.adapter.bytes] : createReadStream(options.adapter.path, { signal, highWaterMark: 1 << 20 });
-    async function* hashed(): AsyncGenerator<Uint8Array> {
-      for await (const chunk of source as AsyncIterable<Uint8Array> | Iterable<Uint8Array>) {
-        hash.update(chunk);
-        yield chunk;
-      }
-    }
-    const file = await addFile(store, hashed(), {
+  let cardFile: Awaited<ReturnType<typeof addFile>>;
+  let adapter: StoredAdapter | undefined = reused;
+  try {
+    cardFile = await addFile(store, options.card, {
       signal,
-      onProgress: (bytesDone) => onProgress?.({ stage: "adapter", bytesDone, bytesTotal: adapterSize }),
+      onProgress: (bytesDone) => onProgress?.({ stage: "card", bytesDone, bytesTotal: options.card.byteLength }),
     });
-    await store.pin?.(file.cid, { signal });
-    adapter = { cid: file.cid.toString(), sha256: `0x${hash.digest("hex")}`, size: file.size };
+    await store.pin?.(cardFile.cid, { signal });
+    if (opened !== undefined) {
+      adapter = await storeOpenedAdapter(store, opened, {
+        signal,
+        onProgress: (bytesDone, bytesTotal) => onProgress?.({ stage: "adapter", bytesDone, bytesTotal }),
+      });
+    } else if (reused !== undefined) {
+      await store.pin?.(parseFileCid(reused.cid)!, { signal });
+    }
+  } finally {
+    await opened?.close();
   }
 
   const manifest: PersonaManifest = {
@@ -162,14 +337,43 @@ export async function publishPersona(options: PublishPersonaOptions): Promise<Pu
   await store.pin?.(manifestFile.cid, { signal });
   // The chain will name these blocks: they must outlive a crash of this machine right after the transaction.
   await store.flush?.({ signal });
+  return {
+    manifestCid: manifestFile.cid.toString(),
+    manifest,
+    cardCid: manifest.card.cid,
+    adapterCid: adapter?.cid,
+    adapterSha256: adapter?.sha256 ?? ZeroHash,
+    baseModelHash,
+  };
+}
+
+/**
+ * Publishes a persona: validates the card (and adapter), stores card, adapter and manifest on IPFS, pins
+ * them ({@link preparePersona}), and mints the persona NFT to the registry's signer. An invalid card, adapter
+ * or parameter is refused before anything is stored; a reverted transaction leaves only unreferenced blocks
+ * behind.
+ *
+ * @example
+ * const persona = await publishPersona({
+ *   store, registry: connectContracts(deployment, creator).personaRegistry,
+ *   card: await readFile("aria.png"), adapter: { path: "aria-lora.gguf" },
+ *   baseModelHash: model.sha256, royaltyPerMillion: 200_000n, adoptionPrice: 5_000_000n,
+ * })
+ * console.log(persona.personaId, persona.manifestCid)
+ * @throws the card parser's errors (NotACharacterCardError, NotPngError, …), NotALoraAdapterError,
+ * InvalidPersonaParameterError, the store's errors, ContractRevertError; the signal's reason when aborted.
+ */
+export async function publishPersona(options: PublishPersonaOptions): Promise<PublishedPersona> {
+  const { registry, signal, onProgress } = options;
+  signal?.throwIfAborted();
+  checkParameters(options);
+  const prepared = await preparePersona(options);
 
   signal?.throwIfAborted();
   onProgress?.({ stage: "transaction" });
-  const adapterSha256 = adapter?.sha256 ?? ZeroHash;
-  const manifestCid = manifestFile.cid.toString();
   const receipt = await withRevertDecoding(
     registry
-      .createPersona(manifestCid, adapterSha256, baseModelHash, options.royaltyPerMillion, options.adoptionPrice)
+      .createPersona(prepared.manifestCid, prepared.adapterSha256, prepared.baseModelHash, options.royaltyPerMillion, options.adoptionPrice)
       .then((tx) => {
         onProgress?.({ stage: "transaction", transactionHash: tx.hash });
         return tx.wait();
@@ -178,48 +382,47 @@ export async function publishPersona(options: PublishPersonaOptions): Promise<Pu
   const personaId = createdPersonaId(registry, receipt?.logs ?? []);
   return {
     personaId,
-    manifestCid,
-    manifest,
-    cardCid: manifest.card.cid,
-    adapterCid: adapter?.cid,
-    adapterSha256,
+    manifestCid: prepared.manifestCid,
+    manifest: prepared.manifest,
+    cardCid: prepared.cardCid,
+    adapterCid: prepared.adapterCid,
+    adapterSha256: prepared.adapterSha256,
     transactionHash: receipt!.hash,
   };
 }
 
-function checkParameters(options: PublishPersonaOptions): string {
-  if (!BYTES32.test(options.baseModelHash) || /^0x0{64}$/.test(options.baseModelHash)) {
+function checkBaseModelHash(baseModelHash: string): string {
+  if (!BYTES32.test(baseModelHash) || /^0x0{64}$/.test(baseModelHash)) {
     throw new InvalidPersonaParameterError(
       "base model hash",
-      `${JSON.stringify(options.baseModelHash)} is not a non-zero "0x" + 64 hex digits SHA-256`,
+      `${JSON.stringify(baseModelHash)} is not a non-zero "0x" + 64 hex digits SHA-256`,
     );
   }
+  return baseModelHash.toLowerCase();
+}
+
+function checkParameters(options: PublishPersonaOptions): void {
+  checkBaseModelHash(options.baseModelHash);
   for (const [name, value, max] of [
     ["royalty per million", options.royaltyPerMillion, UINT96_MAX],
     ["adoption price", options.adoptionPrice, (1n << 256n) - 1n],
   ] as const) {
     if (value < 0n || value > max) throw new InvalidPersonaParameterError(name, `${value} is outside 0..${max}`);
   }
-  return options.baseModelHash.toLowerCase();
 }
 
-/** Checks the adapter's GGUF header; returns its size. */
-async function checkAdapter(adapter: { bytes: Uint8Array } | { path: string }, signal?: AbortSignal): Promise<number> {
-  if ("bytes" in adapter) {
-    checkLoraHeader(adapter.bytes.subarray(0, ADAPTER_HEADER_BYTES), adapter.bytes.byteLength);
-    return adapter.bytes.byteLength;
+/** A stored adapter named again: its record must be well-formed and its root in this store. */
+async function checkStoredAdapter(store: BlockStore, stored: StoredAdapter, signal: AbortSignal | undefined): Promise<StoredAdapter> {
+  const cid = parseFileCid(stored.cid);
+  if (cid === undefined) throw new InvalidPersonaParameterError("adapter CID", `${JSON.stringify(stored.cid)} is no CID`);
+  if (!BYTES32.test(stored.sha256)) {
+    throw new InvalidPersonaParameterError("adapter SHA-256", `${JSON.stringify(stored.sha256)} is not "0x" + 64 hex digits`);
   }
-  const { size } = await stat(adapter.path);
-  const handle = await open(adapter.path, "r");
-  try {
-    signal?.throwIfAborted();
-    const head = new Uint8Array(Math.min(size, ADAPTER_HEADER_BYTES));
-    const { bytesRead } = await handle.read(head, 0, head.byteLength, 0);
-    checkLoraHeader(head.subarray(0, bytesRead), size);
-  } finally {
-    await handle.close();
+  if (!Number.isSafeInteger(stored.size) || stored.size < 0) throw new InvalidPersonaParameterError("adapter size", `${stored.size} is not a byte count`);
+  if (!(await store.has(cid, { signal }))) {
+    throw new InvalidPersonaParameterError("adapter", `${stored.cid} is not in this block store; store it with storePersonaAdapter first`);
   }
-  return size;
+  return { cid: cid.toString(), sha256: stored.sha256.toLowerCase(), size: stored.size };
 }
 
 /**
