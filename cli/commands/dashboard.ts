@@ -1,35 +1,96 @@
+import { access } from "node:fs/promises";
+import { join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
 import type { Command } from "commander";
-import { SoulmeshError } from "../../sdk/errors.js";
+import { devAccounts as devnetAccounts } from "../../sdk/chain/dev-accounts.js";
+import type { BlockStore } from "../../sdk/vault/types.js";
+import { withContext } from "../context.js";
+import type { CommandContext } from "../context.js";
+import { homeBaseModels } from "../dashboard/base-models.js";
+import { DashboardNotBuiltError } from "../dashboard/errors.js";
+import { startDashboardServer } from "../dashboard/server.js";
 import { parsePort } from "./options.js";
 
-/** The creator dashboard is not part of this version yet. */
-export class DashboardUnavailableError extends SoulmeshError {
-  override readonly name = "DashboardUnavailableError";
-  constructor() {
-    super(
-      "The creator dashboard is not in this version yet. Meanwhile the same figures come from the chain through " +
-        "`soulmesh persona list --mine`, `soulmesh persona show ID` and `soulmesh earnings` (add --withdraw to collect).",
-    );
+export { DashboardNotBuiltError } from "../dashboard/errors.js";
+
+/**
+ * Where the built page is: SOULMESH_DASHBOARD_DIST (for tests), else this package's dashboard/dist.
+ *
+ * @example
+ * dashboardAssetsDir() // "/opt/soulmesh/dashboard/dist"
+ */
+export function dashboardAssetsDir(env: NodeJS.ProcessEnv = process.env): string {
+  const override = env.SOULMESH_DASHBOARD_DIST;
+  return override !== undefined && override !== "" ? resolve(override) : fileURLToPath(new URL("../../dashboard/dist", import.meta.url));
+}
+
+/** Runs the dashboard until the context's signal (Ctrl-C), then closes it. */
+async function runDashboard(ctx: CommandContext, opts: { port: number; ipfs: boolean }): Promise<void> {
+  const assetsDir = dashboardAssetsDir();
+  // Checked first: nothing is worth starting for a page that is not there.
+  await access(join(assetsDir, "index.html")).catch(() => {
+    throw new DashboardNotBuiltError(assetsDir);
+  });
+  const deployment = await ctx.deployment();
+  const provider = await ctx.abortable(ctx.provider());
+  let store: BlockStore | undefined;
+  if (opts.ipfs) {
+    try {
+      const ipfs = await ctx.abortable(ctx.ipfs());
+      store = ipfs.store;
+      ctx.out.progress(`IPFS: ${ipfs.description}`);
+    } catch (err) {
+      ctx.signal.throwIfAborted();
+      // Reading figures needs only the chain: serve them, and say why publishing is off.
+      ctx.out.progress(`IPFS unavailable (${err instanceof Error ? err.message : String(err)}): serving without publishing`);
+    }
+  } else {
+    ctx.out.progress("IPFS off (--no-ipfs): serving without publishing");
+  }
+  // On the devnet the chain signs for these (EDR's configured accounts); elsewhere only a browser wallet signs.
+  const devAccounts =
+    deployment.chainId === 31337 ? (deployment.devAccounts ?? devnetAccounts()).map(({ label, address }) => ({ label, address })) : [];
+  const server = await startDashboardServer({
+    rpcUrl: provider._getConnection().url,
+    deployment,
+    assetsDir,
+    ...(store !== undefined && { store }),
+    provider,
+    devAccounts,
+    baseModels: await homeBaseModels(ctx.home, ctx.signal),
+    port: opts.port,
+    signal: ctx.signal,
+  });
+  try {
+    ctx.out.progress(`Creator dashboard at ${server.url} — Ctrl-C stops it`);
+    ctx.out.result({ url: server.url, chainId: deployment.chainId, devAccounts, ipfs: store !== undefined }, server.url);
+    if (!ctx.signal.aborted) await new Promise((r) => ctx.signal.addEventListener("abort", r, { once: true }));
+    ctx.out.progress("stopping the dashboard…");
+  } finally {
+    await server.close();
   }
 }
 
-/**
- * Registers `soulmesh dashboard`: its place and options are fixed now so scripts and the README can name it; the web
- * page itself comes with the dashboard (dashboard/).
- */
+/** Registers `soulmesh dashboard`. */
 export function registerDashboard(program: Command): void {
   program
     .command("dashboard")
-    .description("The creator dashboard in the browser (not in this version yet: see persona and earnings)")
-    .option("--port <port>", "HTTP port on 127.0.0.1", parsePort, 5173)
+    .description("Serve the creator dashboard on 127.0.0.1: your personas' adoptions, tokens and revenue from the chain, withdraw, publish")
+    .option("--port <port>", "HTTP port on 127.0.0.1 (0 picks a free one)", parsePort, 5173)
+    .option("--no-ipfs", "serve without IPFS: figures and withdrawals only, no publishing")
     .addHelpText(
       "after",
       `
+The page reads everything from the chain (the deployment's, or --rpc), signs with your browser wallet
+(EIP-1193) or, on the devnet, with a dev account the page offers. Cards and adapters go to the home's
+IPFS node (or --ipfs-api). Build the page once with \`npm run build:dashboard\`.
+
 Examples:
-  $ soulmesh persona list --mine --account creator   # your personas, royalties and adoptions
-  $ soulmesh earnings --account creator              # what they earned, by persona`,
+  $ soulmesh devnet &                          # a local chain and IPFS
+  $ soulmesh dashboard                         # open http://127.0.0.1:5173, connect as "creator"
+  $ soulmesh dashboard --port 0 --json         # a free port; prints { url, chainId, devAccounts, ipfs }
+  $ soulmesh dashboard --deployment sepolia.json --rpc https://rpc.example --no-ipfs
+                                               # figures on another chain, with a browser wallet`,
     )
-    .action(() => {
-      throw new DashboardUnavailableError();
-    });
+    .action((opts: { port: number; ipfs: boolean }, cmd: Command) => withContext(cmd, (ctx) => runDashboard(ctx, opts)));
 }
