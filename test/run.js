@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// `npm test`: compiles the contracts, type-checks, runs the Solidity tests (Hardhat) and the TypeScript
+// `npm test`: compiles the contracts, builds the dashboard, type-checks, runs the Solidity tests (Hardhat) and the TypeScript
 // tests (vitest), then prints one closing line, "Soulmesh: N passed, N failed", counting both suites.
 // Extra arguments go to vitest (e.g. `npm test -- test/chain`).
 import { spawn } from "node:child_process";
@@ -34,6 +34,12 @@ let ok = true;
 const build = await run(bin("hardhat"), ["build", "--quiet"]);
 if (build.code !== 0) {
   console.log("Soulmesh: 0 passed, 1 failed (contracts did not compile)");
+  process.exit(1);
+}
+// The dashboard's browser tests drive the built page: build it from the sources under test.
+const dashboard = await run(bin("vite"), ["build", "--config", "dashboard/vite.config.ts", "--logLevel", "warn"]);
+if (dashboard.code !== 0) {
+  console.log("Soulmesh: 0 passed, 1 failed (the dashboard did not build)");
   process.exit(1);
 }
 const typecheck = await run(bin("tsc"), ["--noEmit", "-p", "tsconfig.json"]);
