@@ -28,7 +28,7 @@ import { tokenInfo } from "./commands/escrow.js";
 import type { TokenInfo } from "./commands/escrow.js";
 import type { CommandContext } from "./context.js";
 import type { LocalIpfs } from "./ipfs/local-ipfs.js";
-import { formatUnitsFixed } from "./output.js";
+import { formatUnitsFixed } from "../sdk/chain/units.js";
 
 /** The share of the escrow deposit a chat may spend when no cap is given. */
 export const DEFAULT_CAP_PERCENT = 90n;

@@ -60,21 +60,6 @@ export function reportError(err: unknown, json: boolean): number {
 }
 
 /**
- * Formats token units with their decimals.
- *
- * @example
- * formatUnitsFixed(1_500_000n, 6) // "1.5"
- */
-export function formatUnitsFixed(amount: bigint, decimals: number): string {
-  const negative = amount < 0n;
-  const abs = negative ? -amount : amount;
-  const base = 10n ** BigInt(decimals);
-  const whole = abs / base;
-  const frac = (abs % base).toString().padStart(decimals, "0").replace(/0+$/, "");
-  return `${negative ? "-" : ""}${whole}${frac ? `.${frac}` : ""}`;
-}
-
-/**
  * A count with its noun, in the plural when it is not 1.
  *
  * @example

@@ -8,7 +8,7 @@ import { SoulmeshError } from "../../sdk/errors.js";
 import type { BlockStore } from "../../sdk/vault/types.js";
 import { withContext } from "../context.js";
 import type { CommandContext } from "../context.js";
-import { formatUnitsFixed } from "../output.js";
+import { formatUnitsFixed } from "../../sdk/chain/units.js";
 import { sendTransaction } from "../transactions.js";
 import { money, NoGasError, showMoney, tokenInfo } from "./escrow.js";
 import type { TokenInfo } from "./escrow.js";

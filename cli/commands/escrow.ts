@@ -14,7 +14,8 @@ import { describeAccount } from "../accounts/resolve.js";
 import type { Account } from "../accounts/resolve.js";
 import { withContext } from "../context.js";
 import type { CommandContext } from "../context.js";
-import { formatUnitsFixed, plural } from "../output.js";
+import { plural } from "../output.js";
+import { formatUnitsFixed } from "../../sdk/chain/units.js";
 import { sendTransaction } from "../transactions.js";
 
 /** An amount that is not a positive decimal number of tokens with at most the token's decimals. */

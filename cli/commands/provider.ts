@@ -17,7 +17,8 @@ import { readProviderRecord, type OnChainProvider } from "../../node/provider/re
 import type { BlockStore } from "../../sdk/vault/types.js";
 import { stopSignals } from "../context.js";
 import { IpfsServiceRunningError, openLocalIpfs, startLocalIpfsService } from "../ipfs/local-ipfs.js";
-import { createOutput, formatUnitsFixed, type Output } from "../output.js";
+import { createOutput, type Output } from "../output.js";
+import { formatUnitsFixed } from "../../sdk/chain/units.js";
 import { globalOptions, parsePort } from "./options.js";
 
 /** The provider key is missing or given twice. */

@@ -26,7 +26,7 @@ import { publishPersona } from "../../sdk/memory/persona/publish.js";
 import { startDevnet } from "../devnet/devnet.js";
 import type { Devnet, DevnetEvent } from "../devnet/devnet.js";
 import { startLocalIpfsService } from "../ipfs/local-ipfs.js";
-import { formatUnitsFixed } from "../output.js";
+import { formatUnitsFixed } from "../../sdk/chain/units.js";
 import type { LocalIpfsService } from "../ipfs/local-ipfs.js";
 import { resolveUpModel } from "./model.js";
 import type { ModelDownloader, UpModel } from "./model.js";

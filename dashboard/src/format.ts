@@ -1,4 +1,5 @@
-import { formatUnits, getAddress } from "ethers";
+import { getAddress } from "ethers";
+import { formatUnitsFixed } from "../../sdk/chain/units.js";
 
 /** What the page needs to know about the payment token. */
 export interface TokenInfo {
@@ -7,13 +8,13 @@ export interface TokenInfo {
 }
 
 /**
- * An exact decimal amount with the token's symbol (never rounded: formatUnits keeps every digit).
+ * An exact decimal amount with the token's symbol, as the CLI writes it (never rounded).
  *
  * @example
  * formatToken(1_234_567n, { symbol: "tUSD", decimals: 6 }) // "1.234567 tUSD"
  */
 export function formatToken(units: bigint, token: TokenInfo): string {
-  return `${formatUnits(units, token.decimals)} ${token.symbol}`;
+  return `${formatUnitsFixed(units, token.decimals)} ${token.symbol}`;
 }
 
 /**

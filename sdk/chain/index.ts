@@ -9,3 +9,4 @@ export * from "./providers.js";
 export * from "./usage.js";
 export * from "./voucher.js";
 export * from "./creator-report.js";
+export * from "./units.js";
