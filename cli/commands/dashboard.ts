@@ -83,7 +83,7 @@ export function registerDashboard(program: Command): void {
       `
 The page reads everything from the chain (the deployment's, or --rpc), signs with your browser wallet
 (EIP-1193) or, on the devnet, with a dev account the page offers. Cards and adapters go to the home's
-IPFS node (or --ipfs-api). Build the page once with \`npm run build:dashboard\`.
+IPFS node (or --ipfs-api). \`npm install\` builds the page; after changing dashboard/, run \`npm run build:dashboard\`.
 
 Examples:
   $ soulmesh devnet &                          # a local chain and IPFS

@@ -38,6 +38,7 @@ import { chainBaseModels, mergeBaseModels } from "./base-models.js";
 import type { BaseModelSuggestion } from "./base-models.js";
 import {
   ChainUnreachableError,
+  DashboardNotBuiltError,
   ForbiddenHostError,
   ForbiddenOriginError,
   InvalidRequestError,
@@ -407,7 +408,11 @@ async function serveStatic(ctx: Context, path: string, req: IncomingMessage, res
   const file = resolve(ctx.assetsDir, `.${decoded === "/" ? "/index.html" : decoded}`);
   if (decoded.includes("\0") || !file.startsWith(ctx.assetsDir + sep)) throw new RouteNotFoundError(req.method ?? "GET", path);
   const info = await stat(file).catch(() => undefined);
-  if (info === undefined || !info.isFile()) throw new RouteNotFoundError(req.method ?? "GET", path);
+  if (info === undefined || !info.isFile()) {
+    // The page itself missing is the build's fault, not the request's: say how to build it.
+    if (decoded === "/" || decoded === "/index.html") throw new DashboardNotBuiltError(ctx.assetsDir);
+    throw new RouteNotFoundError(req.method ?? "GET", path);
+  }
   res.writeHead(200, {
     ...SECURITY_HEADERS,
     "content-type": CONTENT_TYPES[extname(file).toLowerCase()] ?? "application/octet-stream",
@@ -470,7 +475,7 @@ export function httpStatusOf(err: unknown): number {
   if (err instanceof MethodNotAllowedError) return 405;
   if (err instanceof LengthRequiredError) return 411;
   if (err instanceof RequestTooLargeError) return 413;
-  if (err instanceof IpfsUnavailableError) return 503;
+  if (err instanceof IpfsUnavailableError || err instanceof DashboardNotBuiltError) return 503;
   if (err instanceof ChainUnreachableError) return 502;
   if (BAD_INPUT.some((type) => err instanceof type)) return 400;
   return 500;

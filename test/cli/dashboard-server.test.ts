@@ -157,6 +157,21 @@ describe("dashboard server", () => {
     expect((await http(server, "/", { method: "PUT", body: "x" })).json.error.name).toBe("MethodNotAllowedError");
   });
 
+  it("says how to build the page when its build is missing", async () => {
+    const empty = join(root, "empty-dist");
+    await mkdir(empty, { recursive: true });
+    const unbuilt = await startDashboardServer({ rpcUrl: devnet.rpc.url, deployment: devnet.deployment, assetsDir: empty });
+    try {
+      const answer = await http(unbuilt, "/");
+      expect(answer.status).toBe(503);
+      expect(answer.json.error.name).toBe("DashboardNotBuiltError");
+      expect(answer.json.error.message).toContain("npm run build:dashboard");
+      expect((await http(unbuilt, "/assets/app.js")).status).toBe(404);
+    } finally {
+      await unbuilt.close();
+    }
+  });
+
   it("stores an uploaded LoRA adapter: its SHA-256 and blocks; refuses anything else, storing nothing", async () => {
     const upload = await http(server, "/api/adapters", { body: lora, headers: { "content-type": "application/octet-stream" } });
     expect(upload.status, upload.text).toBe(200);
