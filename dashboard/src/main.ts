@@ -1,6 +1,6 @@
 import "./style.css";
 import { createLogCache } from "../../sdk/chain/creator-report.js";
-import type { CreatorReport } from "../../sdk/chain/creator-report.js";
+import type { CreatorReport, LogCache } from "../../sdk/chain/creator-report.js";
 import { loadConfig, loadPersonaInfo } from "./api.js";
 import type { DashboardConfig } from "./api.js";
 import { openChainReader } from "./chain.js";
@@ -10,6 +10,8 @@ import type { Account } from "./connection.js";
 import { byTestId, el } from "./dom.js";
 import { ErrorBanner, TxTracker } from "./feedback.js";
 import { shortAddress } from "./format.js";
+import { openLogStorage } from "./log-storage.js";
+import type { LogStorage } from "./log-storage.js";
 import { createPublishForm } from "./publish.js";
 import { ReportLoop } from "./report-loop.js";
 import { ReportView } from "./report-view.js";
@@ -17,22 +19,13 @@ import { ReportView } from "./report-view.js";
 const LOG_PREFIX = "soulmesh:logs:";
 
 /**
- * A log cache in localStorage for this deployment only: a restarted devnet reuses the chain id and contract
- * addresses, so entries are keyed by the deployment's time too, and those of other deployments are dropped.
+ * A log cache for this deployment only: a restarted devnet reuses the chain id and contract addresses, so
+ * entries are keyed by the deployment's time too, and those of other deployments are dropped.
  */
-function deploymentCache(config: DashboardConfig): ReturnType<typeof createLogCache> {
+async function deploymentCache(config: DashboardConfig): Promise<{ cache: LogCache; storage: LogStorage }> {
   const prefix = `${LOG_PREFIX}${config.chainId}:${config.deployment.deployedAt}:`;
-  try {
-    const stale: string[] = [];
-    for (let i = 0; i < localStorage.length; i++) {
-      const key = localStorage.key(i);
-      if (key?.startsWith(LOG_PREFIX) && !key.startsWith(prefix)) stale.push(key);
-    }
-    for (const key of stale) localStorage.removeItem(key);
-  } catch {
-    // No storage: the in-memory cache still spares re-reads within this visit.
-  }
-  return createLogCache({ storage: localStorage, prefix });
+  const storage = await openLogStorage({ family: LOG_PREFIX, prefix });
+  return { cache: createLogCache({ storage, prefix }), storage };
 }
 
 /** The account picker: dev accounts on the devnet, a browser wallet, and who is connected. */
@@ -100,10 +93,12 @@ async function boot(): Promise<void> {
 
   let config: DashboardConfig;
   let reader: ChainReader;
+  let logs: { cache: LogCache; storage: LogStorage };
   try {
     setStatus("loading", "Loading the configuration…");
     config = await loadConfig(AbortSignal.timeout(15_000));
     reader = await openChainReader(config.deployment);
+    logs = await deploymentCache(config);
   } catch (err) {
     setStatus("error", "Cannot reach the dashboard server or the chain.");
     banner.show(err);
@@ -118,7 +113,8 @@ async function boot(): Promise<void> {
     provider: reader.provider,
     contracts: reader.contracts,
     fromBlock: config.deployment.startBlock,
-    cache: deploymentCache(config),
+    cache: logs.cache,
+    persisted: () => logs.storage.flushed(),
   });
   const connection = new ConnectionController(config);
   const syncConnection = renderConnection(document.getElementById("connection")!, config, connection, banner);

@@ -17,6 +17,8 @@ export interface ReportLoopOptions {
   contracts: CreatorReportOptions["contracts"];
   fromBlock: number;
   cache: LogCache;
+  /** Resolves once the cache is persisted: "ready" then also means a reload reads only newer blocks. */
+  persisted?: () => Promise<void>;
   /** How often to look for a new block, in ms (default 4,000). */
   pollMs?: number;
 }
@@ -101,6 +103,7 @@ export class ReportLoop extends TypedEventTarget<ReportLoopEvents> {
         readCreatorReport({ contracts, creator, fromBlock, toBlock: Math.max(fromBlock, toBlock), cache, signal }),
         provider.getBlock(Math.max(fromBlock, toBlock)),
       ]);
+      await this.options.persisted?.();
       if (signal.aborted || creator !== this.#creator) return;
       this.#lastBlock = toBlock;
       this.dispatchEvent(new CustomEvent("report:ready", { detail: { report, chainTime: block?.timestamp ?? Date.now() / 1000 } }));

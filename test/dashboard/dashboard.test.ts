@@ -487,6 +487,25 @@ describe.skipIf(!chromiumPresent && !process.env.CI)(chromiumPresent ? "creator 
       }
       expect(second).toBeGreaterThan(first);
       expect(await allFigures(page)).toEqual(figures);
+      // The cache lives in IndexedDB (localStorage's ~5 MB would not hold a busy creator's logs), nothing in localStorage.
+      const kept = await page.evaluate(async () => {
+        const db = await new Promise<IDBDatabase>((resolve, reject) => {
+          const open = indexedDB.open("soulmesh-dashboard");
+          open.onsuccess = () => resolve(open.result);
+          open.onerror = () => reject(open.error);
+        });
+        const keys = await new Promise<IDBValidKey[]>((resolve, reject) => {
+          const req = db.transaction("logs").objectStore("logs").getAllKeys();
+          req.onsuccess = () => resolve(req.result);
+          req.onerror = () => reject(req.error);
+        });
+        db.close();
+        const local = Object.keys(localStorage).filter((k) => k.startsWith("soulmesh:logs:"));
+        return { indexedDb: keys.map(String), local };
+      });
+      expect(kept.local).toEqual([]);
+      expect(kept.indexedDb.length).toBeGreaterThan(0);
+      expect(kept.indexedDb.every((k) => k.startsWith(`soulmesh:logs:${devnet.deployment.chainId}:${devnet.deployment.deployedAt}:`))).toBe(true);
     }));
 });
 
