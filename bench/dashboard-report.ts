@@ -6,7 +6,8 @@
  * Figures: the first report with an empty cache (`coldMs`, `coldGetLogs`), a refresh with nothing new
  * (`unchangedMs`), a refresh after one more day of settlements (`refreshMs`, `refreshGetLogs`), a report
  * from a new cache over the persisted storage, as after a page reload (`reloadMs`), and the bytes the cache
- * keeps in localStorage (`storageBytes`). Each timing is the median of `--runs` (default 5).
+ * persists (`storageBytes`: the page keeps them in IndexedDB, as localStorage's ~5 MB fills at about 10,000
+ * settlements). Each timing is the median of `--runs` (default 5).
  *
  *   npm run bench -- dashboard-report [--days 30] [--per-day 50] [--runs 5]
  */
@@ -25,7 +26,7 @@ const days = argNumber("days", 30);
 const perDay = argNumber("per-day", 50);
 const runs = argNumber("runs", 5);
 
-/** A localStorage stand-in that counts what it holds. */
+/** A key-value storage, as the page's, that counts what it holds. */
 function memoryStorage(): KeyValueStorage & { bytes(): number } {
   const items = new Map<string, string>();
   return {

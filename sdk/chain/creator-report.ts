@@ -41,7 +41,7 @@ export interface LogCache {
   put<T>(key: string, entry: CachedLogs<T>): void;
 }
 
-/** The part of the Web Storage API (`localStorage`) a log cache needs. */
+/** What a log cache needs of a persistent storage: the Web Storage API's (`localStorage`) get and set. */
 export interface KeyValueStorage {
   getItem(key: string): string | null;
   setItem(key: string, value: string): void;
@@ -49,7 +49,7 @@ export interface KeyValueStorage {
 
 /** Options of {@link createLogCache}. */
 export interface LogCacheOptions {
-  /** Where to persist entries (the browser's `localStorage`); in memory only when absent. */
+  /** Where to persist entries (`localStorage`, or the dashboard's IndexedDB-backed storage); in memory only when absent. */
   storage?: KeyValueStorage;
   /** Prefix of the storage keys (default `"soulmesh:logs:"`). */
   prefix?: string;
