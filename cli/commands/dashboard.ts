@@ -1,36 +1,18 @@
-import { access } from "node:fs/promises";
-import { join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
 import type { Command } from "commander";
 import { devAccounts as devnetAccounts } from "../../sdk/chain/dev-accounts.js";
 import type { BlockStore } from "../../sdk/vault/types.js";
 import { withContext } from "../context.js";
 import type { CommandContext } from "../context.js";
+import { assertDashboardBuilt, dashboardAssetsDir } from "../dashboard/assets.js";
 import { homeBaseModels } from "../dashboard/base-models.js";
-import { DashboardNotBuiltError } from "../dashboard/errors.js";
 import { startDashboardServer } from "../dashboard/server.js";
 import { parsePort } from "./options.js";
-
-export { DashboardNotBuiltError } from "../dashboard/errors.js";
-
-/**
- * Where the built page is: SOULMESH_DASHBOARD_DIST (for tests), else this package's dashboard/dist.
- *
- * @example
- * dashboardAssetsDir() // "/opt/soulmesh/dashboard/dist"
- */
-export function dashboardAssetsDir(env: NodeJS.ProcessEnv = process.env): string {
-  const override = env.SOULMESH_DASHBOARD_DIST;
-  return override !== undefined && override !== "" ? resolve(override) : fileURLToPath(new URL("../../dashboard/dist", import.meta.url));
-}
 
 /** Runs the dashboard until the context's signal (Ctrl-C), then closes it. */
 async function runDashboard(ctx: CommandContext, opts: { port: number; ipfs: boolean }): Promise<void> {
   const assetsDir = dashboardAssetsDir();
   // Checked first: nothing is worth starting for a page that is not there.
-  await access(join(assetsDir, "index.html")).catch(() => {
-    throw new DashboardNotBuiltError(assetsDir);
-  });
+  await assertDashboardBuilt(assetsDir, ctx.signal);
   const deployment = await ctx.deployment();
   const provider = await ctx.abortable(ctx.provider());
   let store: BlockStore | undefined;
@@ -84,6 +66,7 @@ export function registerDashboard(program: Command): void {
 The page reads everything from the chain (the deployment's, or --rpc), signs with your browser wallet
 (EIP-1193) or, on the devnet, with a dev account the page offers. Cards and adapters go to the home's
 IPFS node (or --ipfs-api). \`npm install\` builds the page; after changing dashboard/, run \`npm run build:dashboard\`.
+\`soulmesh up\` (\`npm start\`) serves it already for its own network: this command is for a devnet or another chain.
 
 Examples:
   $ soulmesh devnet &                          # a local chain and IPFS

@@ -1,5 +1,6 @@
 /**
- * `soulmesh up` (`npm start`): the whole local network in one process, then a chat with the demo agent.
+ * `soulmesh up` (`npm start`): the whole local network in one process, with the creator dashboard, then a chat with
+ * the demo agent.
  * Ctrl-C or SIGTERM stops everything. The chain lives in memory, so what the provider is owed is settled while
  * it stops only for the record: the next `up` starts a fresh chain anyway.
  */
@@ -12,6 +13,7 @@ import { apiFilePath } from "../ipfs/local-ipfs.js";
 import { createOutput } from "../output.js";
 import { formatUnitsFixed } from "../../sdk/chain/units.js";
 import type { Output } from "../output.js";
+import { UP_DASHBOARD_PORT } from "../up/dashboard.js";
 import { DEFAULT_MODEL_URI } from "../up/model.js";
 import { startLocalNetwork, UP_ACCOUNTS, UP_DEFAULTS } from "../up/network.js";
 import type { LocalNetwork, LocalNetworkEvent } from "../up/network.js";
@@ -27,6 +29,9 @@ interface UpOptions {
   port: number;
   ipfsPort: number;
   metricsPort: number;
+  dashboardPort: number;
+  /** false with --no-dashboard. */
+  dashboard: boolean;
   deposit: bigint;
   chat: boolean;
   maxTokens?: number;
@@ -117,6 +122,7 @@ function summary(net: LocalNetwork): { value: Record<string, unknown>; text: str
     persona: { id: net.personaId, name: net.personaName, creator: net.creator.address },
     agent: { id: net.agentId, owner: net.user.address },
     deposit: { units: net.deposit, formatted: money(net.deposit) },
+    dashboard: net.dashboard?.url ?? null,
   };
   const envPrefix = home === resolve(soulmeshHome({})) ? "" : `SOULMESH_HOME=${home} `;
   const text = [
@@ -132,6 +138,9 @@ function summary(net: LocalNetwork): { value: Record<string, unknown>; text: str
     `  persona    #${net.personaId} ${net.personaName}, by the creator ${net.creator.address} (dev:${UP_ACCOUNTS.creator})`,
     `  agent      #${net.agentId}, owned by the user ${net.user.address} (dev:${UP_ACCOUNTS.user})`,
     `  deposit    ${money(net.deposit)} in escrow for the user`,
+    net.dashboard !== undefined
+      ? `  dashboard  ${net.dashboard.url} (the creator dashboard: connect as "creator")`
+      : `  dashboard  not served: ${net.dashboardNotServed ?? "unknown"}`,
     "",
     "From another terminal:",
     ...[
@@ -139,7 +148,8 @@ function summary(net: LocalNetwork): { value: Record<string, unknown>; text: str
       ["soulmesh balance", "the user's deposit"],
       [`soulmesh provider status --data-dir ${net.providerDataDir}`, "the provider"],
       ["soulmesh earnings --account creator", "the persona's royalties"],
-      ["soulmesh dashboard", "the creator dashboard in a browser"],
+      // Served by this process already, unless it could not be.
+      ...(net.dashboard === undefined ? [["soulmesh dashboard --port 0", "the creator dashboard in a browser"]] : []),
     ].map(([command, what]) => `  ${envPrefix}${command!.padEnd(36)} # ${what}`),
   ].join("\n");
   return { value, text };
@@ -162,6 +172,7 @@ async function runUp(cmd: Command, opts: UpOptions): Promise<void> {
       port: opts.port,
       ipfsPort: opts.ipfsPort,
       metricsPort: opts.metricsPort,
+      dashboardPort: opts.dashboard ? opts.dashboardPort : false,
       deposit: opts.deposit,
       showProgressBar: tty,
       onEvent: progressPrinter(out, tty),
@@ -224,14 +235,16 @@ export function registerUp(program: Command): void {
   program
     .command("up")
     .description(
-      "Start the whole local network in this process (chain, contracts, IPFS, a provider with a model, the demo persona, " +
-        "an agent with a deposit) and chat with the agent",
+      "Start the whole local network in this process (chain, contracts, IPFS, the creator dashboard, a provider with a " +
+        "model, the demo persona, an agent with a deposit) and chat with the agent",
     )
     .option("--model <path|hf:…>", `the GGUF model to serve (default ${DEFAULT_MODEL_URI}, downloaded once)`)
     .option("--offline", "never download: use the model if already downloaded, else a generated tiny model", false)
     .option("--port <port>", "chain JSON-RPC port on 127.0.0.1 (0 picks a free one)", parsePort, 8545)
     .option("--ipfs-port <port>", "IPFS RPC API port on 127.0.0.1 (default 0: a free one, in <home>/ipfs/api.json)", parsePort, 0)
     .option("--metrics-port <port>", "the provider's metrics and status port (default 0: a free one)", parsePort, 0)
+    .option("--dashboard-port <port>", "the creator dashboard's port on 127.0.0.1 (0 picks a free one)", parsePort, UP_DASHBOARD_PORT)
+    .option("--no-dashboard", "do not serve the creator dashboard")
     .addOption(
       new Option("--deposit <amount>", "tUSD the user deposits in escrow to pay for chats")
         .argParser(parseDeposit)
@@ -246,12 +259,16 @@ The chain lives in memory: each \`up\` starts a fresh one (persona #1, agent #1)
 bound to the previous chain (<home>/agents/<chainId>-*, and the vouchers of <home>/up/provider).
 When the model cannot be downloaded, \`up\` says why and serves a generated tiny model instead, whose
 replies are noise.
+The creator dashboard is served at http://127.0.0.1:5173 (connect as "creator"); if its page is not built
+(\`npm run build:dashboard\`) or the port is taken, \`up\` says so and runs without it.
 
 Examples:
   $ npm start                                   # the same as: soulmesh up
   $ soulmesh up --model ./models/my-model.gguf  # serve a GGUF file you have
   $ soulmesh up --offline                       # no download: the tiny model (or the default one if already downloaded)
   $ soulmesh up --no-chat --port 0 --json       # for scripts: one JSON summary on stdout, runs until SIGTERM
+  $ soulmesh up --dashboard-port 8080           # the creator dashboard on another port (0: a free one)
+  $ soulmesh up --no-dashboard                  # no dashboard (\`soulmesh dashboard\` can serve it later)
   $ SOULMESH_HOME=/tmp/sm soulmesh up           # keep this network's files apart`,
     )
     .action(async (opts: UpOptions, cmd: Command) => {

@@ -3,6 +3,9 @@
  * contracts, the home's IPFS service, a provider serving the model, the demo persona published by the devnet's
  * creator, an agent of it minted for the devnet's user, and a deposit to pay for chats.
  *
+ * The creator dashboard is served too (cli/up/dashboard.ts), unless told not to; when it cannot be, a warning says
+ * why and the network starts without it.
+ *
  * The chain lives in memory, so every start is a fresh chain with the same chain id, contract addresses and ids
  * (persona 1, agent 1): local state bound to the previous chain is cleared first (the agents' folders by
  * startDevnet, the provider's vouchers and saved sessions here). The provider of `up` keeps its own data folder,
@@ -23,11 +26,13 @@ import type { DevAccount } from "../../sdk/chain/dev-accounts.js";
 import { withRevertDecoding } from "../../sdk/chain/revert.js";
 import { SoulmeshError } from "../../sdk/errors.js";
 import { publishPersona } from "../../sdk/memory/persona/publish.js";
+import { dashboardAssetsDir } from "../dashboard/assets.js";
 import { startDevnet } from "../devnet/devnet.js";
 import type { Devnet, DevnetEvent } from "../devnet/devnet.js";
 import { startLocalIpfsService } from "../ipfs/local-ipfs.js";
 import { formatUnitsFixed } from "../../sdk/chain/units.js";
 import type { LocalIpfsService } from "../ipfs/local-ipfs.js";
+import { startUpDashboard, UP_DASHBOARD_PORT } from "./dashboard.js";
 import { resolveUpModel } from "./model.js";
 import type { ModelDownloader, UpModel } from "./model.js";
 import type { ModelProbe } from "../../node/engine/model-probe.js";
@@ -50,7 +55,7 @@ export const UP_DEFAULTS = {
 export const UP_ACCOUNTS = { user: 1, creator: 2, provider: 3 } as const;
 
 /** The steps of {@link startLocalNetwork}, in order. */
-export type LocalNetworkStep = "chain" | "ipfs" | "model" | "provider" | "persona" | "agent" | "deposit" | "ready";
+export type LocalNetworkStep = "chain" | "ipfs" | "dashboard" | "model" | "provider" | "persona" | "agent" | "deposit" | "ready";
 
 /** What {@link startLocalNetwork} is doing, for progress output. */
 export type LocalNetworkEvent =
@@ -77,6 +82,10 @@ export interface LocalNetworkOptions {
   ipfsPort?: number;
   /** Provider metrics and status port (default 0: a free one, recorded in the provider's state file). */
   metricsPort?: number;
+  /** The creator dashboard's port on 127.0.0.1 (default 5173; 0 picks a free one); false serves no dashboard. */
+  dashboardPort?: number | false;
+  /** The dashboard's built page (default dashboardAssetsDir(): SOULMESH_DASHBOARD_DIST, else dashboard/dist). */
+  dashboardAssetsDir?: string;
   /** Escrow deposit for the user, token units (default 50 tUSD). */
   deposit?: bigint;
   /** Draw the download progress bar (a TTY). Default false. */
@@ -109,7 +118,11 @@ export interface LocalNetwork {
   providerAccount: DevAccount;
   /** The user's escrow deposit after `up`'s deposit, token units. */
   deposit: bigint;
-  /** Stops the provider (settling what it is owed while the chain still runs), IPFS and the chain. Idempotent. */
+  /** The creator dashboard this process serves; undefined when it serves none (see dashboardNotServed). */
+  dashboard: { url: string } | undefined;
+  /** Why no dashboard is served ("--no-dashboard", a page not built, a port in use); undefined when one is. */
+  dashboardNotServed: string | undefined;
+  /** Stops the provider (settling what it is owed while the chain still runs), the dashboard, IPFS and the chain. Idempotent. */
   stop(): Promise<void>;
 }
 
@@ -123,7 +136,8 @@ export class LocalNetworkInterruptedError extends SoulmeshError {
 
 /**
  * Starts the whole local network in this process, step by step (each announced through `onEvent`): chain and
- * contracts, IPFS, model, provider, demo persona, agent, deposit.
+ * contracts, IPFS, the creator dashboard, model, provider, demo persona, agent, deposit. A dashboard that cannot be
+ * served (page not built, port in use) is a warning event, not a failure.
  *
  * @example
  * const net = await startLocalNetwork({ home, port: 0, offline: true, onEvent: (e) => e.type === "step" && console.error(e.message) })
@@ -165,6 +179,32 @@ export async function startLocalNetwork(options: LocalNetworkOptions): Promise<L
       ...(signal && { signal }),
     });
     undo.push(() => ipfs.stop());
+
+    let dashboard: LocalNetwork["dashboard"];
+    let dashboardNotServed: string | undefined = "--no-dashboard";
+    if (options.dashboardPort !== false) {
+      const port = options.dashboardPort ?? UP_DASHBOARD_PORT;
+      step("dashboard", `serving the creator dashboard on 127.0.0.1, ${port === 0 ? "a free port" : `port ${port}`}…`);
+      const served = await startUpDashboard({
+        rpcUrl: devnet.rpc.url,
+        deployment,
+        store: ipfs.store,
+        assetsDir: options.dashboardAssetsDir ?? dashboardAssetsDir(),
+        home,
+        port,
+        ...(signal && { signal }),
+      });
+      if (served.server !== undefined) {
+        const { server } = served;
+        undo.push(() => server.close());
+        dashboard = { url: server.url };
+        dashboardNotServed = undefined;
+        emit({ type: "detail", message: `the creator dashboard is at ${server.url}` });
+      } else {
+        dashboardNotServed = served.reason;
+        emit({ type: "warning", message: served.warning });
+      }
+    }
 
     step("model", `getting the model ${options.model ?? "(default)"}…`);
     const modelsDir = join(home, "models");
@@ -249,6 +289,8 @@ export async function startLocalNetwork(options: LocalNetworkOptions): Promise<L
       creator,
       providerAccount,
       deposit,
+      dashboard,
+      dashboardNotServed,
       stop: () => (stopping ??= unwind(undo)),
     };
   } catch (err) {

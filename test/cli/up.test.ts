@@ -2,6 +2,7 @@
  * `soulmesh up` as a child process: the whole local network from one command, checked from this process on
  * the chain, over libp2p and on IPFS; a second `up` on the same home refused; SIGTERM stopping it cleanly; a
  * re-run clearing the previous chain's local state and falling back to the tiny model when the download fails.
+ * The creator dashboard that `up` serves answers on the network's chain and IPFS, or is reported as not served.
  * Also `soulmesh devnet` starting the home's IPFS service, and the model resolution's fallback rules.
  */
 import { access, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
@@ -13,6 +14,7 @@ import { ModelNotFoundError, InvalidModelUriError } from "../../node/engine/erro
 import { apiFilePath, openLocalIpfs } from "../../cli/ipfs/local-ipfs.js";
 import { DEFAULT_MODEL_URI, fallbackMessage, resolveUpModel, TINY_MODEL_FILE } from "../../cli/up/model.js";
 import { huggingFaceEndpoint, ModelDownloadError, modelProbeUrl } from "../../node/engine/model-probe.js";
+import { startUpDashboard } from "../../cli/up/dashboard.js";
 import { UP_DEFAULTS } from "../../cli/up/network.js";
 import { connectContracts } from "../../sdk/chain/contracts.js";
 import type { SoulmeshContracts } from "../../sdk/chain/contracts.js";
@@ -23,6 +25,7 @@ import { readPersona } from "../../sdk/memory/persona/publish.js";
 import { removeTinyFixtures, tinyFixtures } from "../fixtures/gguf/llama.js";
 import { runCli } from "../helpers/cli.js";
 import type { CliProcess } from "../helpers/cli.js";
+import { MemoryBlockStore } from "../helpers/memory-block-store.js";
 
 /** A host that never resolves (RFC 2606): the download fails at once, as without network. */
 const NO_HOST = "http://soulmesh-no-such-host.invalid";
@@ -39,13 +42,24 @@ interface Summary {
   persona: { id: string; name: string; creator: string };
   agent: { id: string; owner: string };
   deposit: { units: string; formatted: string };
+  dashboard: string | null;
 }
 
+/** A stand-in for dashboard/dist, which another process may be rebuilding while these tests run. */
+const TEST_PAGE = "<!doctype html><title>Soulmesh up test page</title>";
+
 let root: string;
+let dist: string;
 const children: CliProcess[] = [];
 
-function up(home: string, extra: string[] = []): CliProcess {
-  const p = runCli(["up", "--no-chat", "--port", "0", "--json", "--home", home, ...extra], CLEAN_ENV);
+/** `up --no-chat` in a child process; never on the dashboard's default port 5173, which a developer may be using. */
+function up(home: string, extra: string[] = [], env: Record<string, string> = {}): CliProcess {
+  const dashboard = extra.includes("--no-dashboard") ? [] : ["--dashboard-port", "0"];
+  const p = runCli(["up", "--no-chat", "--port", "0", "--json", "--home", home, ...dashboard, ...extra], {
+    ...CLEAN_ENV,
+    SOULMESH_DASHBOARD_DIST: dist,
+    ...env,
+  });
   children.push(p);
   return p;
 }
@@ -64,6 +78,9 @@ async function exists(path: string): Promise<boolean> {
 
 beforeAll(async () => {
   root = await mkdtemp(join(tmpdir(), "soulmesh-up-"));
+  dist = join(root, "dist");
+  await mkdir(dist);
+  await writeFile(join(dist, "index.html"), TEST_PAGE);
 });
 
 afterAll(async () => {
@@ -143,6 +160,48 @@ describe("soulmesh up --no-chat --offline", () => {
     }
   });
 
+  it("serves the creator dashboard on the network's chain and IPFS node", async () => {
+    expect(summary.dashboard).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+    expect(new URL(summary.dashboard!).port).not.toBe("5173");
+    const page = await fetch(summary.dashboard!);
+    expect(await page.text()).toBe(TEST_PAGE);
+    const config = (await (await fetch(`${summary.dashboard}/api/config`)).json()) as {
+      chainId: number;
+      deployment: { contracts: Record<string, string>; devAccounts?: unknown };
+      devAccounts: { label: string; address: string }[];
+      ipfs: boolean;
+      baseModels: { sha256: string }[];
+    };
+    expect(config.chainId).toBe(summary.chainId);
+    expect(config.deployment.contracts).toEqual((await readDeployment(summary.deploymentPath)).contracts);
+    expect(config.deployment.devAccounts).toBeUndefined();
+    expect(config.ipfs).toBe(true);
+    expect(config.devAccounts).toContainEqual({ label: "creator", address: creator!.address });
+    expect(config.baseModels.map((m) => m.sha256)).toContain(summary.model.sha256);
+    const persona = await fetch(`${summary.dashboard}/api/personas/1`);
+    expect(persona.status).toBe(200);
+    expect(((await persona.json()) as { name: string }).name).toBe("Wren");
+    const missing = await fetch(`${summary.dashboard}/api/personas/2`);
+    expect(((await missing.json()) as { error: { name: string } }).error.name).toBe("PersonaNotFoundError");
+  });
+
+  it("reports, rather than throws, a dashboard whose page is not built or whose port is taken", async () => {
+    const deployment = await readDeployment(summary.deploymentPath);
+    const base = { rpcUrl: summary.rpcUrl, deployment, store: new MemoryBlockStore(), home: join(root, "no-home") };
+    const notBuilt = await startUpDashboard({ ...base, assetsDir: join(root, "no-dist"), port: 0 });
+    expect(notBuilt.server).toBeUndefined();
+    expect(notBuilt).toMatchObject({ reason: expect.stringContaining("npm run build:dashboard") });
+    const port = Number(new URL(summary.dashboard!).port);
+    const taken = await startUpDashboard({ ...base, assetsDir: dist, port });
+    expect(taken.server).toBeUndefined();
+    expect(taken).toMatchObject({
+      reason: `port ${port} is in use (pass --dashboard-port 0 or --no-dashboard)`,
+      warning: expect.stringContaining("--dashboard-port 0"),
+    });
+    // The running one is untouched.
+    expect((await fetch(`${summary.dashboard}/api/config`)).status).toBe(200);
+  });
+
   it("records its IPFS service in <home>/ipfs/api.json", async () => {
     const record = JSON.parse(await readFile(apiFilePath(home), "utf8")) as { url: string; pid: number };
     expect(record).toMatchObject({ url: summary.ipfs.api, pid: summary.pid });
@@ -173,7 +232,7 @@ describe("soulmesh up --no-chat --offline", () => {
     await writeFile(vouchers, "old chain");
     await writeFile(join(stale, "journal"), "old chain");
 
-    const again = up(home, ["--model", "hf:soulmesh/missing-GGUF/missing.gguf"]);
+    const again = up(home, ["--model", "hf:soulmesh/missing-GGUF/missing.gguf", "--no-dashboard"]);
     const s = await again.firstJson<Summary>(90_000);
     try {
       expect(s.model.tiny).toBe(true);
@@ -185,6 +244,8 @@ describe("soulmesh up --no-chat --offline", () => {
       expect(await readdir(join(home, "agents"))).toEqual(["8453-1"]);
       expect(await exists(vouchers)).toBe(false);
       expect(s.agent.id).toBe("1");
+      expect(s.dashboard).toBeNull();
+      expect(again.stderr()).not.toContain("creator dashboard");
     } finally {
       expect(await stopped(again)).toBe(0);
     }
