@@ -7,14 +7,15 @@ import type { TokenInfo } from "./format.js";
 const DAY = 86_400;
 
 /**
- * Every UTC day from the first to the last day with revenue, zero days included, as chart series.
+ * Every UTC day from the first to the last day with revenue, as chart series. Days without revenue stay on
+ * the axis with a null value, so no bar is drawn for them (a zero-height bar still paints a hairline).
  * Values are plotted as floats (the table under the chart carries the exact amounts).
  *
  * @example
  * dailySeries([{ day: "2026-01-01", amount: 1n }, { day: "2026-01-03", amount: 2n }], 0)
- * // [[1767225600, 1767312000, 1767398400], [1, 0, 2]]
+ * // [[1767225600, 1767312000, 1767398400], [1, null, 2]]
  */
-export function dailySeries(days: readonly DayRevenue[], decimals: number): [number[], number[]] {
+export function dailySeries(days: readonly DayRevenue[], decimals: number): [number[], (number | null)[]] {
   const first = days[0];
   const last = days.at(-1);
   if (!first || !last) return [[], []];
@@ -22,10 +23,11 @@ export function dailySeries(days: readonly DayRevenue[], decimals: number): [num
   const start = Date.parse(`${first.day}T00:00:00Z`) / 1000;
   const end = Date.parse(`${last.day}T00:00:00Z`) / 1000;
   const xs: number[] = [];
-  const ys: number[] = [];
+  const ys: (number | null)[] = [];
   for (let t = start; t <= end; t += DAY) {
     xs.push(t);
-    ys.push(Number(formatUnits(byDay.get(new Date(t * 1000).toISOString().slice(0, 10)) ?? 0n, decimals)));
+    const amount = byDay.get(new Date(t * 1000).toISOString().slice(0, 10)) ?? 0n;
+    ys.push(amount > 0n ? Number(formatUnits(amount, decimals)) : null);
   }
   return [xs, ys];
 }
@@ -64,6 +66,8 @@ export function createRevenueChart(container: HTMLElement, token: TokenInfo): Re
       return;
     }
     const step = Math.max(1, Math.ceil(xs.length / 10));
+    // Half a day either side of the first and last day, from the days themselves: uPlot widens a single day's
+    // range to [day, day + 1 d] before calling the range function, which pushed a lone bar to the left edge.
     const accent = cssVar(container, "--accent", "#4f46e5");
     const ink = cssVar(container, "--muted", "#666");
     const grid = cssVar(container, "--grid", "rgba(128,128,128,0.2)");
@@ -74,7 +78,7 @@ export function createRevenueChart(container: HTMLElement, token: TokenInfo): Re
       tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"),
       legend: { show: false },
       cursor: { drag: { x: false, y: false } },
-      scales: { x: { time: true, range: (_u, min, max) => [min - DAY / 2, max + DAY / 2] }, y: { range: (_u, _min, max) => [0, max > 0 ? max * 1.1 : 1] } },
+      scales: { x: { time: true, range: () => [xs[0]! - DAY / 2, xs.at(-1)! + DAY / 2] }, y: { range: (_u, _min, max) => [0, max > 0 ? max * 1.1 : 1] } },
       axes: [
         {
           ...axis,
