@@ -83,12 +83,12 @@ async function waitReady(page: Page, minBlock = 0): Promise<number> {
   return Number(await page.getByTestId("report-block").getAttribute("data-block"));
 }
 
-/** Opens the page and connects with the dev account "creator". */
-async function connectAsCreator(page: Page): Promise<number> {
+/** Opens the page and connects with the dev account `account` ("creator" by default). */
+async function connectAsCreator(page: Page, account: string = creator): Promise<number> {
   await page.goto(server.url);
-  await page.getByTestId("dev-account-select").selectOption(creator);
+  await page.getByTestId("dev-account-select").selectOption(account);
   await page.getByTestId("dev-account-connect").click();
-  await expectText(page.getByTestId("connected-address"), creator);
+  await expectText(page.getByTestId("connected-address"), account);
   return waitReady(page);
 }
 
@@ -145,8 +145,8 @@ async function checkCount(locator: ReturnType<Page["getByTestId"]>, want: bigint
   checkCountText((await locator.textContent()) ?? "", want, what);
 }
 
-/** Checks every figure the page shows against `want`. */
-async function checkFigures(page: Page, want: ExpectedReport): Promise<void> {
+/** Checks every figure the page shows, connected as `account`, against `want`. */
+async function checkFigures(page: Page, want: ExpectedReport, account: string = creator): Promise<void> {
   await checkAmount(page.getByTestId("earnings-pending"), want.pending, "pending earnings");
   await checkAmount(page.getByTestId("earnings-withdrawn"), want.withdrawn, "withdrawn earnings");
   await checkAmount(page.getByTestId("total-revenue"), want.revenue, "total revenue");
@@ -176,7 +176,15 @@ async function checkFigures(page: Page, want: ExpectedReport): Promise<void> {
       // "in 1 h 0 min"-style relative time next to the local date-time.
       expect(await scheduled.textContent(), label("scheduled text")).toMatch(/\bin \d+ ?(d|h|min)\b/);
     }
-    if (getAddress(p.holder) === getAddress(creator)) expect(await at("persona-holder").count()).toBe(0);
+    // Only the holder is told nothing about the holder, and only the holder may change the royalty.
+    if (getAddress(p.holder) === getAddress(account)) {
+      expect(await at("persona-holder").count(), label("has no holder notice")).toBe(0);
+      expect(await at("royalty-input").count(), label("has a royalty form")).toBe(1);
+    } else {
+      expect(await at("persona-holder").count(), label("has a holder notice")).toBe(1);
+      expect(await at("persona-holder").textContent(), label("names its holder")).toContain(getAddress(p.holder));
+      expect(await at("royalty-input").count(), label("has no royalty form")).toBe(0);
+    }
 
     const days = await at("persona-revenue-day").evaluateAll((ns) =>
       ns.map((n) => [n.getAttribute("data-day"), n.getAttribute("data-units"), (n as HTMLElement).innerText] as const),
@@ -507,6 +515,70 @@ describe.skipIf(!chromiumPresent && !process.env.CI)(chromiumPresent ? "creator 
       expect(kept.indexedDb.length).toBeGreaterThan(0);
       expect(kept.indexedDb.every((k) => k.startsWith(`soulmesh:logs:${devnet.deployment.chainId}:${devnet.deployment.deployedAt}:`))).toBe(true);
     }));
+
+  // Last: it moves p1 to creator-2 for good.
+  it("after the creator transfers a persona, counts each settlement's royalty for whoever held it then", async () => {
+    const { personaRegistry, inferenceEscrow } = seeded.contracts;
+    const { creator2, user, provider2 } = seeded.accounts;
+    const next = creator2.address;
+    const start = devnet.deployment.startBlock;
+    const beforeTransfer = await expectedReport(seeded.contracts, creator, start, await seeded.provider.getBlockNumber());
+    const p1Before = beforeTransfer.personas.get(seeded.p1)!;
+    expect(p1Before.revenue).toBeGreaterThan(0n);
+
+    const transfer = await (await seeded.as(seeded.accounts.creator).personaRegistry.transferFrom(creator, next, seeded.p1)).wait();
+    expect(transfer?.status).toBe(1);
+    expect(await personaRegistry.ownerOf(seeded.p1)).toBe(getAddress(next));
+    const [creatorPending, nextPending] = await Promise.all([inferenceEscrow.earningsOf(creator), inferenceEscrow.earningsOf(next)]);
+    // Two days after the seed's last settlements: the new ones have a day of their own, and creator-2's p3 a
+    // day without revenue between its days (its chart keeps that day on the axis, with no bar).
+    await seeded.provider.send("evm_increaseTime", [86_400]);
+    await seeded.provider.send("evm_mine", []);
+    const receipt = await seeded.settle(user, seeded.agents.a1, 1, 12_345n, 6_789n);
+    const settled = receipt.logs.map((l) => inferenceEscrow.interface.parseLog(l)).find((e) => e?.name === "VoucherSettled");
+    const royalty = settled!.args.royaltyAmount as bigint;
+    expect(royalty).toBeGreaterThan(0n);
+    expect(await inferenceEscrow.earningsOf(creator)).toBe(creatorPending);
+    expect((await inferenceEscrow.earningsOf(next)) - nextPending).toBe(royalty);
+    await seeded.settle(seeded.accounts.user2, seeded.agents.a3, 0, 4_000n, 1_000n);
+
+    await withPage(browser, "transfer-creator", async (page) => {
+      const block = await connectAsCreator(page);
+      expect(block).toBeGreaterThanOrEqual(receipt.blockNumber);
+      const want = await expectedReport(seeded.contracts, creator, start, block);
+      const p1 = want.personas.get(seeded.p1)!;
+      expect(p1.holder).toBe(getAddress(next));
+      // What the creator earned on p1 stays as it was before the transfer: nothing after it is theirs.
+      expect(p1.revenue).toBe(p1Before.revenue);
+      expect([p1.inputTokens, p1.outputTokens]).toEqual([p1Before.inputTokens, p1Before.outputTokens]);
+      expect(p1.byDay).toEqual(p1Before.byDay);
+      expect(p1.byProvider).toEqual(p1Before.byProvider);
+      await checkFigures(page, want);
+      const holder = page.locator(`[data-testid="persona"][data-persona-id="${seeded.p1}"] [data-testid="persona-holder"]`);
+      expect(await holder.textContent()).toContain(getAddress(next));
+    });
+
+    await withPage(browser, "transfer-creator-2", async (page) => {
+      const block = await connectAsCreator(page, next);
+      const want = await expectedReport(seeded.contracts, next, start, block);
+      expect([...want.personas.keys()]).toEqual([seeded.p1, seeded.p3]);
+      const p1 = want.personas.get(seeded.p1)!;
+      // Only the settlement after the transfer is creator-2's, on one day, from one provider.
+      expect(p1.revenue).toBe(royalty);
+      expect([p1.inputTokens, p1.outputTokens]).toEqual([12_345n, 6_789n]);
+      expect(p1.byDay.size).toBe(1);
+      expect([...p1.byProvider.keys()]).toEqual([getAddress(provider2.address)]);
+      expect(p1.adoptionRevenue).toBe(0n);
+      expect(want.personas.get(seeded.p3)!.byDay.size).toBe(3);
+      expect(want.pending).toBe(await inferenceEscrow.earningsOf(next, { blockTag: block }));
+      await checkFigures(page, want, next);
+      await page.waitForFunction(
+        (id) => document.querySelector(`[data-testid="persona"][data-persona-id="${id}"] [data-testid="persona-chart"] canvas`) !== null,
+        seeded.p1.toString(),
+      );
+      expect(await chartPainted(page, seeded.p1)).toBe(true);
+    });
+  });
 });
 
 /**

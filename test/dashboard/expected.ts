@@ -36,9 +36,38 @@ export interface ExpectedReport {
   personas: Map<bigint, ExpectedPersona>;
 }
 
+/** Where a log sits in the chain, to order logs of different contracts. */
+interface LogPosition {
+  blockNumber: number;
+  index: number;
+}
+
+function isBefore(a: LogPosition, b: LogPosition): boolean {
+  return a.blockNumber < b.blockNumber || (a.blockNumber === b.blockNumber && a.index < b.index);
+}
+
 /**
- * Reads the creator's figures at `block` from the contracts. Assumes the creator never transferred a persona
- * away (the seed does not), so every royalty of a persona they were minted is theirs.
+ * Who held a persona when a log was emitted: the recipient of the last of its Transfer logs (mint included)
+ * before that log, as the escrow pays the royalty to the holder of the moment.
+ *
+ * @example
+ * holderAt(transfers, settlementLog) // "0x3C44…93BC"
+ */
+export function holderAt(transfers: readonly (LogPosition & { args: { to: string } })[], log: LogPosition): string | undefined {
+  let holder: string | undefined;
+  let latest: LogPosition | undefined;
+  for (const t of transfers) {
+    if (isBefore(t, log) && (latest === undefined || isBefore(latest, t))) {
+      latest = t;
+      holder = getAddress(t.args.to);
+    }
+  }
+  return holder;
+}
+
+/**
+ * Reads the creator's figures at `block` from the contracts: every persona ever transferred to them (minted
+ * or received), with the royalties of the settlements made while they held it, as its Transfer logs tell.
  *
  * @example
  * const want = await expectedReport(contracts, creator.address, deployment.startBlock, 123)
@@ -59,8 +88,8 @@ export async function expectedReport(
     return timestamps.get(n)!;
   };
 
-  const minted = await personas.queryFilter(personas.filters.Transfer(undefined, creator), fromBlock, block);
-  const ids = [...new Set(minted.map((l) => l.args.tokenId))].sort((a, b) => (a < b ? -1 : 1));
+  const received = await personas.queryFilter(personas.filters.Transfer(undefined, creator), fromBlock, block);
+  const ids = [...new Set(received.map((l) => l.args.tokenId))].sort((a, b) => (a < b ? -1 : 1));
   const out = new Map<bigint, ExpectedPersona>();
   for (const personaId of ids) {
     const [record, holder, [current, next, effectiveAt]] = await Promise.all([
@@ -68,7 +97,11 @@ export async function expectedReport(
       personas.ownerOf(personaId, at),
       personas.royaltyScheduleOf(personaId, at),
     ]);
-    const settled = await escrow.queryFilter(escrow.filters.VoucherSettled(personaId), fromBlock, block);
+    const [allSettled, transfers] = await Promise.all([
+      escrow.queryFilter(escrow.filters.VoucherSettled(personaId), fromBlock, block),
+      personas.queryFilter(personas.filters.Transfer(undefined, undefined, personaId), fromBlock, block),
+    ]);
+    const settled = allSettled.filter((log) => holderAt(transfers, log) === creator);
     const adoptions = await agents.queryFilter(agents.filters.AgentMinted(undefined, personaId), fromBlock, block);
     const e: ExpectedPersona = {
       personaId,

@@ -4,6 +4,7 @@
  * over the devnet's JSON-RPC with the dev accounts' wallets, as real clients would.
  */
 import { JsonRpcProvider, Wallet } from "ethers";
+import type { TransactionReceipt } from "ethers";
 import { connectContracts } from "../../sdk/chain/contracts.js";
 import type { SoulmeshContracts } from "../../sdk/chain/contracts.js";
 import type { Deployment } from "../../sdk/chain/deployment.js";
@@ -35,6 +36,8 @@ export interface Seeded {
   p3: bigint;
   /** Royalty scheduled on p2 by the seed. */
   scheduledRoyalty: bigint;
+  /** The adopted agents: a1 (user, p1), a2 (user, p2), a3 (user-2, p3), a4 (user-2, p1). */
+  agents: { a1: bigint; a2: bigint; a3: bigint; a4: bigint };
   /** The last block the seed mined. */
   block: number;
   /** A reading provider over the devnet's RPC. */
@@ -42,6 +45,11 @@ export interface Seeded {
   /** Read-only handles over `provider`. */
   contracts: SoulmeshContracts;
   as(wallet: Wallet): SoulmeshContracts;
+  /**
+   * Settles one voucher of `payer` for `agentId` with provider 0 ("provider") or 1 ("provider-2"), on a session
+   * of its own, as that provider would; returns the receipt.
+   */
+  settle(payer: Wallet, agentId: bigint, providerIndex: number, inputTokens: bigint, outputTokens: bigint): Promise<TransactionReceipt>;
 }
 
 /** Options of {@link seedUsage}. */
@@ -196,6 +204,13 @@ export async function seedUsage(options: SeedOptions): Promise<Seeded> {
     await provider.send("evm_increaseTime", [86_400]);
     await provider.send("evm_mine", []);
   }
+  const settle = async (payer: Wallet, agentId: bigint, providerIndex: number, input: bigint, output: bigint): Promise<TransactionReceipt> => {
+    const signed = await voucher(payer, agentId, providerIndex, input, output);
+    const provider = [accounts.provider, accounts.provider2][providerIndex]!;
+    const receipt = await (await as(provider).inferenceEscrow.settleBatch([signed])).wait();
+    if (!receipt || receipt.status !== 1) throw new Error(`the settlement of agent ${agentId}'s voucher failed`);
+    return receipt;
+  };
   const scheduledRoyalty = 80_000n;
   await (await as(accounts.creator).personaRegistry.scheduleRoyalty(p2, scheduledRoyalty)).wait();
   signal?.throwIfAborted();
@@ -205,10 +220,12 @@ export async function seedUsage(options: SeedOptions): Promise<Seeded> {
     p2,
     p3,
     scheduledRoyalty,
+    agents: { a1, a2, a3, a4 },
     block: await provider.getBlockNumber(),
     provider,
     contracts: connectContracts(deployment, provider),
     as,
+    settle,
   };
 }
 
