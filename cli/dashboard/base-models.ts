@@ -6,17 +6,8 @@
 import { readFile } from "node:fs/promises";
 import { basename, join } from "node:path";
 import type { ProviderRegistry } from "../../sdk/chain/contracts.js";
+import type { BaseModelSuggestion } from "../../dashboard/src/api-types.js";
 import { MODEL_HASHES_FILE } from "../models.js";
-
-/** A base model the publish form offers. */
-export interface BaseModelSuggestion {
-  /** A short name: the GGUF file's name. */
-  name?: string;
-  /** "0x" + 64 lowercase hex digits. */
-  sha256: string;
-  /** Where providers can download it. */
-  uri?: string;
-}
 
 /** The most providers read: suggestions, not a census. */
 const MAX_PROVIDERS = 200;

@@ -35,7 +35,7 @@ import type { StoredAdapter } from "../../sdk/memory/persona/publish.js";
 import type { BlockStore } from "../../sdk/vault/types.js";
 import { PortInUseError } from "../devnet/rpc-server.js";
 import { chainBaseModels, mergeBaseModels } from "./base-models.js";
-import type { BaseModelSuggestion } from "./base-models.js";
+import type { BaseModelSuggestion, DashboardConfig, PersonaAnswer, PrepareAnswer } from "../../dashboard/src/api-types.js";
 import {
   ChainUnreachableError,
   DashboardNotBuiltError,
@@ -95,17 +95,6 @@ export interface DashboardServer {
   port: number;
   /** Stops serving, ends open connections and aborts uploads in progress. Idempotent. */
   close(): Promise<void>;
-}
-
-/** What GET /api/config answers. */
-export interface DashboardConfig {
-  chainId: number;
-  /** The deployment, without the dev accounts' keys and the devnet's pid. */
-  deployment: Omit<Deployment, "devAccounts" | "pid">;
-  devAccounts: { label: string; address: string }[];
-  /** Whether publishing is possible (an IPFS store is at hand). */
-  ipfs: boolean;
-  baseModels: BaseModelSuggestion[];
 }
 
 interface Context {
@@ -297,16 +286,6 @@ async function uploadAdapter(ctx: Context, req: IncomingMessage): Promise<Stored
   return stored;
 }
 
-/** What POST /api/personas/prepare answers. */
-export interface PrepareAnswer {
-  manifestCid: string;
-  cardCid: string;
-  adapterCid?: string;
-  adapterSha256: string;
-  baseModelHash: string;
-  manifest: unknown;
-}
-
 async function prepare(ctx: Context, req: IncomingMessage): Promise<PrepareAnswer> {
   const store = ctx.options.store;
   if (store === undefined) throw new IpfsUnavailableError();
@@ -339,15 +318,6 @@ async function prepare(ctx: Context, req: IncomingMessage): Promise<PrepareAnswe
     baseModelHash: prepared.baseModelHash,
     manifest: prepared.manifest,
   };
-}
-
-/** What GET /api/personas/:id answers. */
-export interface PersonaAnswer {
-  personaId: string;
-  name: string;
-  manifestCid: string;
-  manifest: unknown;
-  card: { name: string; description?: string };
 }
 
 async function personaOf(ctx: Context, idText: string): Promise<PersonaAnswer> {

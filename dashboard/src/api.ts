@@ -1,57 +1,5 @@
-import type { Deployment } from "../../sdk/chain/deployment.js";
+import type { DashboardConfig, PersonaAnswer, PrepareAnswer, PrepareRequest, UploadedAdapter } from "./api-types.js";
 import { DashboardApiError, DashboardUnreachableError } from "./errors.js";
-
-/** A base model the server suggests for new personas. */
-export interface BaseModelSuggestion {
-  name?: string;
-  sha256: string;
-  uri?: string;
-}
-
-/** `GET /api/config`. */
-export interface DashboardConfig {
-  chainId: number;
-  deployment: Deployment;
-  devAccounts: { label: string; address: string }[];
-  /** Publishing needs the server's IPFS. */
-  ipfs: boolean;
-  baseModels: BaseModelSuggestion[];
-}
-
-/** `POST /api/adapters`. */
-export interface UploadedAdapter {
-  cid: string;
-  sha256: string;
-  size: number;
-}
-
-/** `POST /api/personas/prepare` body. */
-export interface PrepareRequest {
-  card: string;
-  adapterCid?: string;
-  baseModelHash: string;
-  baseModelName?: string;
-  baseModelUri?: string;
-}
-
-/** `POST /api/personas/prepare`. */
-export interface PreparedPersona {
-  manifestCid: string;
-  cardCid: string;
-  adapterCid?: string;
-  adapterSha256: string;
-  baseModelHash: string;
-  manifest: unknown;
-}
-
-/** `GET /api/personas/:id`. */
-export interface PersonaInfo {
-  personaId: string | number;
-  name: string;
-  manifestCid: string;
-  manifest: unknown;
-  card: { name: string; description?: string };
-}
 
 async function errorOf(res: Response, path: string): Promise<DashboardApiError> {
   try {
@@ -98,8 +46,8 @@ export function loadConfig(signal?: AbortSignal): Promise<DashboardConfig> {
  * @example
  * const { name } = await loadPersonaInfo(3n)
  */
-export function loadPersonaInfo(personaId: bigint, signal?: AbortSignal): Promise<PersonaInfo> {
-  return requestJson<PersonaInfo>(`/api/personas/${personaId}`, { signal });
+export function loadPersonaInfo(personaId: bigint, signal?: AbortSignal): Promise<PersonaAnswer> {
+  return requestJson<PersonaAnswer>(`/api/personas/${personaId}`, { signal });
 }
 
 /**
@@ -108,8 +56,8 @@ export function loadPersonaInfo(personaId: bigint, signal?: AbortSignal): Promis
  * @example
  * const prepared = await preparePersona({ card: base64, baseModelHash: "0x…" }, signal)
  */
-export function preparePersona(body: PrepareRequest, signal?: AbortSignal): Promise<PreparedPersona> {
-  return requestJson<PreparedPersona>("/api/personas/prepare", {
+export function preparePersona(body: PrepareRequest, signal?: AbortSignal): Promise<PrepareAnswer> {
+  return requestJson<PrepareAnswer>("/api/personas/prepare", {
     method: "POST",
     headers: { "content-type": "application/json" },
     body: JSON.stringify(body),

@@ -1,7 +1,7 @@
 import { getAddress, isAddress, JsonRpcSigner, toQuantity } from "ethers";
 import type { Eip1193Provider } from "ethers";
 import { TypedEventTarget } from "../../sdk/events.js";
-import type { DashboardConfig } from "./api.js";
+import type { DashboardConfig } from "./api-types.js";
 import { devnetEip1193, signingProvider } from "./chain.js";
 import { NoBrowserWalletError, WrongChainError } from "./errors.js";
 

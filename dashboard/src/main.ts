@@ -2,7 +2,7 @@ import "./style.css";
 import { createLogCache } from "../../sdk/chain/creator-report.js";
 import type { CreatorReport, LogCache } from "../../sdk/chain/creator-report.js";
 import { loadConfig, loadPersonaInfo } from "./api.js";
-import type { DashboardConfig } from "./api.js";
+import type { DashboardConfig } from "./api-types.js";
 import { openChainReader } from "./chain.js";
 import type { ChainReader } from "./chain.js";
 import { ConnectionController, injectedWallet } from "./connection.js";

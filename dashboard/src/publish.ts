@@ -1,7 +1,7 @@
 import type { JsonRpcSigner } from "ethers";
 import type { PersonaRegistry } from "../../sdk/chain/contracts.js";
 import { preparePersona, toBase64, uploadAdapter } from "./api.js";
-import type { BaseModelSuggestion, DashboardConfig } from "./api.js";
+import type { BaseModelSuggestion, DashboardConfig } from "./api-types.js";
 import { parseAmountInput } from "./amounts.js";
 import { el } from "./dom.js";
 import { InvalidBaseModelError, MissingCardError, MissingEventError, ReadOnlyViewError } from "./errors.js";
