@@ -2,6 +2,7 @@ import type { Command } from "commander";
 import type { Log } from "ethers";
 import type { AgentRegistry, SoulmeshContracts } from "../../sdk/chain/contracts.js";
 import { ContractRevertError } from "../../sdk/chain/errors.js";
+import { findEvent } from "../../sdk/chain/receipt.js";
 import { withRevertDecoding } from "../../sdk/chain/revert.js";
 import { readSettlements } from "../../sdk/chain/usage.js";
 import { SoulmeshError } from "../../sdk/errors.js";
@@ -78,15 +79,7 @@ export class InsufficientTokensForAdoptionError extends SoulmeshError {
 // -------------------------------------------------------------------------------------------------- mint
 
 function agentMintedArgs(registry: AgentRegistry, logs: readonly Log[]): Record<string, unknown> | undefined {
-  for (const log of logs) {
-    try {
-      const parsed = registry.interface.parseLog(log);
-      if (parsed?.name === "AgentMinted") return parsed.args.toObject() as Record<string, unknown>;
-    } catch {
-      // Another contract's log (the token's Transfer).
-    }
-  }
-  return undefined;
+  return findEvent(registry, logs, "AgentMinted")?.args.toObject() as Record<string, unknown> | undefined;
 }
 
 async function runMint(ctx: CommandContext, opts: { persona: string; maxPrice?: string }): Promise<void> {

@@ -4,6 +4,7 @@ import { getAddress, isAddress } from "ethers";
 import type { ContractTransactionResponse, Log, TransactionReceipt } from "ethers";
 import type { InferenceEscrow, SoulmeshContracts } from "../../sdk/chain/contracts.js";
 import { ContractRevertError } from "../../sdk/chain/errors.js";
+import { findEvent } from "../../sdk/chain/receipt.js";
 import { withRevertDecoding } from "../../sdk/chain/revert.js";
 import { personaTransferOf, settlementsPaidTo } from "../../sdk/chain/creator-report.js";
 import type { PersonaTransfer } from "../../sdk/chain/creator-report.js";
@@ -274,15 +275,7 @@ export function accountJson(account: Account): Record<string, unknown> {
 }
 
 function eventArgs(escrow: InferenceEscrow, logs: readonly Log[], event: string): Record<string, unknown> | undefined {
-  for (const log of logs) {
-    try {
-      const parsed = escrow.interface.parseLog(log);
-      if (parsed?.name === event) return parsed.args.toObject() as Record<string, unknown>;
-    } catch {
-      // Another contract's log.
-    }
-  }
-  return undefined;
+  return findEvent(escrow, logs, event)?.args.toObject() as Record<string, unknown> | undefined;
 }
 
 async function runDeposit(ctx: CommandContext, amountText: string): Promise<void> {

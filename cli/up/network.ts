@@ -23,6 +23,7 @@ import { connectContracts } from "../../sdk/chain/contracts.js";
 import type { AgentRegistry, SoulmeshContracts } from "../../sdk/chain/contracts.js";
 import type { Deployment } from "../../sdk/chain/deployment.js";
 import type { DevAccount } from "../../sdk/chain/dev-accounts.js";
+import { findEvent } from "../../sdk/chain/receipt.js";
 import { withRevertDecoding } from "../../sdk/chain/revert.js";
 import { SoulmeshError } from "../../sdk/errors.js";
 import { publishPersona } from "../../sdk/memory/persona/publish.js";
@@ -325,15 +326,7 @@ async function mintAgent(asUser: SoulmeshContracts, personaId: bigint): Promise<
 }
 
 function mintedAgentId(registry: AgentRegistry, logs: readonly Log[]): bigint | undefined {
-  for (const log of logs) {
-    try {
-      const parsed = registry.interface.parseLog(log);
-      if (parsed?.name === "AgentMinted") return parsed.args.agentId as bigint;
-    } catch {
-      // Another contract's log.
-    }
-  }
-  return undefined;
+  return findEvent(registry, logs, "AgentMinted")?.args.agentId as bigint | undefined;
 }
 
 async function depositFor(asUser: SoulmeshContracts, deployment: Deployment, amount: bigint): Promise<bigint> {

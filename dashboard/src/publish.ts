@@ -1,5 +1,6 @@
 import type { JsonRpcSigner } from "ethers";
 import type { PersonaRegistry } from "../../sdk/chain/contracts.js";
+import { findEvent } from "../../sdk/chain/receipt.js";
 import { preparePersona, toBase64, uploadAdapter } from "./api.js";
 import type { BaseModelSuggestion, DashboardConfig } from "./api-types.js";
 import { parseAmountInput } from "./amounts.js";
@@ -154,15 +155,7 @@ export function createPublishForm(section: HTMLElement, ctx: PublishFormContext)
         const receipt = await ctx.tracker.send("Publish persona", () =>
           registry.createPersona(prepared.manifestCid, prepared.adapterSha256, prepared.baseModelHash, royaltyUnits, priceUnits),
         );
-        const created = receipt.logs
-          .map((log) => {
-            try {
-              return registry.interface.parseLog(log);
-            } catch {
-              return null;
-            }
-          })
-          .find((p) => p?.name === "PersonaCreated");
+        const created = findEvent(registry, receipt.logs, "PersonaCreated");
         if (!created) throw new MissingEventError("PersonaCreated", receipt.hash);
         const personaId = created.args.personaId as bigint;
         status.dataset.personaId = personaId.toString();

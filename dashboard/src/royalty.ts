@@ -1,5 +1,6 @@
 import type { JsonRpcSigner } from "ethers";
 import type { PersonaRegistry } from "../../sdk/chain/contracts.js";
+import { findEvent } from "../../sdk/chain/receipt.js";
 import { parseAmountInput } from "./amounts.js";
 import { el } from "./dom.js";
 import { MissingEventError, ReadOnlyViewError } from "./errors.js";
@@ -84,15 +85,7 @@ export function createRoyaltyForm(personaId: bigint, ctx: RoyaltyFormContext): R
         const receipt = await ctx.tracker.send(`Royalty change of persona #${personaId}`, () =>
           registry.scheduleRoyalty(personaId, units),
         );
-        const event = receipt.logs
-          .map((log) => {
-            try {
-              return registry.interface.parseLog(log);
-            } catch {
-              return null;
-            }
-          })
-          .find((p) => p?.name === "RoyaltyScheduled" && p.args.personaId === personaId);
+        const event = findEvent(registry, receipt.logs, "RoyaltyScheduled", (p) => p.args.personaId === personaId);
         if (!event) throw new MissingEventError("RoyaltyScheduled", receipt.hash);
         const effectiveAt = Number(event.args.effectiveAt as bigint);
         effect.dataset.effectiveAt = String(effectiveAt);

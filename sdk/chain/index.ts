@@ -10,3 +10,4 @@ export * from "./usage.js";
 export * from "./voucher.js";
 export * from "./creator-report.js";
 export * from "./units.js";
+export * from "./receipt.js";

@@ -14,6 +14,7 @@ import { open } from "node:fs/promises";
 import { ZeroHash } from "ethers";
 import type { Log } from "ethers";
 import type { PersonaRegistry } from "../../chain/contracts.js";
+import { findEvent } from "../../chain/receipt.js";
 import { withRevertDecoding } from "../../chain/revert.js";
 import { SoulmeshError } from "../../errors.js";
 import { addFile, parseFileCid, readFile } from "../../vault/files.js";
@@ -500,16 +501,10 @@ export function checkLoraHeader(head: Uint8Array, fileSize: number): void {
 }
 
 function createdPersonaId(registry: PersonaRegistry, logs: readonly Log[]): bigint {
-  for (const log of logs) {
-    try {
-      const parsed = registry.interface.parseLog(log);
-      if (parsed?.name === "PersonaCreated") return parsed.args.personaId as bigint;
-    } catch {
-      // another contract's log
-    }
-  }
+  const created = findEvent(registry, logs, "PersonaCreated");
   // Unreachable with a PersonaRegistry: createPersona always emits PersonaCreated.
-  throw new Error("createPersona's receipt has no PersonaCreated event");
+  if (created === undefined) throw new Error("createPersona's receipt has no PersonaCreated event");
+  return created.args.personaId as bigint;
 }
 
 // -------------------------------------------------------------------------------------------------- reading
