@@ -9,6 +9,7 @@ import { SoulmeshError } from "../../sdk/errors.js";
 import { openCliAgent, parseAgentId } from "../agent-session.js";
 import { withContext } from "../context.js";
 import type { CommandContext } from "../context.js";
+import { normalizeOrigin } from "../serve/cors.js";
 import { createOpenAiGateway } from "../serve/openai-gateway.js";
 import { costLine } from "./chat.js";
 import { money, parseTokenAmount, showMoney, tokenInfo } from "./escrow.js";
@@ -27,6 +28,8 @@ export interface ServeCommandOptions {
   /** A decimal amount of tokens: the most the gateway's turns may spend. */
   maxSpend?: string;
   maxTokens?: number;
+  /** Web origins whose pages may call the gateway (`--cors-origin`, repeated), `*` for any. */
+  corsOrigin: string[];
 }
 
 /** A `serve` option that cannot work; nothing was started. */
@@ -41,6 +44,21 @@ function parsePositiveInt(value: string): number {
   const n = Number(value);
   if (!/^\d+$/.test(value.trim()) || !Number.isSafeInteger(n) || n < 1) throw new InvalidArgumentError("expected a positive integer.");
   return n;
+}
+
+/**
+ * Reads one `--cors-origin` and adds it to those before.
+ *
+ * @example
+ * parseCorsOrigin("http://localhost:5173/", []) // ["http://localhost:5173"]
+ * @throws InvalidArgumentError for anything but `scheme://host[:port]` or `*`.
+ */
+export function parseCorsOrigin(value: string, previous: string[] = []): string[] {
+  const origin = normalizeOrigin(value);
+  if (origin === undefined) {
+    throw new InvalidArgumentError("expected a web page's origin, scheme://host[:port] without a path (e.g. http://localhost:3000), or * for any.");
+  }
+  return previous.includes(origin) ? previous : [...previous, origin];
 }
 
 /** Whether `host` is reachable from this machine only. */
@@ -100,7 +118,15 @@ async function runServe(ctx: CommandContext, opts: ServeCommandOptions): Promise
   try {
     const { agent } = session;
     const model = `soulmesh-agent-${opts.agent}`;
-    const gateway = await createOpenAiGateway({ agent, model, port: opts.port, host: opts.host, ...(apiKey !== undefined && { apiKey }), signal: ctx.signal });
+    const gateway = await createOpenAiGateway({
+      agent,
+      model,
+      port: opts.port,
+      host: opts.host,
+      ...(apiKey !== undefined && { apiKey }),
+      corsOrigins: opts.corsOrigin,
+      signal: ctx.signal,
+    });
     agent.addEventListener("turn:done", (e) => ctx.out.progress(`turn: ${costLine(e.detail, token)}`));
     agent.addEventListener("head:published", (e) => ctx.out.progress(`memory head #${e.detail.seq} published (${e.detail.cid})`));
     gateway.addEventListener("request:failed", (e) => {
@@ -116,6 +142,7 @@ async function runServe(ctx: CommandContext, opts: ServeCommandOptions): Promise
         url: gateway.url,
         baseUrl,
         apiKey: apiKey !== undefined ? { env: opts.apiKeyEnv } : null,
+        corsOrigins: opts.corsOrigin,
         spendingCap: money(session.spendingCap, token),
       },
       [
@@ -123,6 +150,7 @@ async function runServe(ctx: CommandContext, opts: ServeCommandOptions): Promise
         `  model:        ${model}`,
         `  API key:      ${apiKey !== undefined ? `required, the value of $${opts.apiKeyEnv}` : "none (this machine only)"}`,
         `  spending cap: ${showMoney(session.spendingCap, token)}`,
+        `  web pages:    ${opts.corsOrigin.length > 0 ? `${opts.corsOrigin.includes("*") ? "any origin" : opts.corsOrigin.join(", ")} (CORS)` : "none (add --cors-origin to let a browser app call it)"}`,
         "",
         ...usageText(baseUrl, model, apiKey !== undefined ? opts.apiKeyEnv : undefined),
         "",
@@ -150,6 +178,12 @@ export function registerServe(program: Command): void {
     .option("--api-key-env <var>", "require `Authorization: Bearer <key>`, the key read from this environment variable")
     .option("--max-spend <amount>", "the most the served turns may spend, in tokens such as 0.5 (default: 90% of your escrow deposit)")
     .option("--max-tokens <n>", "reply length when a request sets no max_tokens (default 256)", parsePositiveInt)
+    .option(
+      "--cors-origin <origin>",
+      "let web pages from this origin (e.g. http://localhost:3000; * for any) call the API from a browser (repeat for several; default none)",
+      parseCorsOrigin,
+      [],
+    )
     .addHelpText(
       "after",
       `
@@ -158,6 +192,7 @@ Examples:
   $ soulmesh serve --agent 7 --port 0 --json         # a free port; prints the URL as one JSON object
   $ export SOULMESH_API_KEY=$(openssl rand -hex 16)
   $ soulmesh serve --agent 7 --api-key-env SOULMESH_API_KEY --max-spend 2
+  $ soulmesh serve --agent 7 --cors-origin http://localhost:3000   # a chat web UI on that port may call it
 
 Then point any OpenAI client at the base URL with the model id shown, e.g.
   $ curl http://127.0.0.1:8080/v1/chat/completions -H 'content-type: application/json' \\
@@ -167,7 +202,11 @@ Each request is one turn of the agent: only the last message (the user's) is sen
 its own memory; earlier messages and system prompts are ignored (the persona is the system prompt). The
 request's \`user\` field, when set, is the speaker: the agent keeps each speaker's memories apart.
 \`temperature\` and \`top_p\` are accepted but the provider samples with its own settings. Turns run one at
-a time, others wait in line. A client that disconnects mid-reply cancels its turn: nothing is paid.`,
+a time, others wait in line. A client that disconnects mid-reply cancels its turn: nothing is paid.
+
+Browsers: requests from a web page (they carry an Origin header) are refused unless --cors-origin allows
+that page's origin; allowed ones get CORS headers and their preflights are answered. --cors-origin '*'
+lets any web site you visit call it (and spend, unless it needs an API key): prefer the exact origin.`,
     )
     .action((opts: ServeCommandOptions, cmd: Command) => withContext(cmd, (ctx) => runServe(ctx, opts)));
 }

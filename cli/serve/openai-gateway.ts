@@ -7,8 +7,8 @@
  * since the agent's own history is the source of truth (see chat-request.ts). Turns run one at a time; the
  * others wait in line, up to a limit, then get 429. A client that disconnects mid-reply cancels its turn:
  * nothing is recorded or paid. Errors come in OpenAI's shape with the usual statuses, so clients raise
- * their typed errors: 400 bad request, 401 API key, 402 escrow or spending cap, 404 model or path, 405,
- * 413 body too large, 429 line full, 503 no provider.
+ * their typed errors: 400 bad request, 401 API key, 402 escrow or spending cap, 403 web page of an origin not
+ * allowed (see cors.ts), 404 model or path, 405, 413 body too large, 429 line full, 503 no provider.
  *
  * A streamed response starts with the first token, so a turn that fails before any (no provider, no
  * deposit) still gets its proper status; one that fails after ends with an `error` event, which OpenAI's
@@ -30,6 +30,7 @@ import {
 import { SoulmeshError } from "../../sdk/errors.js";
 import { TypedEventTarget } from "../../sdk/events.js";
 import { parseChatRequest, type ChatRequest } from "./chat-request.js";
+import { CorsPolicy, normalizeOrigin } from "./cors.js";
 import {
   ClientDisconnectedError,
   GatewayClosedError,
@@ -64,6 +65,12 @@ export interface OpenAiGatewayOptions {
   maxBodyBytes?: number;
   /** Requests that may wait behind the running turn (default 8); more get 429. */
   maxWaiting?: number;
+  /**
+   * Web origins (`scheme://host[:port]`, `*` for any) whose pages may call the gateway from a browser: their
+   * requests get CORS headers and preflights are answered. Default none: no CORS headers, and requests from
+   * any web page (those with an `Origin` header) are refused with 403. The API key is required all the same.
+   */
+  corsOrigins?: readonly string[];
   /** Closes the gateway when aborted. */
   signal?: AbortSignal;
 }
@@ -124,6 +131,9 @@ function checkOptions(o: OpenAiGatewayOptions): void {
   if (o.apiKey !== undefined && o.apiKey.length === 0) problems.push("apiKey, when given, is not empty");
   if (o.maxBodyBytes !== undefined && (!Number.isSafeInteger(o.maxBodyBytes) || o.maxBodyBytes < 1024)) problems.push("maxBodyBytes is an integer of at least 1024");
   if (o.maxWaiting !== undefined && (!Number.isSafeInteger(o.maxWaiting) || o.maxWaiting < 0)) problems.push("maxWaiting is a non-negative integer");
+  for (const origin of o.corsOrigins ?? []) {
+    if (normalizeOrigin(origin) === undefined) problems.push(`corsOrigins has ${JSON.stringify(origin)}, which is not an origin: scheme://host[:port] without a path, or *`);
+  }
   if (problems.length > 0) throw new InvalidGatewayOptionsError(problems);
 }
 
@@ -137,6 +147,7 @@ export class OpenAiGateway extends TypedEventTarget<OpenAiGatewayEvents> {
   readonly #apiKey: Buffer | undefined;
   readonly #maxBodyBytes: number;
   readonly #queue: TurnQueue;
+  readonly #cors: CorsPolicy;
   readonly #created = Math.floor(Date.now() / 1000);
   readonly #closing = new AbortController();
   readonly #inFlight = new Set<Promise<void>>();
@@ -151,6 +162,7 @@ export class OpenAiGateway extends TypedEventTarget<OpenAiGatewayEvents> {
     this.#apiKey = options.apiKey !== undefined ? Buffer.from(options.apiKey) : undefined;
     this.#maxBodyBytes = options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
     this.#queue = new TurnQueue(options.maxWaiting ?? DEFAULT_MAX_WAITING);
+    this.#cors = new CorsPolicy((options.corsOrigins ?? []).map((o) => normalizeOrigin(o)!));
     const { port } = server.address() as AddressInfo;
     this.url = `http://${host.includes(":") ? `[${host}]` : host}:${port}`;
     server.on("request", (req: IncomingMessage, res: ServerResponse) => {
@@ -191,6 +203,12 @@ export class OpenAiGateway extends TypedEventTarget<OpenAiGatewayEvents> {
     const signal = AbortSignal.any([gone.signal, this.#closing.signal]);
     try {
       signal.throwIfAborted();
+      // Before the API key: an allowed page must be able to read a 401, and a preflight carries no key.
+      this.#cors.apply(req, res);
+      if (this.#cors.isPreflight(req) && isRoute(path)) {
+        this.#cors.answerPreflight(req, res);
+        return;
+      }
       this.#authorize(req);
       if (path === "/v1/models") {
         allow(method, "GET");
@@ -327,6 +345,11 @@ export class OpenAiGateway extends TypedEventTarget<OpenAiGatewayEvents> {
   #report(method: string, path: string, status: number, error: unknown): void {
     this.dispatchEvent(new CustomEvent("request:failed", { detail: { method, path, status, error } }));
   }
+}
+
+/** Whether `path` is one the gateway serves. */
+function isRoute(path: string): boolean {
+  return path === "/v1/models" || path.startsWith("/v1/models/") || path === "/v1/chat/completions";
 }
 
 function allow(method: string, allowed: string): void {

@@ -2,9 +2,15 @@
  * The OpenAI-compatible gateway over a real agent on the real test network (EDR chain, provider protocols over
  * libp2p on the tiny model), driven by the official `openai` client: completions streamed and not match what
  * the agent recorded and was paid for, bad requests get the client's typed errors and change nothing, the API
- * key is enforced, and a client that goes away mid-stream cancels its turn (nothing recorded or paid).
+ * key is enforced, and a client that goes away mid-stream cancels its turn (nothing recorded or paid). CORS:
+ * allowed web origins get their preflights answered and every answer marked, others (and all, without
+ * --cors-origin) are refused, checked with fetch and from a real Chromium page on another loopback port.
  */
 import { mkdtemp, rm } from "node:fs/promises";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { InvalidArgumentError } from "commander";
+import type { Browser } from "playwright-core";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import OpenAI, { APIError, AuthenticationError, BadRequestError, NotFoundError } from "openai";
@@ -13,10 +19,12 @@ import { connectContracts } from "../../sdk/chain/contracts.js";
 import { openAgent, type Agent, type AgentReply, type OpenAgentOptions } from "../../sdk/client/index.js";
 import { parseCharacterCard } from "../../sdk/memory/persona/card.js";
 import type { Embedder } from "../../sdk/memory/retrieval/embedder.js";
-import { OpenAiRequestError } from "../../cli/serve/errors.js";
+import { InvalidGatewayOptionsError, OpenAiRequestError } from "../../cli/serve/errors.js";
+import { normalizeOrigin } from "../../cli/serve/cors.js";
 import { createOpenAiGateway, type OpenAiGateway } from "../../cli/serve/openai-gateway.js";
 import { TurnQueue } from "../../cli/serve/turn-queue.js";
-import { apiKeyFrom, InvalidServeArgumentError } from "../../cli/commands/serve.js";
+import { apiKeyFrom, InvalidServeArgumentError, parseCorsOrigin } from "../../cli/commands/serve.js";
+import { CHROMIUM_MISSING, hasChromium, launchChromium } from "../dashboard/browser.js";
 import { hashEmbedder } from "../helpers/hash-embedder.js";
 import { MemoryBlockStore } from "../helpers/memory-block-store.js";
 import { USD } from "../helpers/soulmesh.js";
@@ -339,4 +347,205 @@ describe("serve's API key option", () => {
     expect(() => apiKeyFrom({ host: "127.0.0.1", apiKeyEnv: "KEY" }, {})).toThrow(/export KEY=/);
     expect(() => apiKeyFrom({ host: "0.0.0.0" }, {})).toThrow(/--api-key-env/);
   });
+});
+
+/** The CORS response headers of `res`, by name. */
+function corsHeaders(res: Response | Headers): Record<string, string> {
+  const headers = res instanceof Headers ? res : res.headers;
+  const found: Record<string, string> = {};
+  headers.forEach((value, name) => {
+    if (name.startsWith("access-control-")) found[name] = value;
+  });
+  return found;
+}
+
+/** A preflight as a browser sends it before a request with an Authorization header. */
+function preflight(url: string, origin: string, requestHeaders = "authorization, content-type"): Promise<Response> {
+  return fetch(url, {
+    method: "OPTIONS",
+    headers: { origin, "access-control-request-method": "POST", "access-control-request-headers": requestHeaders },
+  });
+}
+
+describe("OpenAI gateway's CORS", () => {
+  const page = "http://localhost:5173";
+  const key = "sk-cors-secret";
+
+  it("sends no CORS headers without --cors-origin, and refuses web pages' requests, changing nothing", async () => {
+    const before = snapshot();
+    const plain = await fetch(`${gateway.url}/v1/models`);
+    expect(plain.status).toBe(200);
+    expect(corsHeaders(plain)).toEqual({});
+    expect(plain.headers.get("vary")).toBeNull();
+
+    const fromPage = await fetch(`${gateway.url}/v1/models`, { headers: { origin: page } });
+    expect(fromPage.status).toBe(403);
+    expect(corsHeaders(fromPage)).toEqual({});
+    expect(await fromPage.json()).toMatchObject({ error: { code: "origin_not_allowed", message: expect.stringMatching(/--cors-origin http:\/\/localhost:5173/) } });
+
+    // A "simple" cross-origin POST skips the preflight: without the Origin check any web site could run turns.
+    const simple = await fetch(`${gateway.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { origin: "https://evil.example", "content-type": "text/plain" },
+      body: JSON.stringify({ model, messages: [{ role: "user", content: "Remember that I love spam." }] }),
+    });
+    expect(simple.status).toBe(403);
+    expect(corsHeaders(simple)).toEqual({});
+
+    const pre = await preflight(`${gateway.url}/v1/chat/completions`, page);
+    expect(pre.status).toBe(403);
+    expect(corsHeaders(pre)).toEqual({});
+    expect(snapshot()).toEqual(before);
+  });
+
+  it("answers an allowed origin's preflight without the key, marks its JSON, streamed and error answers, and still requires the key", async () => {
+    const cors = await createOpenAiGateway({ agent, model, apiKey: key, corsOrigins: [`${page}/`, "http://127.0.0.1:3000"] });
+    try {
+      const before = snapshot();
+      const pre = await preflight(`${cors.url}/v1/chat/completions`, page, "Authorization, content-type, x-stainless-os, x-stainless-retry-count, bad header");
+      expect(pre.status).toBe(204);
+      expect(corsHeaders(pre)).toMatchObject({
+        "access-control-allow-origin": page,
+        "access-control-allow-methods": "GET, POST, OPTIONS",
+        "access-control-allow-headers": "authorization, content-type, x-stainless-os, x-stainless-retry-count",
+        "access-control-max-age": "7200",
+      });
+      expect(pre.headers.get("vary")).toMatch(/Origin/);
+      const preModel = await preflight(`${cors.url}/v1/models/${model}`, "http://127.0.0.1:3000");
+      expect(preModel.status).toBe(204);
+      expect(preModel.headers.get("access-control-allow-origin")).toBe("http://127.0.0.1:3000");
+
+      // Another origin, or the allowed one on another port: refused, with nothing a browser would accept.
+      for (const other of ["http://localhost:5174", "https://localhost:5173", "null"]) {
+        const refused = await preflight(`${cors.url}/v1/chat/completions`, other);
+        expect(refused.status).toBe(403);
+        expect(corsHeaders(refused)).toEqual({});
+        const real = await fetch(`${cors.url}/v1/models`, { headers: { origin: other, authorization: `Bearer ${key}` } });
+        expect(real.status).toBe(403);
+        expect(corsHeaders(real)).toEqual({});
+      }
+
+      // The preflight needs no key; the real request does, and the page can read why it failed.
+      const noKey = await fetch(`${cors.url}/v1/models`, { headers: { origin: page } });
+      expect(noKey.status).toBe(401);
+      expect(noKey.headers.get("access-control-allow-origin")).toBe(page);
+
+      const c = new OpenAI({ baseURL: `${cors.url}/v1`, apiKey: key, maxRetries: 0, timeout: 30_000, defaultHeaders: { origin: page } });
+      const { data: models, response: listed } = await c.models.list().withResponse();
+      expect(models.data.map((m) => m.id)).toEqual([model]);
+      expect(listed.headers.get("access-control-allow-origin")).toBe(page);
+      expect(listed.headers.get("vary")).toBe("Origin");
+
+      const { data, response } = await c.chat.completions.create({ model, messages: [{ role: "user", content: "Hello from a web page." }], max_tokens: 6 }).withResponse();
+      expect(data.choices[0]!.message.content).toBe(done.at(-1)!.reply);
+      expect(corsHeaders(response)).toEqual({
+        "access-control-allow-origin": page,
+        "access-control-expose-headers": "x-soulmesh-ignored-messages, x-soulmesh-provider, x-soulmesh-cost, x-should-retry, retry-after, allow",
+      });
+      expect(response.headers.get("x-soulmesh-cost")).toBe(done.at(-1)!.cost.toString());
+
+      const { data: stream, response: streamed } = await c.chat.completions.create({ model, messages: [{ role: "user", content: "And streamed?" }], max_tokens: 6, stream: true }).withResponse();
+      let text = "";
+      for await (const chunk of stream) text += chunk.choices[0]?.delta.content ?? "";
+      expect(text).toBe(done.at(-1)!.reply);
+      expect(streamed.headers.get("content-type")).toMatch(/text\/event-stream/);
+      expect(streamed.headers.get("access-control-allow-origin")).toBe(page);
+      expect(streamed.headers.get("access-control-expose-headers")).toMatch(/x-soulmesh-ignored-messages/);
+
+      const bad = await c.chat.completions.create({ model, messages: [{ role: "user", content: "Hi" }], max_tokens: 0 }).catch((e: unknown) => e);
+      expect(bad).toBeInstanceOf(BadRequestError);
+      expect((bad as APIError).headers?.get("access-control-allow-origin")).toBe(page);
+      const wrongMethod = await fetch(`${cors.url}/v1/chat/completions`, { headers: { origin: page, authorization: `Bearer ${key}` } });
+      expect(wrongMethod.status).toBe(405);
+      expect(corsHeaders(wrongMethod)).toMatchObject({ "access-control-allow-origin": page, "access-control-expose-headers": expect.stringMatching(/\ballow\b/) });
+
+      expect(done.length).toBe(before.done + 2);
+      expect(agent.memory.turns.length).toBe(before.turns + 4);
+    } finally {
+      await cors.close();
+    }
+  }, 60_000);
+
+  it("allows any origin with *, answering *", async () => {
+    const any = await createOpenAiGateway({ agent, model, corsOrigins: ["*"] });
+    try {
+      const pre = await preflight(`${any.url}/v1/chat/completions`, "https://chat.example.org", "x-stainless-lang");
+      expect(pre.status).toBe(204);
+      expect(pre.headers.get("access-control-allow-origin")).toBe("*");
+      expect(pre.headers.get("access-control-allow-headers")).toBe("authorization, content-type, x-stainless-lang");
+      const models = await fetch(`${any.url}/v1/models`, { headers: { origin: "http://localhost:1234" } });
+      expect(models.status).toBe(200);
+      expect(models.headers.get("access-control-allow-origin")).toBe("*");
+      // Without Origin (not a browser): no CORS headers needed.
+      expect(corsHeaders(await fetch(`${any.url}/v1/models`))).toEqual({});
+    } finally {
+      await any.close();
+    }
+  });
+
+  it("refuses what is not an origin, in the gateway's options and on the command line", async () => {
+    for (const bad of ["http://localhost:5173/app", "null", "", "localhost:5173", "http://a/?q", "https://user@host"]) {
+      await expect(createOpenAiGateway({ agent, model, corsOrigins: [bad] })).rejects.toThrow(InvalidGatewayOptionsError);
+      expect(() => parseCorsOrigin(bad)).toThrow(InvalidArgumentError);
+    }
+    expect(normalizeOrigin("HTTPS://Chat.Example.com:443/")).toBe("https://chat.example.com");
+    expect(normalizeOrigin("chrome-extension://AbCd")).toBe("chrome-extension://abcd");
+    expect(parseCorsOrigin("http://LOCALHOST:5173/", parseCorsOrigin("http://localhost:5173"))).toEqual(["http://localhost:5173"]);
+    expect(parseCorsOrigin("*", ["http://localhost:5173"])).toEqual(["http://localhost:5173", "*"]);
+  });
+});
+
+const chromiumPresent = hasChromium();
+
+describe.skipIf(!chromiumPresent && !process.env.CI)(chromiumPresent ? "OpenAI gateway's CORS in a browser" : `OpenAI gateway's CORS in a browser: ${CHROMIUM_MISSING}`, () => {
+  let browser: Browser;
+  let pageServer: Server;
+  let pageOrigin: string;
+
+  beforeAll(async () => {
+    browser = await launchChromium();
+    pageServer = createServer((_req, res) => res.writeHead(200, { "content-type": "text/html" }).end("<!doctype html><title>chat app</title>"));
+    await new Promise<void>((resolve) => pageServer.listen(0, "127.0.0.1", resolve));
+    pageOrigin = `http://127.0.0.1:${(pageServer.address() as AddressInfo).port}`;
+  }, 60_000);
+
+  afterAll(async () => {
+    await browser?.close();
+    await new Promise((resolve) => pageServer?.close(resolve));
+  });
+
+  /** What a page at pageOrigin gets from fetching `${url}/v1/models` with an API key (which makes it preflight). */
+  async function fetchModelsFromPage(url: string, apiKey: string): Promise<{ status?: number; ids?: string[]; error?: string }> {
+    const context = await browser.newContext();
+    try {
+      const tab = await context.newPage();
+      await tab.goto(pageOrigin);
+      return await tab.evaluate(
+        async ({ url, apiKey }) => {
+          try {
+            const r = await fetch(`${url}/v1/models`, { headers: { authorization: `Bearer ${apiKey}` } });
+            const body = (await r.json()) as { data: { id: string }[] };
+            return { status: r.status, ids: body.data.map((m) => m.id) };
+          } catch (err) {
+            return { error: String(err) };
+          }
+        },
+        { url, apiKey },
+      );
+    } finally {
+      await context.close();
+    }
+  }
+
+  it("lets a page on another loopback port list the models with --cors-origin, and not without", async () => {
+    const cors = await createOpenAiGateway({ agent, model, apiKey: "sk-browser", corsOrigins: [pageOrigin] });
+    const closed = await createOpenAiGateway({ agent, model, apiKey: "sk-browser" });
+    try {
+      expect(await fetchModelsFromPage(cors.url, "sk-browser")).toEqual({ status: 200, ids: [model] });
+      expect(await fetchModelsFromPage(closed.url, "sk-browser")).toEqual({ error: expect.stringMatching(/Failed to fetch/) });
+      expect(await fetchModelsFromPage(gateway.url, "unused")).toEqual({ error: expect.stringMatching(/Failed to fetch/) });
+    } finally {
+      await Promise.all([cors.close(), closed.close()]);
+    }
+  }, 60_000);
 });
