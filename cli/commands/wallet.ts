@@ -1,6 +1,10 @@
 import { readFile } from "node:fs/promises";
 import type { Command } from "commander";
 import { HDNodeWallet, Mnemonic, Wallet, formatEther } from "ethers";
+import type { TransactionReceipt } from "ethers";
+import type { SoulmeshContracts } from "../../sdk/chain/contracts.js";
+import type { Deployment } from "../../sdk/chain/deployment.js";
+import { withRevertDecoding } from "../../sdk/chain/revert.js";
 import { SoulmeshError } from "../../sdk/errors.js";
 import {
   isValidAccountName,
@@ -11,11 +15,24 @@ import {
   updateConfig,
   InvalidAccountNameError,
 } from "../accounts/keystore.js";
-import { AccountNotFoundError, describeAccount } from "../accounts/resolve.js";
+import { AccountNotFoundError, describeAccount, resolveAccount } from "../accounts/resolve.js";
+import type { Account } from "../accounts/resolve.js";
 import { readNewPassword, readSecretFromStdin } from "../accounts/secrets.js";
 import { withContext } from "../context.js";
 import type { CommandContext } from "../context.js";
-import { accountJson, money, pendingJson, pendingText, readFunds, showMoney, tokenInfo } from "./escrow.js";
+import { TransactionDroppedError, sendTransaction } from "../transactions.js";
+import {
+  InvalidAmountError,
+  accountJson,
+  money,
+  parseTokenAmount,
+  pendingJson,
+  pendingText,
+  readFunds,
+  showMoney,
+  tokenInfo,
+} from "./escrow.js";
+import type { Money, TokenInfo } from "./escrow.js";
 
 /** A key or mnemonic that cannot be imported, or a source of it that cannot be read. */
 export class InvalidKeyError extends SoulmeshError {
@@ -178,7 +195,197 @@ async function runDefault(ctx: CommandContext, name: string): Promise<void> {
   ctx.out.result({ defaultAccount: name, address: wallet.address ?? null }, `"${name}" is now the default account.`);
 }
 
-/** Registers `soulmesh wallet create|import|show|list|default`. */
+/** The chain id of the local devnet (Hardhat's). */
+export const DEVNET_CHAIN_ID = 31337;
+
+/** `wallet fund` on a deployment that is not the local devnet, whose faucet mints nothing real. */
+export class FaucetDevnetOnlyError extends SoulmeshError {
+  override readonly name = "FaucetDevnetOnlyError";
+  constructor(
+    readonly chainId: number,
+    reason: string,
+    token: Pick<TokenInfo, "address" | "symbol">,
+  ) {
+    super(
+      `The faucet only funds accounts on the local devnet (chain ${DEVNET_CHAIN_ID}, started by \`soulmesh devnet\` or ` +
+        `\`npm start\`), and ${reason}. On chain ${chainId}, get its native coin for gas from that chain's faucet or ` +
+        `an exchange, and the payment token ${token.symbol} (${token.address}) from its issuer, then send both to ` +
+        "your address (`soulmesh wallet show` prints it).",
+    );
+  }
+}
+
+/** `wallet fund` with both amounts zero. */
+export class NothingToFundError extends SoulmeshError {
+  override readonly name = "NothingToFundError";
+  constructor() {
+    super("Nothing to send: --tusd and --eth are both zero. Give a positive amount for at least one, e.g. --tusd 100.");
+  }
+}
+
+/** The devnet's deployer holds less ETH than the faucet was asked to send plus the gas. */
+export class FaucetEmptyError extends SoulmeshError {
+  override readonly name = "FaucetEmptyError";
+  constructor(
+    readonly deployer: string,
+    readonly available: bigint,
+    readonly required: bigint,
+  ) {
+    super(
+      `The devnet's deployer ${deployer} holds ${formatEther(available)} ETH, less than the ${formatEther(required)} ETH ` +
+        "this needs (amount and gas). Ask for less with --eth, or restart the devnet (`soulmesh devnet`) for a fresh chain.",
+    );
+  }
+}
+
+/** Options of `wallet fund`, as commander passes them. */
+interface FundOptions {
+  tusd: string;
+  eth: string;
+}
+
+/** What `wallet fund` sent and what the account holds afterwards. */
+export interface FundResult {
+  address: string;
+  tusd: Money;
+  eth: Money;
+  balances: { tusd: Money; eth: Money };
+  txHashes: string[];
+}
+
+const ETH = { decimals: 18, symbol: "ETH" } as const;
+
+/**
+ * A faucet amount: zero is allowed (to send only the other asset), anything else goes through the
+ * deposit's exact decimal parser.
+ *
+ * @example
+ * parseFaucetAmount("0", 6) // 0n
+ * parseFaucetAmount("2.5", 6) // 2_500_000n
+ * @throws InvalidAmountError for junk, negatives, exponents and more decimals than `decimals`.
+ */
+export function parseFaucetAmount(input: string, decimals: number): bigint {
+  if (/^\s*(\d+(\.\d*)?|\.\d+)\s*$/.test(input) && !/[1-9]/.test(input)) return 0n;
+  return parseTokenAmount(input, decimals);
+}
+
+/**
+ * The dev accounts of a deployment that is the local devnet's, judged from the file alone (chain id, dev
+ * accounts), so that a foreign deployment is refused before its RPC is ever contacted.
+ *
+ * @example
+ * const devs = devnetAccounts(await ctx.deployment()) // [{ label: "deployer", … }, …]
+ * @throws FaucetDevnetOnlyError on another chain or without dev accounts.
+ */
+export function devnetAccounts(deployment: Deployment): NonNullable<Deployment["devAccounts"]> {
+  const token = { address: deployment.contracts.token, symbol: deployment.token.symbol };
+  if (deployment.chainId !== DEVNET_CHAIN_ID) {
+    throw new FaucetDevnetOnlyError(deployment.chainId, `this deployment is for chain ${deployment.chainId}`, token);
+  }
+  const devs = deployment.devAccounts ?? [];
+  if (devs.length === 0) {
+    throw new FaucetDevnetOnlyError(deployment.chainId, "this deployment lists no dev accounts (it is not a devnet's)", token);
+  }
+  return devs;
+}
+
+/**
+ * The dev account that may mint the deployment's token: only the local devnet, whose TestStablecoin is owned
+ * by its deployer (a public test key), can mint freely.
+ *
+ * @example
+ * const deployer = await devnetMinter(deployment, await ctx.contracts(), token) // dev account 0, "deployer"
+ * @throws FaucetDevnetOnlyError on another chain, without dev accounts, or when no dev account owns the token.
+ */
+export async function devnetMinter(
+  deployment: Deployment,
+  contracts: SoulmeshContracts,
+  token: Pick<TokenInfo, "address" | "symbol">,
+): Promise<{ address: string; privateKey: string; label: string }> {
+  const devs = devnetAccounts(deployment);
+  let owner: string;
+  try {
+    owner = await contracts.token.owner();
+  } catch {
+    throw new FaucetDevnetOnlyError(deployment.chainId, `its token ${token.address} is not the devnet's TestStablecoin`, token);
+  }
+  const minter = devs.find((d) => d.address === owner);
+  if (minter === undefined) {
+    throw new FaucetDevnetOnlyError(deployment.chainId, `its token is owned by ${owner}, not by a dev account`, token);
+  }
+  return minter;
+}
+
+/** The account to fund: ACCOUNT when given (resolved like --account), else the command's account. */
+async function fundedAccount(ctx: CommandContext, spec: string | undefined): Promise<Account> {
+  if (spec === undefined) return ctx.account();
+  try {
+    const { account } = await resolveAccount({ home: ctx.home, account: spec, deployment: () => ctx.deployment(), signal: ctx.signal });
+    return account;
+  } catch (err) {
+    if (!(err instanceof AccountNotFoundError)) throw err;
+    const known = (await listKeystores(ctx.home)).map((w) => w.name);
+    throw new AccountNotFoundError(spec, known, "the ACCOUNT argument");
+  }
+}
+
+/** A plain ETH transfer, waited for like {@link sendTransaction} does for contract calls. */
+async function sendEth(ctx: CommandContext, from: Wallet, to: string, value: bigint): Promise<TransactionReceipt> {
+  ctx.signal.throwIfAborted();
+  ctx.out.progress(`sending ${formatEther(value)} ETH for gas from the devnet's deployer…`);
+  const response = await ctx.abortable(withRevertDecoding(from.sendTransaction({ to, value })));
+  const receipt = await ctx.abortable(withRevertDecoding(response.wait()));
+  if (receipt === null) throw new TransactionDroppedError(response.hash);
+  return receipt;
+}
+
+async function runFund(ctx: CommandContext, spec: string | undefined, opts: FundOptions): Promise<void> {
+  const eth = parseFaucetAmount(opts.eth, ETH.decimals);
+  const deployment = await ctx.deployment();
+  // Refuse a foreign deployment before connecting: its RPC may be far away, or on another chain altogether.
+  devnetAccounts(deployment);
+  const account = await fundedAccount(ctx, spec);
+  const read = await ctx.contracts();
+  const token = await tokenInfo(read);
+  const tusd = parseFaucetAmount(opts.tusd, token.decimals);
+  if (tusd === 0n && eth === 0n) throw new NothingToFundError();
+  const minter = await devnetMinter(deployment, read, token);
+
+  const deployer = new Wallet(minter.privateKey, await ctx.provider());
+  const c = await ctx.contracts(deployer);
+  const fees = await deployer.provider!.getFeeData();
+  const mintGas = tusd > 0n ? await withRevertDecoding(c.token.mint.estimateGas(account.address, tusd)) : 0n;
+  const gasCost = (mintGas + (eth > 0n ? 21_000n : 0n)) * (fees.maxFeePerGas ?? fees.gasPrice ?? 0n);
+  const available = await deployer.provider!.getBalance(deployer.address);
+  if (available < eth + gasCost) throw new FaucetEmptyError(deployer.address, available, eth + gasCost);
+
+  ctx.out.progress(`funding ${describeAccount(account)} from the devnet's ${minter.label} ${deployer.address}`);
+  const txHashes: string[] = [];
+  if (tusd > 0n) {
+    const r = await sendTransaction(ctx, `minting ${showMoney(tusd, token)}…`, () => c.token.mint(account.address, tusd));
+    txHashes.push(r.hash);
+  }
+  if (eth > 0n) txHashes.push((await sendEth(ctx, deployer, account.address, eth)).hash);
+
+  const [tokens, native] = await Promise.all([c.token.balanceOf(account.address), deployer.provider!.getBalance(account.address)]);
+  const result: FundResult = {
+    address: account.address,
+    tusd: money(tusd, token),
+    eth: money(eth, ETH),
+    balances: { tusd: money(tokens, token), eth: money(native, ETH) },
+    txHashes,
+  };
+  ctx.out.result(
+    { ...accountJson(account), ...result },
+    [
+      `Funded ${describeAccount(account)} with ${showMoney(tusd, token)} and ${showMoney(eth, ETH)}.`,
+      `  it now holds ${showMoney(tokens, token)} and ${formatEther(native)} ETH`,
+      `  next: \`soulmesh deposit AMOUNT${spec === undefined ? "" : ` --account ${spec}`}\` to pay for chats`,
+    ].join("\n"),
+  );
+}
+
+/** Registers `soulmesh wallet create|import|show|list|default|fund`. */
 export function registerWallet(program: Command): void {
   const wallet = program.command("wallet").description("Your accounts: encrypted keystores in <home>/wallets").addHelpText(
     "after",
@@ -263,4 +470,26 @@ Examples:
   $ soulmesh wallet default savings`,
     )
     .action((name: string, _opts: unknown, cmd: Command) => withContext(cmd, (ctx) => runDefault(ctx, name)));
+
+  wallet
+    .command("fund")
+    .description("Devnet faucet: mint test tUSD and send ETH for gas to an account (local devnet only)")
+    .argument("[account]", "a wallet name, an address, dev:N or a devnet label (default: --account, else the default account)")
+    .option("--tusd <amount>", "test tokens to mint, 0 for none", "100")
+    .option("--eth <amount>", "ETH for gas to send, 0 for none", "1")
+    .addHelpText(
+      "after",
+      `
+Only on the local devnet (chain ${DEVNET_CHAIN_ID}, \`soulmesh devnet\` or \`npm start\`): its deployer (dev account 0,
+the owner of the TestStablecoin) mints the tokens and sends the ETH in a plain transfer. No password is needed: the
+recipient signs nothing. Elsewhere the command refuses; fund the address from that chain's own sources.
+
+Examples:
+  $ soulmesh wallet create --name alice && soulmesh wallet fund
+  $ soulmesh wallet fund alice --tusd 250 --eth 0.5
+  $ soulmesh wallet fund 0x90F79bf6EB2c4f870365E785982E1f101E93b906 --eth 0 --json`,
+    )
+    .action((account: string | undefined, opts: FundOptions, cmd: Command) =>
+      withContext(cmd, (ctx) => runFund(ctx, account, opts)),
+    );
 }

@@ -1,5 +1,5 @@
 /**
- * `soulmesh wallet|deposit|withdraw|balance|earnings` as child processes against a devnet started in this
+ * `soulmesh wallet|wallet fund|deposit|withdraw|balance|earnings` as child processes against a devnet started in this
  * process: keystores on disk, account resolution, and every amount checked on the chain to the unit.
  */
 import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
@@ -12,6 +12,7 @@ import { startDevnet } from "../../cli/devnet/devnet.js";
 import type { Devnet } from "../../cli/devnet/devnet.js";
 import { saveKeystore } from "../../cli/accounts/keystore.js";
 import { InvalidAmountError, formatDuration, parseTokenAmount } from "../../cli/commands/escrow.js";
+import { parseFaucetAmount } from "../../cli/commands/wallet.js";
 import { connectContracts } from "../../sdk/chain/contracts.js";
 import type { SoulmeshContracts } from "../../sdk/chain/contracts.js";
 import type { DevAccount } from "../../sdk/chain/dev-accounts.js";
@@ -83,6 +84,12 @@ describe("amounts", () => {
     expect(parseTokenAmount("1.500000", 6)).toBe(1_500_000n);
     for (const bad of ["0", "0.0", "-1", "1.0000001", "abc", "1e3", "", "1,5", "0x10", " "]) {
       expect(() => parseTokenAmount(bad, 6), bad).toThrow(InvalidAmountError);
+    }
+    // The faucet takes zero too (to send one asset only), and is otherwise the same parser.
+    for (const zero of ["0", "0.0", "00", ".0"]) expect(parseFaucetAmount(zero, 18), zero).toBe(0n);
+    expect(parseFaucetAmount("0.25", 18)).toBe(250_000_000_000_000_000n);
+    for (const bad of ["-0", "-1", "1.0000001", "1e3", "", "0x0", "ten"]) {
+      expect(() => parseFaucetAmount(bad, 6), bad).toThrow(InvalidAmountError);
     }
     expect(formatDuration(172_800)).toBe("2d");
     expect(formatDuration(3_661)).toBe("1h 1m 1s");
@@ -330,5 +337,115 @@ describe("earnings", () => {
     expect(units(after.json.pending)).toBe(0n);
     expect(units(after.json.withdrawnSoFar)).toBe(pending);
     expect(await contracts.token.balanceOf(provider!.address)).toBe(tokensBefore + pending);
+  });
+});
+
+describe("faucet", () => {
+  const deployer = (): string => accounts[0]!.address;
+
+  it("wallet fund: a new wallet gets exactly the amounts, then deposits with its own funds; defaults are 100 tUSD and 1 ETH", async () => {
+    const home = await newHome("fund");
+    const alice = Wallet.createRandom();
+    await saveKeystore(home, "alice", alice, PASSWORD);
+    const supply0 = await contracts.token.totalSupply();
+
+    const funded = await cli(home, ["wallet", "fund", "alice", "--tusd", "2.5", "--eth", "0.25"]);
+    expect(funded.code).toBe(0);
+    expect(funded.stderr).toBe("");
+    expect(funded.json).toMatchObject({ address: alice.address, source: "keystore", name: "alice" });
+    expect(units(funded.json.tusd)).toBe(2_500_000n);
+    expect(units(funded.json.eth)).toBe(250_000_000_000_000_000n);
+    expect(funded.json.txHashes).toHaveLength(2);
+    expect(await contracts.token.balanceOf(alice.address)).toBe(2_500_000n);
+    expect(await rpc.getBalance(alice.address)).toBe(250_000_000_000_000_000n);
+    expect(await contracts.token.totalSupply()).toBe(supply0 + 2_500_000n);
+    const balances = funded.json.balances as { tusd: unknown; eth: unknown };
+    expect(units(balances.tusd)).toBe(2_500_000n);
+    expect(units(balances.eth)).toBe(250_000_000_000_000_000n);
+
+    // Its own money now pays: the approval and deposit gas come out of the faucet's ETH.
+    const deposited = await cli(home, ["deposit", "1", "--account", "alice"], { SOULMESH_PASSWORD: PASSWORD });
+    expect(deposited.code).toBe(0);
+    expect(await contracts.inferenceEscrow.depositOf(alice.address)).toBe(1_000_000n);
+    expect(await contracts.token.balanceOf(alice.address)).toBe(1_500_000n);
+    const ethAfterDeposit = await rpc.getBalance(alice.address);
+    expect(ethAfterDeposit).toBeLessThan(250_000_000_000_000_000n);
+    expect(ethAfterDeposit).toBeGreaterThan(0n);
+
+    // No ACCOUNT: the only wallet of the home; no options: the defaults.
+    const again = await cli(home, ["wallet", "fund"]);
+    expect(again.code).toBe(0);
+    expect(again.json).toMatchObject({ address: alice.address, tusd: { units: "100000000", formatted: "100" } });
+    expect(units(again.json.eth)).toBe(10n ** 18n);
+    expect(await contracts.token.balanceOf(alice.address)).toBe(101_500_000n);
+    expect(await rpc.getBalance(alice.address)).toBe(ethAfterDeposit + 10n ** 18n);
+
+    // A bare address can be funded (no key needed), and one asset alone.
+    const watched = Wallet.createRandom().address;
+    const tokensOnly = await cli(home, ["wallet", "fund", watched, "--eth", "0", "--tusd", "0.000001"]);
+    expect(tokensOnly.code).toBe(0);
+    expect(tokensOnly.json.txHashes).toHaveLength(1);
+    expect(await contracts.token.balanceOf(watched)).toBe(1n);
+    expect(await rpc.getBalance(watched)).toBe(0n);
+  });
+
+  it("bad amounts, nothing to send, unknown accounts and non-devnet deployments get typed errors and send nothing", async () => {
+    const home = await newHome("fund-bad");
+    const target = Wallet.createRandom().address;
+    const nonce0 = await rpc.getTransactionCount(deployer());
+    const supply0 = await contracts.token.totalSupply();
+
+    const foreignChain = join(root, "chain-1.json");
+    await writeFile(foreignChain, JSON.stringify({ ...devnet.deployment, chainId: 1 }));
+    const noDevAccounts = join(root, "no-dev-accounts.json");
+    await writeFile(noDevAccounts, JSON.stringify({ ...devnet.deployment, devAccounts: undefined, pid: undefined }));
+    // The right chain and token, but dev accounts that do not own it: nobody here may mint.
+    const stranger = Wallet.createRandom();
+    const notOwner = join(root, "not-owner.json");
+    await writeFile(
+      notOwner,
+      JSON.stringify({ ...devnet.deployment, devAccounts: [{ address: stranger.address, privateKey: stranger.privateKey, label: "deployer" }] }),
+    );
+
+    const runs = await Promise.all([
+      cli(home, ["wallet", "fund", target, "--tusd", "ten"]),
+      cli(home, ["wallet", "fund", target, "--eth", "-1"]),
+      cli(home, ["wallet", "fund", target, "--tusd", "0", "--eth", "0.0"]),
+      cli(home, ["wallet", "fund", "nobody"]),
+      cli(home, ["wallet", "fund", "dev:99"]),
+      cli(home, ["wallet", "fund", target, "--eth", "100000000"]),
+      cli(home, ["wallet", "fund", target, "--deployment", foreignChain]),
+      cli(home, ["wallet", "fund", target, "--deployment", noDevAccounts]),
+      cli(home, ["wallet", "fund", target, "--deployment", notOwner]),
+    ]);
+    expect(runs.map((r) => [r.code, r.json.error?.name])).toEqual([
+      [1, "InvalidAmountError"],
+      [1, "InvalidAmountError"],
+      [1, "NothingToFundError"],
+      [1, "AccountNotFoundError"],
+      [1, "DevAccountUnavailableError"],
+      [1, "FaucetEmptyError"],
+      [1, "FaucetDevnetOnlyError"],
+      [1, "FaucetDevnetOnlyError"],
+      [1, "FaucetDevnetOnlyError"],
+    ]);
+    expect(runs[3]!.json.error?.message).toContain("ACCOUNT argument");
+    const [chain1, noDev, owner] = runs.slice(6).map((r) => r.json.error!.message);
+    expect(chain1).toContain("chain 1");
+    expect(chain1).toContain("only funds accounts on the local devnet");
+    expect(noDev).toContain("no dev accounts");
+    expect(owner).toContain(`owned by ${deployer()}`);
+
+    expect(await rpc.getTransactionCount(deployer())).toBe(nonce0);
+    expect(await contracts.token.totalSupply()).toBe(supply0);
+    expect(await contracts.token.balanceOf(target)).toBe(0n);
+    expect(await rpc.getBalance(target)).toBe(0n);
+  });
+
+  it("help shows the options and examples", async () => {
+    const p = runCli(["wallet", "fund", "--help"]);
+    expect(await p.exited()).toBe(0);
+    expect(p.stdout()).toContain("--tusd <amount>");
+    expect(p.stdout()).toContain("soulmesh wallet fund alice --tusd 250 --eth 0.5");
   });
 });
