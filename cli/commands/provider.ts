@@ -19,7 +19,9 @@ import { stopSignals } from "../context.js";
 import { IpfsServiceRunningError, openLocalIpfs, startLocalIpfsService } from "../ipfs/local-ipfs.js";
 import { createOutput, type Output } from "../output.js";
 import { formatUnitsFixed } from "../../sdk/chain/units.js";
+import { InvalidAmountError } from "./escrow.js";
 import { globalOptions, parsePort } from "./options.js";
+import { parseAmountOrZero } from "./persona.js";
 
 /** The provider key is missing or given twice. */
 export class ProviderKeyError extends SoulmeshError {
@@ -39,9 +41,42 @@ export class ProviderNotRunningError extends SoulmeshError {
   override readonly name = "ProviderNotRunningError";
 }
 
-function parseUnits(value: string): bigint {
-  if (!/^\d+$/.test(value)) throw new InvalidArgumentError("expected a whole number of token units.");
-  return BigInt(value);
+/** The registry stores each price as a uint128. */
+const MAX_PRICE = (1n << 128n) - 1n;
+
+/** The amount options of `provider start` as typed: decimal token amounts, prices per million tokens. */
+export interface ProviderAmountOptions {
+  priceIn: string;
+  priceOut: string;
+  stake?: string;
+  settleThreshold: string;
+}
+
+/** The amount options in token base units. */
+export interface ProviderAmounts {
+  prices: { input: bigint; output: bigint };
+  stake?: bigint;
+  settleThreshold: bigint;
+}
+
+/**
+ * Parses the amount options of `provider start` exactly with the deployment's token decimals, the way every other
+ * command parses amounts. Zero is allowed: a free provider, no settlement threshold, a registry without a minimum stake.
+ *
+ * @example
+ * parseProviderAmounts({ priceIn: "0.5", priceOut: "1.5", stake: "150", settleThreshold: "10" }, 6)
+ * // { prices: { input: 500_000n, output: 1_500_000n }, stake: 150_000_000n, settleThreshold: 10_000_000n }
+ * @throws InvalidAmountError for junk, negatives, more decimals than the token has, and prices above the registry's uint128.
+ */
+export function parseProviderAmounts(opts: ProviderAmountOptions, decimals: number): ProviderAmounts {
+  const price = (input: string): bigint => {
+    const units = parseAmountOrZero(input, decimals);
+    if (units > MAX_PRICE) throw new InvalidAmountError(input, "it is above the largest price the registry can hold");
+    return units;
+  };
+  const prices = { input: price(opts.priceIn), output: price(opts.priceOut) };
+  const stake = opts.stake === undefined ? undefined : parseAmountOrZero(opts.stake, decimals);
+  return { prices, ...(stake !== undefined && { stake }), settleThreshold: parseAmountOrZero(opts.settleThreshold, decimals) };
 }
 
 function parseIndex(value: string): number {
@@ -56,7 +91,7 @@ function parsePositiveInt(value: string): number {
 
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
 
-interface StartOptions {
+interface StartOptions extends ProviderAmountOptions {
   model: string[];
   adaptersDir: string[];
   dataDir?: string;
@@ -64,15 +99,9 @@ interface StartOptions {
   offline: boolean;
   listen?: string[];
   bootstrap: string[];
-  priceIn: bigint;
-  priceOut: bigint;
-  /** The hidden first spellings of --price-in/--price-out; resolved into these before runStart. */
-  priceInput: bigint;
-  priceOutput: bigint;
   /** False with --no-ipfs. */
   ipfs: boolean;
   ipfsApi?: string;
-  stake?: bigint;
   metricsPort: number;
   deployment?: string;
   rpc?: string;
@@ -81,7 +110,6 @@ interface StartOptions {
   threads?: number;
   contextSize?: number;
   settleInterval: number;
-  settleThreshold: bigint;
 }
 
 interface StatusOptions {
@@ -134,20 +162,37 @@ function providerKey(opts: StartOptions, deployment: Deployment): string {
   return key;
 }
 
-function describeRecord(record: OnChainProvider | undefined | null, decimals: number): string[] {
+/** The token amounts are shown in; the devnet's when no deployment can be read. */
+type TokenView = Pick<Deployment["token"], "decimals" | "symbol">;
+const DEVNET_TOKEN: TokenView = { decimals: 6, symbol: "tUSD" };
+
+/**
+ * Prices per million tokens for people, in the token's decimal units (they are token base units on chain).
+ *
+ * @example
+ * describePrices({ input: 500_000n, output: 1_500_000n }, { decimals: 6, symbol: "tUSD" })
+ * // "0.5 input / 1.5 output tUSD per million tokens"
+ */
+function describePrices(prices: { input: bigint | string; output: bigint | string }, token: TokenView): string {
+  const show = (v: bigint | string): string => formatUnitsFixed(BigInt(v), token.decimals);
+  return `${show(prices.input)} input / ${show(prices.output)} output ${token.symbol} per million tokens`;
+}
+
+function describeRecord(record: OnChainProvider | undefined | null, token: TokenView): string[] {
   if (record == null) return ["on chain   not registered"];
+  const amount = (v: bigint): string => `${formatUnitsFixed(v, token.decimals)} ${token.symbol}`;
   return [
-    `on chain   ${record.active ? "active" : "inactive (stake below the minimum)"}, stake ${formatUnitsFixed(record.stake, decimals)}` +
-      (record.unbonding > 0n ? `, unbonding ${formatUnitsFixed(record.unbonding, decimals)}` : ""),
+    `on chain   ${record.active ? "active" : "inactive (stake below the minimum)"}, stake ${amount(record.stake)}` +
+      (record.unbonding > 0n ? `, unbonding ${amount(record.unbonding)}` : ""),
     `  peer     ${record.peerId}`,
     ...record.multiaddrs.map((m) => `  address  ${m}`),
     ...record.modelHashes.map((h) => `  model    ${h}`),
-    `  prices   ${record.prices.input} input / ${record.prices.output} output (units per million tokens)`,
+    `  prices   ${describePrices(record.prices, token)}`,
   ];
 }
 
-function describeStatus(st: ProviderStatus, decimals: number): string {
-  const amount = (v: unknown) => formatUnitsFixed(BigInt(String(v)), decimals);
+function describeStatus(st: ProviderStatus, token: TokenView): string {
+  const amount = (v: unknown): string => `${formatUnitsFixed(BigInt(String(v)), token.decimals)} ${token.symbol}`;
   const up = st.uptimeSeconds;
   const uptime = up >= 3600 ? `${Math.floor(up / 3600)}h${Math.floor((up % 3600) / 60)}m` : up >= 60 ? `${Math.floor(up / 60)}m${up % 60}s` : `${up}s`;
   return [
@@ -156,7 +201,7 @@ function describeStatus(st: ProviderStatus, decimals: number): string {
     `peer       ${st.peerId}`,
     ...st.multiaddrs.map((m) => `listening  ${m}`),
     ...st.models.map((m) => `model      ${m.sha256}  ${m.source}`),
-    `prices     ${st.prices.input} input / ${st.prices.output} output (units per million tokens)`,
+    `prices     ${describePrices(st.prices, token)}`,
     `sessions   ${st.sessions.open} open (${st.sessions.busy} generating); served ${st.sessions.served.inputTokens} input / ` +
       `${st.sessions.served.outputTokens} output tokens`,
     `queue      ${st.queue.running} running, ${st.queue.queued} waiting; ${st.queue.contexts} contexts, ` +
@@ -200,6 +245,9 @@ async function runStart(opts: StartOptions, out: Output, home: string): Promise<
   try {
     const deploymentPath = resolve(opts.deployment ?? devnetDeploymentPath(home));
     const deployment = await readDeployment(deploymentPath);
+    // Before anything starts: a mistyped amount must not leave a half-started provider or a changed registry record.
+    const amounts = parseProviderAmounts(opts, deployment.token.decimals);
+    const token = deployment.token;
     const privateKey = providerKey(opts, deployment);
     const dataDir = resolve(opts.dataDir ?? join(home, "provider"));
     const ipfs = opts.ipfs ? await providerIpfs(home, opts.ipfsApi, stops.signal, out) : undefined;
@@ -213,14 +261,14 @@ async function runStart(opts: StartOptions, out: Output, home: string): Promise<
       ...(ipfs !== undefined && { blockStore: ipfs.store }),
       ...(opts.listen !== undefined && { listen: opts.listen }),
       bootstrap: opts.bootstrap,
-      prices: { input: opts.priceInput, output: opts.priceOutput },
-      ...(opts.stake !== undefined && { stake: opts.stake }),
+      prices: amounts.prices,
+      ...(amounts.stake !== undefined && { stake: amounts.stake }),
       metricsPort: opts.metricsPort,
       deployment,
       deploymentPath,
       ...(opts.rpc !== undefined && { rpcUrl: opts.rpc }),
       privateKey,
-      settlement: { intervalMs: opts.settleInterval * 1000, amountThreshold: opts.settleThreshold },
+      settlement: { intervalMs: opts.settleInterval * 1000, amountThreshold: amounts.settleThreshold },
       engine: {
         ...(opts.threads !== undefined && { threads: opts.threads }),
         ...(opts.contextSize !== undefined && { contextSize: opts.contextSize }),
@@ -264,7 +312,9 @@ async function runStart(opts: StartOptions, out: Output, home: string): Promise<
         `Soulmesh provider ${node.address} running on chain ${deployment.chainId}`,
         `  peer id      ${node.peerId}`,
         ...node.multiaddrs.map((m) => `  listening    ${m}`),
-        `  on chain     ${result.registration.action}`,
+        `  on chain     ${result.registration.action}` +
+          (node.registration ? `, stake ${formatUnitsFixed(node.registration.record.stake, token.decimals)} ${token.symbol}` : ""),
+        `  prices       ${describePrices(config.prices, token)}`,
         `  metrics      ${node.metricsUrl}`,
         `  status       ${node.statusUrl}  (or \`soulmesh provider status\`)`,
         "Press Ctrl-C to stop.",
@@ -284,27 +334,27 @@ async function onChainRecord(
   opts: StatusOptions,
   home: string,
   last: Awaited<ReturnType<typeof readLastRun>>,
-): Promise<{ address?: string; record?: OnChainProvider | null; decimals: number; problem?: string }> {
+): Promise<{ address?: string; record?: OnChainProvider | null; token: TokenView; problem?: string }> {
   const address = opts.address ?? last?.address;
   if (address === undefined) {
-    return { decimals: 6, problem: "no provider address known: pass --address, or start the provider once on this data folder" };
+    return { token: DEVNET_TOKEN, problem: "no provider address known: pass --address, or start the provider once on this data folder" };
   }
   let deployment: Deployment;
   try {
     deployment = await readDeployment(opts.deployment ?? last?.deploymentPath ?? devnetDeploymentPath(home));
   } catch (err) {
-    return { address, decimals: 6, problem: (err as Error).message };
+    return { address, token: DEVNET_TOKEN, problem: (err as Error).message };
   }
   try {
     const rpc = await connectDeployment(deployment, { rpcUrl: opts.rpc ?? last?.rpcUrl ?? deployment.rpcUrl });
     try {
       const record = await readProviderRecord(connectContracts(deployment, rpc), address);
-      return { address, record: record ?? null, decimals: deployment.token.decimals };
+      return { address, record: record ?? null, token: deployment.token };
     } finally {
       rpc.destroy();
     }
   } catch (err) {
-    return { address, decimals: deployment.token.decimals, problem: (err as Error).message };
+    return { address, token: deployment.token, problem: (err as Error).message };
   }
 }
 
@@ -322,8 +372,8 @@ async function runStatus(opts: StatusOptions, out: Output, home: string): Promis
       problem = (err as Error).message;
     }
     if (st !== undefined) {
-      const decimals = (await readDeploymentQuiet(opts, home, await readLastRun(dataDir)))?.token.decimals ?? 6;
-      out.result({ running: true, dataDir, ...st }, describeStatus(st, decimals));
+      const token = (await readDeploymentQuiet(opts, home, await readLastRun(dataDir)))?.token ?? DEVNET_TOKEN;
+      out.result({ running: true, dataDir, ...st }, describeStatus(st, token));
       return;
     }
     throw new ProviderNotRunningError(
@@ -346,7 +396,7 @@ async function runStatus(opts: StatusOptions, out: Output, home: string): Promis
     [
       message,
       ...(chain.address !== undefined ? [`address    ${chain.address}`] : []),
-      ...(chain.problem !== undefined ? [`on chain   unknown: ${chain.problem}`] : describeRecord(chain.record, chain.decimals)),
+      ...(chain.problem !== undefined ? [`on chain   unknown: ${chain.problem}`] : describeRecord(chain.record, chain.token)),
     ].join("\n"),
   );
   process.exitCode = 1;
@@ -378,15 +428,10 @@ export function registerProvider(program: Command): void {
     .option("--offline", "never download: an hf: model must already be in the models folder", false)
     .option("--listen <multiaddr>", "a libp2p listen address (repeat; default loopback TCP and WebSockets)", collect)
     .option("--bootstrap <multiaddr>", "a peer to dial on start, with /p2p/<id> (repeat)", collect, [])
-    // Bigint defaults with a description of their own: commander's help would JSON.stringify them and throw.
-    .addOption(new Option("--price-in <units>", "price per million input tokens, in token units").argParser(parseUnits).default(500_000n, "500000"))
-    .addOption(
-      new Option("--price-out <units>", "price per million output tokens, in token units").argParser(parseUnits).default(1_500_000n, "1500000"),
-    )
-    // The first spellings, kept working for scripts written before.
-    .addOption(new Option("--price-input <units>").argParser(parseUnits).hideHelp())
-    .addOption(new Option("--price-output <units>").argParser(parseUnits).hideHelp())
-    .option("--stake <units>", "stake to hold in the registry, in token units (default its minimum)", parseUnits)
+    // Amounts stay strings until the deployment gives the token's decimals (parsed in runStart, before anything starts).
+    .addOption(new Option("--price-in <amount>", "price per million input tokens, in the deployment's token").default("0.5", "0.5 tUSD"))
+    .addOption(new Option("--price-out <amount>", "price per million output tokens, in the deployment's token").default("1.5", "1.5 tUSD"))
+    .option("--stake <amount>", "stake to hold in the registry, in the deployment's token (default its minimum, 100 tUSD on the devnet)")
     .option("--metrics-port <port>", "Prometheus /metrics and /status on 127.0.0.1 (0 = any free port)", parsePort, 9464)
     .addOption(new Option("--key <hex>", "the provider's private key (prefer env SOULMESH_PROVIDER_KEY)"))
     .option("--dev-account <i>", "use devnet account i as the provider (3 is the funded \"provider\" account)", parseIndex)
@@ -397,9 +442,7 @@ export function registerProvider(program: Command): void {
       return Number(v);
     }, 300)
     .addOption(
-      new Option("--settle-threshold <units>", "settle as soon as this much is owed, token units (0 = off)")
-        .argParser(parseUnits)
-        .default(10_000_000n, "10000000"),
+      new Option("--settle-threshold <amount>", "settle as soon as this much is owed, in the deployment's token (0 = off)").default("10", "10 tUSD"),
     )
     .option("--no-ipfs", "fetch persona adapters only from --adapters-dir, never from IPFS")
     .addHelpText(
@@ -413,7 +456,7 @@ Examples:
   $ soulmesh provider start --model ./models/qwen2.5-0.5b-instruct-q4_k_m.gguf --dev-account 3
   $ SOULMESH_PROVIDER_KEY=0x… soulmesh provider start --deployment ./base-sepolia.json \\
       --model hf:Qwen/Qwen2.5-0.5B-Instruct-GGUF/qwen2.5-0.5b-instruct-q4_k_m.gguf \\
-      --listen /ip4/0.0.0.0/tcp/4001 --price-in 200000 --price-out 600000 --json
+      --listen /ip4/0.0.0.0/tcp/4001 --price-in 0.2 --price-out 0.6 --stake 150 --json
 
 Persona adapters (LoRA) are fetched from IPFS by CID and checked against their registered SHA-256: through
 --ipfs-api (a Kubo daemon), else the IPFS service of a running \`soulmesh up\`/\`devnet\` on this home, else
@@ -425,8 +468,6 @@ the provider runs that service itself on <home>/ipfs.`,
       await runStart(
         {
           ...opts,
-          priceInput: opts.priceInput ?? opts.priceIn,
-          priceOutput: opts.priceOutput ?? opts.priceOut,
           deployment: g.deployment,
           rpc: g.rpc,
           ipfsApi: g.ipfsApi,

@@ -1,4 +1,5 @@
 import { SoulmeshError } from "../../sdk/errors.js";
+import { formatUnitsFixed } from "../../sdk/chain/units.js";
 
 /**
  * The provider's wallet holds fewer stake tokens than registration (or a stake top-up) needs.
@@ -27,8 +28,14 @@ export class StakeBelowMinimumError extends SoulmeshError {
   constructor(
     readonly stake: bigint,
     readonly minStake: bigint,
+    /** The stake token's decimals, to word the amounts as `--stake` takes them. */
+    readonly decimals: number,
   ) {
-    super(`A stake of ${stake} token units is below the registry's minimum of ${minStake}. Pass --stake ${minStake} or more.`);
+    const tokens = (units: bigint): string => formatUnitsFixed(units, decimals);
+    super(
+      `A stake of ${tokens(stake)} tokens is below the registry's minimum of ${tokens(minStake)}. ` +
+        `Pass --stake ${tokens(minStake)} or more.`,
+    );
   }
 }
 

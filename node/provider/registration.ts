@@ -96,7 +96,7 @@ export async function ensureProviderRegistered(options: EnsureRegisteredOptions)
   const wanted = normalize(options);
   const minStake = await registry.minStake();
   const stake = options.stake ?? minStake;
-  if (stake < minStake) throw new StakeBelowMinimumError(stake, minStake);
+  if (stake < minStake) throw new StakeBelowMinimumError(stake, minStake, Number(await contracts.token.decimals()));
   signal?.throwIfAborted();
 
   const txHashes: string[] = [];

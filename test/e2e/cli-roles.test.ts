@@ -32,6 +32,7 @@ import { runCli } from "../helpers/cli.js";
 import type { CliProcess } from "../helpers/cli.js";
 
 const USD = 1_000_000n;
+/** `--price-in 0.5 --price-out 1.5`: tUSD per million tokens. */
 const PRICE_IN = 500_000n;
 const PRICE_OUT = 1_500_000n;
 /** `--royalty 0.2`: 0.2 tUSD per million tokens. */
@@ -112,8 +113,8 @@ async function startProvider(): Promise<{ cli: CliProcess; json: { address: stri
     "provider", "start",
     "--model", fx.base.path,
     "--dev-account", "3",
-    "--price-in", PRICE_IN.toString(),
-    "--price-out", PRICE_OUT.toString(),
+    "--price-in", "0.5",
+    "--price-out", "1.5",
     "--metrics-port", "0",
     "--threads", "1",
     "--context-size", "2048",

@@ -17,6 +17,7 @@ import { getAddress, Wallet, type BrowserProvider } from "ethers";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startDevnet, type Devnet } from "../../cli/devnet/devnet.js";
 import { connectContracts, type SoulmeshContracts } from "../../sdk/chain/contracts.js";
+import { formatUnitsFixed } from "../../sdk/chain/units.js";
 import type { Voucher } from "../../sdk/chain/voucher.js";
 import {
   createClientHost,
@@ -77,8 +78,9 @@ async function startProvider(account: number, prices: { input: bigint; output: b
       "--dev-account", String(account),
       "--data-dir", dataDir,
       "--deployment", devnet.deploymentPath,
-      "--price-input", prices.input.toString(),
-      "--price-output", prices.output.toString(),
+      // Decimal tUSD like every amount option; the devnet token has 6 decimals.
+      "--price-in", formatUnitsFixed(prices.input, 6),
+      "--price-out", formatUnitsFixed(prices.output, 6),
       "--metrics-port", "0",
       "--threads", "1",
       "--context-size", "2048",

@@ -5,6 +5,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ContractRevertError } from "../../sdk/chain/errors.js";
+import { formatUnitsFixed } from "../../sdk/chain/units.js";
 import {
   InsufficientStakeTokensError,
   InvalidProviderRecordError,
@@ -141,7 +142,10 @@ describe("ensureProviderRegistered", () => {
     const wallet = chain.wallets[7]!;
     await f.fund(wallet.address, minStake);
     const base = { contracts: f.as(wallet), peerId: PEER, multiaddrs: ADDRS, modelHashes: [MODEL], prices: { input: 1n, output: 1n } };
-    await expect(ensureProviderRegistered({ ...base, stake: minStake - 1n })).rejects.toBeInstanceOf(StakeBelowMinimumError);
+    const low = ensureProviderRegistered({ ...base, stake: minStake - 1n });
+    await expect(low).rejects.toBeInstanceOf(StakeBelowMinimumError);
+    // Worded as --stake takes amounts: decimal tokens.
+    await expect(low).rejects.toThrow(`Pass --stake ${formatUnitsFixed(minStake, 6)} or more`);
     await expect(ensureProviderRegistered({ ...base, multiaddrs: [] })).rejects.toBeInstanceOf(InvalidProviderRecordError);
     await expect(ensureProviderRegistered({ ...base, modelHashes: [`0x${"00".repeat(32)}`] })).rejects.toBeInstanceOf(
       InvalidProviderRecordError,
