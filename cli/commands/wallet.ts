@@ -4,6 +4,7 @@ import { HDNodeWallet, Mnemonic, Wallet, formatEther } from "ethers";
 import type { TransactionReceipt } from "ethers";
 import type { SoulmeshContracts } from "../../sdk/chain/contracts.js";
 import type { Deployment } from "../../sdk/chain/deployment.js";
+import { DEVNET_CHAIN_ID } from "../../sdk/chain/dev-accounts.js";
 import { withRevertDecoding } from "../../sdk/chain/revert.js";
 import { SoulmeshError } from "../../sdk/errors.js";
 import {
@@ -194,9 +195,6 @@ async function runDefault(ctx: CommandContext, name: string): Promise<void> {
   await updateConfig(ctx.home, { defaultAccount: name });
   ctx.out.result({ defaultAccount: name, address: wallet.address ?? null }, `"${name}" is now the default account.`);
 }
-
-/** The chain id of the local devnet (Hardhat's). */
-export const DEVNET_CHAIN_ID = 31337;
 
 /** `wallet fund` on a deployment that is not the local devnet, whose faucet mints nothing real. */
 export class FaucetDevnetOnlyError extends SoulmeshError {

@@ -19,7 +19,7 @@ import { JsonRpcProvider } from "ethers";
 import { connectContracts } from "../../sdk/chain/contracts.js";
 import type { SoulmeshContracts } from "../../sdk/chain/contracts.js";
 import type { Deployment } from "../../sdk/chain/deployment.js";
-import { devAccounts as defaultDevAccounts } from "../../sdk/chain/dev-accounts.js";
+import { DEVNET_CHAIN_ID, devAccounts as defaultDevAccounts } from "../../sdk/chain/dev-accounts.js";
 import { ContractRevertError } from "../../sdk/chain/errors.js";
 import { SoulmeshError } from "../../sdk/errors.js";
 import * as cardErrors from "../../sdk/memory/persona/errors.js";
@@ -63,7 +63,6 @@ const PERSONA_READ_TIMEOUT_MS = 30_000;
 const RPC_TIMEOUT_MS = 120_000;
 /** How long the providers' models stay cached: registrations are rare, config requests are not. */
 const BASE_MODELS_TTL_MS = 15_000;
-const DEVNET_CHAIN_ID = 31337;
 
 /** Options of {@link startDashboardServer}. */
 export interface DashboardServerOptions {

@@ -6,6 +6,9 @@ import { HDNodeWallet, Mnemonic } from "ethers";
  */
 export const DEV_MNEMONIC = "test test test test test test test test test test test junk";
 
+/** The local devnet's chain id (Hardhat's). */
+export const DEVNET_CHAIN_ID = 31337;
+
 /** How many dev accounts the devnet funds. */
 export const DEV_ACCOUNT_COUNT = 10;
 
