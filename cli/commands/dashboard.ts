@@ -1,11 +1,10 @@
 import type { Command } from "commander";
-import { devAccounts as devnetAccounts } from "../../sdk/chain/dev-accounts.js";
 import type { BlockStore } from "../../sdk/vault/types.js";
 import { withContext } from "../context.js";
 import type { CommandContext } from "../context.js";
 import { assertDashboardBuilt, dashboardAssetsDir } from "../dashboard/assets.js";
 import { homeBaseModels } from "../dashboard/base-models.js";
-import { startDashboardServer } from "../dashboard/server.js";
+import { offeredDevAccounts, startDashboardServer } from "../dashboard/server.js";
 import { parsePort } from "./options.js";
 
 /** Runs the dashboard until the context's signal (Ctrl-C), then closes it. */
@@ -29,9 +28,7 @@ async function runDashboard(ctx: CommandContext, opts: { port: number; ipfs: boo
   } else {
     ctx.out.progress("IPFS off (--no-ipfs): serving without publishing");
   }
-  // On the devnet the chain signs for these (EDR's configured accounts); elsewhere only a browser wallet signs.
-  const devAccounts =
-    deployment.chainId === 31337 ? (deployment.devAccounts ?? devnetAccounts()).map(({ label, address }) => ({ label, address })) : [];
+  const devAccounts = offeredDevAccounts(deployment);
   const server = await startDashboardServer({
     rpcUrl: provider._getConnection().url,
     deployment,

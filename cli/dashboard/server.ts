@@ -19,7 +19,7 @@ import { JsonRpcProvider } from "ethers";
 import { connectContracts } from "../../sdk/chain/contracts.js";
 import type { SoulmeshContracts } from "../../sdk/chain/contracts.js";
 import type { Deployment } from "../../sdk/chain/deployment.js";
-import { DEVNET_CHAIN_ID, devAccounts as defaultDevAccounts } from "../../sdk/chain/dev-accounts.js";
+import { DEVNET_CHAIN_ID, devAccounts } from "../../sdk/chain/dev-accounts.js";
 import { ContractRevertError } from "../../sdk/chain/errors.js";
 import { SoulmeshError } from "../../sdk/errors.js";
 import * as cardErrors from "../../sdk/memory/persona/errors.js";
@@ -75,7 +75,7 @@ export interface DashboardServerOptions {
   store?: BlockStore;
   /** For reads (personas, providers' models); default a JsonRpcProvider on rpcUrl, destroyed on close. */
   provider?: JsonRpcProvider;
-  /** The accounts the page offers; default the devnet's on chain 31337, none elsewhere. */
+  /** The accounts the page offers; default {@link offeredDevAccounts}. */
   devAccounts?: { label: string; address: string }[];
   /** Base models to suggest besides those providers registered (e.g. the home's hashed models). */
   baseModels?: BaseModelSuggestion[];
@@ -216,14 +216,24 @@ function apiRoute(
   return undefined;
 }
 
+/**
+ * The accounts the page offers by default: on the devnet, its dev accounts (the chain signs for them), labels and
+ * addresses only; none elsewhere, where only a browser wallet signs.
+ *
+ * @example
+ * offeredDevAccounts(devnetDeployment) // [{ label: "deployer", address: "0xf39F…2266" }, { label: "user", … }, …]
+ */
+export function offeredDevAccounts(deployment: Deployment): { label: string; address: string }[] {
+  if (deployment.chainId !== DEVNET_CHAIN_ID) return [];
+  return (deployment.devAccounts ?? devAccounts()).map(({ label, address }) => ({ label, address }));
+}
+
 // -------------------------------------------------------------------------------------------------- routes
 
 async function config(ctx: Context): Promise<DashboardConfig> {
   const { deployment } = ctx.options;
   const { devAccounts: _keys, pid: _pid, ...publicDeployment } = deployment;
-  const accounts =
-    ctx.options.devAccounts ??
-    (deployment.chainId === DEVNET_CHAIN_ID ? defaultDevAccounts().map(({ label, address }) => ({ label, address })) : []);
+  const accounts = ctx.options.devAccounts ?? offeredDevAccounts(deployment);
   return {
     chainId: deployment.chainId,
     deployment: publicDeployment,

@@ -51,7 +51,6 @@ export async function startUpDashboard(options: UpDashboardOptions): Promise<UpD
       deployment,
       store: options.store,
       assetsDir: options.assetsDir,
-      ...(deployment.devAccounts && { devAccounts: deployment.devAccounts.map(({ label, address }) => ({ label, address })) }),
       baseModels: await homeBaseModels(options.home, signal),
       port: options.port,
       ...(signal && { signal }),
