@@ -11,6 +11,7 @@ import * as raw from "multiformats/codecs/raw";
 import { sha256 } from "multiformats/hashes/sha2";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { cborBlock, rawBlock, rejection } from "../../test/helpers/blocks.js";
+import { freePort } from "../../test/helpers/net.js";
 import { createBlockStore, createHeliaBlockStore, createKuboBlockStore } from "./block-store.js";
 import type { HeliaBlockStore, KuboBlockStore } from "./block-store.js";
 import {
@@ -257,13 +258,6 @@ function multipartFile(contentType: string, body: Buffer): Uint8Array {
   return new Uint8Array(body.subarray(start, end));
 }
 
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const port = (server.address() as AddressInfo).port;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 describe("Kubo block store (against a fake Kubo RPC server; the real daemon path is untested here)", () => {
   const kubo = new FakeKubo();

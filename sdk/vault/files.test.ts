@@ -1,6 +1,3 @@
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import * as dagCbor from "@ipld/dag-cbor";
 import { exporter } from "ipfs-unixfs-exporter";
 import { CID } from "multiformats/cid";
@@ -9,7 +6,8 @@ import { sha256 } from "multiformats/hashes/sha2";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { MemoryBlockStore } from "../../test/helpers/memory-block-store.js";
 import { prng } from "../../test/helpers/prng.js";
-import { createHeliaBlockStore, type HeliaBlockStore } from "./block-store.js";
+import { startHeliaPair, type HeliaPair } from "../../test/helpers/helia-pair.js";
+import type { HeliaBlockStore } from "./block-store.js";
 import { addFile, catFile, FILE_CHUNK_BYTES, fileSize, FileTooLargeError, NotAFileError, readFile } from "./files.js";
 
 const KiB = 1024;
@@ -133,23 +131,16 @@ describe("files on a block store", () => {
 });
 
 describe("files between two Helia nodes", () => {
-  let root: string;
+  let nodes: HeliaPair;
   let a: HeliaBlockStore;
   let b: HeliaBlockStore;
 
   beforeAll(async () => {
-    root = await mkdtemp(join(tmpdir(), "soulmesh-files-"));
-    a = createHeliaBlockStore({ dir: join(root, "a") });
-    await a.start();
-    b = createHeliaBlockStore({ dir: join(root, "b"), peers: [a.multiaddrs()[0]!], fetchTimeoutMs: 10_000 });
-    await b.start();
+    nodes = await startHeliaPair("soulmesh-files-");
+    ({ a, b } = nodes);
   });
 
-  afterAll(async () => {
-    await b?.stop();
-    await a?.stop();
-    await rm(root, { recursive: true, force: true });
-  });
+  afterAll(() => nodes?.stop());
 
   it.each([
     ["one raw block", 1_000],

@@ -1,7 +1,5 @@
 import { spawn } from "node:child_process";
 import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
-import { createServer } from "node:net";
-import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -9,6 +7,7 @@ import { create as createKuboClient } from "kubo-rpc-client";
 import type { CID } from "multiformats/cid";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { cborBlock, rawBlock, rejection } from "../helpers/blocks.js";
+import { freePort } from "../helpers/net.js";
 import {
   apiFilePath,
   IpfsServiceRunningError,
@@ -34,14 +33,6 @@ import {
 } from "../../sdk/vault/block-store-errors.js";
 
 const text = new TextEncoder();
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const port = (server.address() as AddressInfo).port;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 const LOCAL_IPFS_MODULE = new URL("../../cli/ipfs/local-ipfs.ts", import.meta.url).href;
 

@@ -1,7 +1,5 @@
 import { createHash } from "node:crypto";
-import { mkdtemp, readFile as readFsFile, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { readFile as readFsFile } from "node:fs/promises";
 import { ZeroHash } from "ethers";
 import { CID } from "multiformats/cid";
 import type { Wallet } from "ethers";
@@ -11,7 +9,8 @@ import { createTestChain, type TestChain } from "../../../test/helpers/chain.js"
 import { MemoryBlockStore } from "../../../test/helpers/memory-block-store.js";
 import { deployFixture, type Fixture } from "../../../test/helpers/soulmesh.js";
 import { ContractRevertError } from "../../chain/errors.js";
-import { createHeliaBlockStore, type HeliaBlockStore } from "../../vault/block-store.js";
+import { startHeliaPair, type HeliaPair } from "../../../test/helpers/helia-pair.js";
+import type { HeliaBlockStore } from "../../vault/block-store.js";
 import { addFile, readFile } from "../../vault/files.js";
 import { exportCharacterCard, parseCharacterCard } from "./card.js";
 import { NotACharacterCardError } from "./errors.js";
@@ -37,7 +36,7 @@ describe("personas on IPFS and chain", () => {
   let chain: TestChain;
   let f: Fixture;
   let fx: TinyFixtures;
-  let root: string;
+  let nodes: HeliaPair;
   let a: HeliaBlockStore;
   let b: HeliaBlockStore;
   let creator: Wallet;
@@ -48,19 +47,14 @@ describe("personas on IPFS and chain", () => {
     f = await deployFixture(chain);
     fx = await tinyFixtures();
     [, creator, other] = chain.wallets as [Wallet, Wallet, Wallet];
-    root = await mkdtemp(join(tmpdir(), "soulmesh-persona-"));
-    a = createHeliaBlockStore({ dir: join(root, "a") });
-    await a.start();
-    // A second node, as a provider or another user's machine: it gets everything from `a` over bitswap.
-    b = createHeliaBlockStore({ dir: join(root, "b"), peers: [a.multiaddrs()[0]!], fetchTimeoutMs: 10_000 });
-    await b.start();
+    // `b` stands for a provider or another user's machine: it gets everything from `a` over bitswap.
+    nodes = await startHeliaPair("soulmesh-persona-");
+    ({ a, b } = nodes);
   });
 
   afterAll(async () => {
-    await b?.stop();
-    await a?.stop();
+    await nodes?.stop();
     await chain?.close();
-    await rm(root, { recursive: true, force: true });
   });
 
   const registryOf = (wallet: Wallet) => f.as(wallet).personaRegistry;
