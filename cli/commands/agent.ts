@@ -11,12 +11,11 @@ import { withContext } from "../context.js";
 import type { CommandContext } from "../context.js";
 import { formatUnitsFixed } from "../../sdk/chain/units.js";
 import { sendTransaction } from "../transactions.js";
-import { money, NoGasError, showMoney, tokenInfo } from "./escrow.js";
+import { money, NoGasError, parseAmountOrZero, showMoney, tokenInfo } from "./escrow.js";
 import type { TokenInfo } from "./escrow.js";
 import {
   optionalStore,
   parseAddressOption,
-  parseAmountOrZero,
   parseId,
   requirePersona,
   tryManifest,

@@ -149,6 +149,19 @@ export function parseTokenAmount(input: string, decimals: number): bigint {
 }
 
 /**
+ * Parses a token amount where zero is meaningful (a free persona, no royalty, a faucet sending one asset only).
+ *
+ * @example
+ * parseAmountOrZero("0", 6) // 0n
+ * parseAmountOrZero("0.2", 6) // 200_000n
+ * @throws InvalidAmountError for junk, negatives and more decimals than the token has.
+ */
+export function parseAmountOrZero(input: string, decimals: number): bigint {
+  if (/^\s*(0+(\.0*)?|\.0+)\s*$/.test(input)) return 0n;
+  return parseTokenAmount(input, decimals);
+}
+
+/**
  * A duration for people.
  *
  * @example

@@ -20,7 +20,7 @@ import type { CommandContext } from "../context.js";
 import { resolveBaseModel } from "../models.js";
 import type { Output } from "../output.js";
 import { sendTransaction } from "../transactions.js";
-import { InvalidAmountError, isoTime, money, parseTokenAmount, showMoney, tokenInfo } from "./escrow.js";
+import { InvalidAmountError, isoTime, money, parseAmountOrZero, showMoney, tokenInfo } from "./escrow.js";
 import type { Money, TokenInfo } from "./escrow.js";
 
 /** How long a listing waits for one manifest from IPFS before showing the persona without its name. */
@@ -114,19 +114,6 @@ export function parseId(input: string, what: "persona" | "agent"): bigint {
 export function parseAddressOption(option: string, input: string): string {
   if (!isAddress(input)) throw new InvalidAddressError(option, input);
   return getAddress(input);
-}
-
-/**
- * Parses a token amount where zero is meaningful (a free persona, no royalty).
- *
- * @example
- * parseAmountOrZero("0", 6) // 0n
- * parseAmountOrZero("0.2", 6) // 200_000n
- * @throws InvalidAmountError for junk, negatives and more decimals than the token has.
- */
-export function parseAmountOrZero(input: string, decimals: number): bigint {
-  if (/^\s*(0+(\.0*)?|\.0+)\s*$/.test(input)) return 0n;
-  return parseTokenAmount(input, decimals);
 }
 
 /**

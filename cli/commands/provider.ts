@@ -19,9 +19,8 @@ import { stopSignals } from "../context.js";
 import { IpfsServiceRunningError, openLocalIpfs, startLocalIpfsService } from "../ipfs/local-ipfs.js";
 import { createOutput, type Output } from "../output.js";
 import { formatUnitsFixed } from "../../sdk/chain/units.js";
-import { InvalidAmountError } from "./escrow.js";
+import { InvalidAmountError, parseAmountOrZero } from "./escrow.js";
 import { globalOptions, parsePort } from "./options.js";
-import { parseAmountOrZero } from "./persona.js";
 
 /** The provider key is missing or given twice. */
 export class ProviderKeyError extends SoulmeshError {

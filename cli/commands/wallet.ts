@@ -26,7 +26,7 @@ import {
   InvalidAmountError,
   accountJson,
   money,
-  parseTokenAmount,
+  parseAmountOrZero,
   pendingJson,
   pendingText,
   readFunds,
@@ -254,20 +254,6 @@ export interface FundResult {
 const ETH = { decimals: 18, symbol: "ETH" } as const;
 
 /**
- * A faucet amount: zero is allowed (to send only the other asset), anything else goes through the
- * deposit's exact decimal parser.
- *
- * @example
- * parseFaucetAmount("0", 6) // 0n
- * parseFaucetAmount("2.5", 6) // 2_500_000n
- * @throws InvalidAmountError for junk, negatives, exponents and more decimals than `decimals`.
- */
-export function parseFaucetAmount(input: string, decimals: number): bigint {
-  if (/^\s*(\d+(\.\d*)?|\.\d+)\s*$/.test(input) && !/[1-9]/.test(input)) return 0n;
-  return parseTokenAmount(input, decimals);
-}
-
-/**
  * The dev accounts of a deployment that is the local devnet's, judged from the file alone (chain id, dev
  * accounts), so that a foreign deployment is refused before its RPC is ever contacted.
  *
@@ -338,14 +324,14 @@ async function sendEth(ctx: CommandContext, from: Wallet, to: string, value: big
 }
 
 async function runFund(ctx: CommandContext, spec: string | undefined, opts: FundOptions): Promise<void> {
-  const eth = parseFaucetAmount(opts.eth, ETH.decimals);
+  const eth = parseAmountOrZero(opts.eth, ETH.decimals);
   const deployment = await ctx.deployment();
   // Refuse a foreign deployment before connecting: its RPC may be far away, or on another chain altogether.
   devnetAccounts(deployment);
   const account = await fundedAccount(ctx, spec);
   const read = await ctx.contracts();
   const token = await tokenInfo(read);
-  const tusd = parseFaucetAmount(opts.tusd, token.decimals);
+  const tusd = parseAmountOrZero(opts.tusd, token.decimals);
   if (tusd === 0n && eth === 0n) throw new NothingToFundError();
   const minter = await devnetMinter(deployment, read, token);
 

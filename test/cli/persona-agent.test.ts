@@ -13,10 +13,9 @@ import {
   InvalidAddressError,
   InvalidIdError,
   parseAddressOption,
-  parseAmountOrZero,
   parseId,
 } from "../../cli/commands/persona.js";
-import { InvalidAmountError } from "../../cli/commands/escrow.js";
+import { InvalidAmountError, parseAmountOrZero } from "../../cli/commands/escrow.js";
 import { startDevnet } from "../../cli/devnet/devnet.js";
 import type { Devnet } from "../../cli/devnet/devnet.js";
 import { startLocalIpfsService } from "../../cli/ipfs/local-ipfs.js";

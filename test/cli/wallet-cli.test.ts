@@ -11,8 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startDevnet } from "../../cli/devnet/devnet.js";
 import type { Devnet } from "../../cli/devnet/devnet.js";
 import { saveKeystore } from "../../cli/accounts/keystore.js";
-import { InvalidAmountError, formatDuration, parseTokenAmount } from "../../cli/commands/escrow.js";
-import { parseFaucetAmount } from "../../cli/commands/wallet.js";
+import { InvalidAmountError, formatDuration, parseAmountOrZero, parseTokenAmount } from "../../cli/commands/escrow.js";
 import { connectContracts } from "../../sdk/chain/contracts.js";
 import type { SoulmeshContracts } from "../../sdk/chain/contracts.js";
 import type { DevAccount } from "../../sdk/chain/dev-accounts.js";
@@ -86,10 +85,10 @@ describe("amounts", () => {
       expect(() => parseTokenAmount(bad, 6), bad).toThrow(InvalidAmountError);
     }
     // The faucet takes zero too (to send one asset only), and is otherwise the same parser.
-    for (const zero of ["0", "0.0", "00", ".0"]) expect(parseFaucetAmount(zero, 18), zero).toBe(0n);
-    expect(parseFaucetAmount("0.25", 18)).toBe(250_000_000_000_000_000n);
+    for (const zero of ["0", "0.0", "00", ".0"]) expect(parseAmountOrZero(zero, 18), zero).toBe(0n);
+    expect(parseAmountOrZero("0.25", 18)).toBe(250_000_000_000_000_000n);
     for (const bad of ["-0", "-1", "1.0000001", "1e3", "", "0x0", "ten"]) {
-      expect(() => parseFaucetAmount(bad, 6), bad).toThrow(InvalidAmountError);
+      expect(() => parseAmountOrZero(bad, 6), bad).toThrow(InvalidAmountError);
     }
     expect(formatDuration(172_800)).toBe("2d");
     expect(formatDuration(3_661)).toBe("1h 1m 1s");
