@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { Interface } from "ethers";
 import { CID } from "multiformats/cid";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startDashboardServer } from "../../cli/dashboard/server.js";
+import { MAX_ADAPTER_BYTES, MAX_PREPARE_BODY_BYTES, MAX_RPC_BODY_BYTES, startDashboardServer } from "../../cli/dashboard/server.js";
 import type { DashboardServer } from "../../cli/dashboard/server.js";
 import { startDevnet } from "../../cli/devnet/devnet.js";
 import type { Devnet } from "../../cli/devnet/devnet.js";
@@ -190,6 +190,28 @@ describe("dashboard server", () => {
     expect(unsized.status).toBe(411);
     expect(unsized.json.error.name).toBe("LengthRequiredError");
     expect(store.blocks.size).toBe(blocks);
+  });
+
+  it("refuses oversized bodies with 413, by their declared length or as they stream, storing nothing", async () => {
+    const blocks = store.blocks.size;
+    // Declared lengths above the limits are refused before a byte is read (the test sends only a few).
+    const hugeRpc = await http(server, "/rpc", { body: "{}", headers: { "content-length": String(MAX_RPC_BODY_BYTES + 1) } });
+    expect(hugeRpc.status).toBe(413);
+    expect(hugeRpc.json.error.name).toBe("RequestTooLargeError");
+    const hugeAdapter = await http(server, "/api/adapters", { body: "GGUF", headers: { "content-length": String(MAX_ADAPTER_BYTES + 1) } });
+    expect(hugeAdapter.status).toBe(413);
+    expect(hugeAdapter.json.error.name).toBe("RequestTooLargeError");
+    // A prepare body with no declared length is cut off as soon as it passes the limit.
+    const streamed = await http(server, "/api/personas/prepare", {
+      body: new Uint8Array(MAX_PREPARE_BODY_BYTES + 1024).fill(0x20),
+      chunked: true,
+      headers: { "content-type": "application/json" },
+    });
+    expect(streamed.status).toBe(413);
+    expect(streamed.json.error.name).toBe("RequestTooLargeError");
+    expect(store.blocks.size).toBe(blocks);
+    // The server still answers afterwards.
+    expect((await postJson(server, "/rpc", { jsonrpc: "2.0", id: 1, method: "eth_chainId", params: [] })).json.result).toBe("0x7a69");
   });
 
   it("streams a large upload through (several MiB), and refuses a large non-LoRA after its first MiB", async () => {
