@@ -11,34 +11,44 @@ import {SignatureChecker} from "@openzeppelin/contracts/utils/cryptography/Signa
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 import {IAgentRegistry} from "./interfaces/IAgentRegistry.sol";
 import {IPersonaRegistry} from "./interfaces/IPersonaRegistry.sol";
+import {IProviderRegistry} from "./interfaces/IProviderRegistry.sol";
 import {Scheduled} from "./libraries/Scheduled.sol";
 
 /**
  * @title InferenceEscrow
  * @notice Holds what users deposit to pay for inference and pays providers, creators and the protocol
- * from it. A user signs one EIP-712 voucher per turn carrying the cumulative token totals of a session;
- * the provider settles the latest voucher of each session, in batches, and is paid only the difference
- * since the last voucher settled for that session. Everyone paid withdraws their earnings (pull payments).
+ * from it, between parties that do not trust each other.
  *
- * Sessions run on channels: a payer, a provider and an agent. A channel's sessions are numbered, strictly
- * increasing, and the channel keeps only its latest session's settled totals in one storage slot, so a
- * settlement rewrites a slot instead of creating one. Once a session has settled, vouchers of earlier
- * sessions of the channel are refused: the provider, who alone settles its vouchers, accepts only session
- * numbers above the last it saw on the channel and settles a channel's sessions in order.
- * @dev Invariants:
- * - a voucher pays at most what its payer signed: the provider exactly the prices signed, the persona's
- *   holder the royalty in force, the protocol its fee; royalty and fee changes are delayed beyond the
- *   longest voucher lifetime, so both were visible on chain when the voucher was signed;
- * - the token balance equals the sum of deposits and earnings (the token must not charge fees on transfer
- *   or rebase);
- * - deposits leave only `withdrawalDelay` after a request, by which time every voucher accepted before the
- *   request has expired.
+ * Money flows in three stages. A payer's free deposit is its own; it leaves only `withdrawalDelay` after a
+ * request. The payer commits part of it to a provider's lane (payer, provider): from then on only that
+ * provider's vouchers draw on the lane, and only that provider (or a settler it authorised) settles them.
+ * A lane's remainder returns to the free deposit only `withdrawalDelay` after the payer asks for it. A payer
+ * signs one EIP-712 voucher per turn with the cumulative token totals of a session and every rate that
+ * prices it (provider prices, royalty and fee); the provider settles the latest voucher of each session and
+ * is paid the difference since the last one settled. Everyone paid withdraws their earnings (pull payments).
+ *
+ * Sessions run on channels (payer, provider, agent), numbered strictly increasing; a channel keeps its
+ * latest settled session, its token totals and what that session has cost so far in one storage slot.
+ *
+ * @dev Invariants (tested in InferenceEscrow.attacks.t.sol and InferenceEscrow.invariant.t.sol):
+ * - I1, provider safety: a voucher that its provider checked against the lane (amount, pending release)
+ *   and the rates in force when its session opened stays payable in full, by that provider alone, until
+ *   it expires: only the provider settles its own vouchers, only its settlements draw on its lane, a lane
+ *   release takes longer than any voucher lives, and royalty and fee rises take effect only after a delay
+ *   longer than a voucher lives.
+ * - I2, payer safety: a voucher takes at most what its payer signed: the signed prices, royalty and fee,
+ *   applied to the signed totals; a session never costs more than the dearest voucher settled for it, so a
+ *   rate changed mid-session cannot add to it.
+ * - I3, no early exit: committed funds leave only through their provider's settlements or a release that
+ *   waits `withdrawalDelay`, longer than any voucher's lifetime; lanes open only to registered providers.
+ * - I4, solvency: the token balance equals free deposits + lanes + earnings (the token must not charge fees
+ *   on transfer or rebase).
  */
 contract InferenceEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
     using SafeERC20 for IERC20;
     using Scheduled for Scheduled.Value;
 
-    /// @notice A payer's promise to pay for a session's usage so far.
+    /// @notice A payer's promise to pay for a session's usage so far, at the rates it names.
     struct Voucher {
         address payer;
         address provider;
@@ -48,6 +58,10 @@ contract InferenceEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
         uint64 outputTokens;
         uint128 priceInputPerMillion;
         uint128 priceOutputPerMillion;
+        /// @dev The royalty per million tokens the payer pays the persona's holder; at least the one in force.
+        uint96 royaltyPerMillion;
+        /// @dev The protocol fee in basis points; at least the one in force.
+        uint16 feeBps;
         uint64 expiry;
     }
 
@@ -69,11 +83,18 @@ contract InferenceEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
         uint256 feeAmount;
     }
 
-    /// @dev A channel's latest settled session and its cumulative totals: one slot.
+    /// @dev A channel's latest settled session, its cumulative totals and what it has cost: one slot.
     struct Channel {
         uint64 session;
-        uint64 inputTokens;
-        uint64 outputTokens;
+        uint48 inputTokens;
+        uint48 outputTokens;
+        uint96 paid;
+    }
+
+    /// @dev Funds a payer committed to one provider, and when a requested release completes: one slot.
+    struct Lane {
+        uint192 amount;
+        uint64 releaseAt;
     }
 
     /// @dev A pending deposit withdrawal.
@@ -84,25 +105,30 @@ contract InferenceEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
 
     /// @notice EIP-712 type hash of `Voucher`.
     bytes32 public constant VOUCHER_TYPEHASH = keccak256(
-        "Voucher(address payer,address provider,uint256 agentId,uint64 session,uint64 inputTokens,uint64 outputTokens,uint128 priceInputPerMillion,uint128 priceOutputPerMillion,uint64 expiry)"
+        "Voucher(address payer,address provider,uint256 agentId,uint64 session,uint64 inputTokens,uint64 outputTokens,uint128 priceInputPerMillion,uint128 priceOutputPerMillion,uint96 royaltyPerMillion,uint16 feeBps,uint64 expiry)"
     );
     /// @notice The highest protocol fee, in basis points (10%).
     uint256 public constant MAX_FEE_BPS = 1_000;
     /// @notice The longest withdrawal delay (voucher lifetimes are shorter still): a year keeps every date
     /// far inside uint64.
     uint256 public constant MAX_DELAY = 365 days;
+    /// @notice The largest cumulative token total of one session that the escrow records.
+    uint256 public constant MAX_SESSION_TOKENS = type(uint48).max;
 
     IERC20 private immutable _token;
     IAgentRegistry private immutable _agents;
     IPersonaRegistry private immutable _personas;
+    IProviderRegistry private immutable _providers;
     uint256 private immutable _maxVoucherLifetime;
     uint256 private immutable _withdrawalDelay;
     uint256 private immutable _feeDelay;
 
     mapping(address account => uint256) private _deposits;
     mapping(address account => Withdrawal) private _withdrawals;
+    mapping(address payer => mapping(address provider => Lane)) private _lanes;
     mapping(address account => uint256) private _earnings;
     mapping(bytes32 channelKey => Channel) private _channels;
+    mapping(address provider => mapping(address settler => bool)) private _settlers;
     Scheduled.Value private _feeBps;
     address private _treasury;
 
@@ -114,6 +140,16 @@ contract InferenceEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
     event WithdrawalCancelled(address indexed account);
     /// @notice Emitted when a withdrawal is paid out.
     event WithdrawalCompleted(address indexed account, uint256 amount);
+    /// @notice Emitted when a payer commits `amount` to its lane with `provider`, which then holds `lane`.
+    event Committed(address indexed payer, address indexed provider, uint256 amount, uint256 lane);
+    /// @notice Emitted when a payer asks for its lane with `provider` back; it can complete at `releaseAt`.
+    event LaneReleaseRequested(address indexed payer, address indexed provider, uint256 amount, uint256 releaseAt);
+    /// @notice Emitted when a pending lane release is cancelled (by the payer, or by committing again).
+    event LaneReleaseCancelled(address indexed payer, address indexed provider);
+    /// @notice Emitted when a lane's remainder returns to its payer's free deposit.
+    event LaneReleased(address indexed payer, address indexed provider, uint256 amount);
+    /// @notice Emitted when a provider allows or disallows an account to settle its vouchers.
+    event SettlerSet(address indexed provider, address indexed settler, bool allowed);
     /// @notice Emitted for every settled voucher, with the tokens and amounts it added to its session.
     event VoucherSettled(
         uint256 indexed personaId,
@@ -127,6 +163,10 @@ contract InferenceEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
         uint256 royaltyAmount,
         uint256 feeAmount
     );
+    /// @notice Emitted when `settleBatch` leaves out a voucher; `reason` is the error `settle` would revert with.
+    event SettlementSkipped(
+        address indexed provider, address indexed payer, uint256 indexed agentId, uint64 session, bytes reason
+    );
     /// @notice Emitted when an account withdraws its earnings.
     event EarningsWithdrawn(address indexed account, address indexed to, uint256 amount);
     /// @notice Emitted when the owner schedules a protocol fee change.
@@ -138,14 +178,26 @@ contract InferenceEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
     error Escrow__ZeroAmount();
     /// @notice The address cannot be zero.
     error Escrow__ZeroAddress();
-    /// @notice The payer's deposit does not cover the amount.
+    /// @notice The payer's free deposit does not cover the amount.
     error Escrow__InsufficientDeposit(address payer, uint256 required, uint256 available);
+    /// @notice The payer's lane with the provider does not cover the voucher.
+    error Escrow__InsufficientLane(address payer, address provider, uint256 required, uint256 available);
+    /// @notice Lanes open only to providers registered and staked in the provider registry.
+    error Escrow__NotAProvider(address provider);
     /// @notice There is no pending withdrawal.
     error Escrow__NoWithdrawalRequested(address account);
     /// @notice The withdrawal can be completed only from `availableAt`.
     error Escrow__WithdrawalNotReady(uint256 availableAt);
+    /// @notice The payer has asked for no release of this lane.
+    error Escrow__NoReleaseRequested(address payer, address provider);
+    /// @notice The lane can be released only from `releaseAt`.
+    error Escrow__ReleaseNotReady(uint256 releaseAt);
+    /// @notice The lane holds nothing.
+    error Escrow__EmptyLane(address payer, address provider);
     /// @notice There are no earnings to withdraw.
     error Escrow__NoEarnings(address account);
+    /// @notice Only the voucher's provider, or a settler it authorised, may settle it.
+    error Escrow__NotProviderOrSettler(address provider, address caller);
     /// @notice The voucher expired.
     error Escrow__VoucherExpired(uint256 expiry);
     /// @notice The voucher's expiry is further away than the longest voucher lifetime.
@@ -162,6 +214,12 @@ contract InferenceEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
     error Escrow__SessionSuperseded(bytes32 channelKey, uint64 settledSession, uint64 session);
     /// @notice A voucher must carry some tokens.
     error Escrow__EmptyVoucher();
+    /// @notice A voucher's token total is above MAX_SESSION_TOKENS, or its cost above what a channel records.
+    error Escrow__VoucherTooLarge();
+    /// @notice The voucher's royalty is below the persona's royalty in force.
+    error Escrow__RoyaltyBelowRate(uint256 personaId, uint256 signed, uint256 inForce);
+    /// @notice The voucher's fee is below the protocol fee in force.
+    error Escrow__FeeBelowRate(uint256 signed, uint256 inForce);
     /// @notice The fee is above MAX_FEE_BPS.
     error Escrow__FeeTooHigh(uint256 feeBps);
     /// @notice A delay is not longer than the longest voucher lifetime.
@@ -175,8 +233,10 @@ contract InferenceEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
      * @param token_ The payment token.
      * @param agents_ The agent registry.
      * @param personas_ The persona registry; its royalty delay must exceed `maxVoucherLifetime_`.
+     * @param providers_ The provider registry: lanes open only to its active providers.
      * @param maxVoucherLifetime_ The furthest a voucher's expiry may be from the time it settles.
-     * @param withdrawalDelay_ Seconds from a withdrawal request to its completion; above `maxVoucherLifetime_`.
+     * @param withdrawalDelay_ Seconds from a withdrawal or lane release request to its completion; above
+     * `maxVoucherLifetime_`.
      * @param treasury_ Receives protocol fees.
      * @param owner_ May schedule the protocol fee and change the treasury.
      */
@@ -184,12 +244,15 @@ contract InferenceEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
         IERC20 token_,
         IAgentRegistry agents_,
         IPersonaRegistry personas_,
+        IProviderRegistry providers_,
         uint256 maxVoucherLifetime_,
         uint256 withdrawalDelay_,
         address treasury_,
         address owner_
-    ) EIP712("Soulmesh InferenceEscrow", "1") Ownable(owner_) {
-        if (address(token_) == address(0) || treasury_ == address(0)) revert Escrow__ZeroAddress();
+    ) EIP712("Soulmesh InferenceEscrow", "2") Ownable(owner_) {
+        if (address(token_) == address(0) || address(providers_) == address(0) || treasury_ == address(0)) {
+            revert Escrow__ZeroAddress();
+        }
         if (withdrawalDelay_ > MAX_DELAY) revert Escrow__DelayTooLong(withdrawalDelay_, MAX_DELAY);
         if (withdrawalDelay_ <= maxVoucherLifetime_) {
             revert Escrow__DelayTooShort(withdrawalDelay_, maxVoucherLifetime_);
@@ -200,6 +263,7 @@ contract InferenceEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
         _token = token_;
         _agents = agents_;
         _personas = personas_;
+        _providers = providers_;
         _maxVoucherLifetime = maxVoucherLifetime_;
         _withdrawalDelay = withdrawalDelay_;
         _feeDelay = royaltyDelay;
@@ -223,11 +287,8 @@ contract InferenceEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
      * @param amount The amount to deposit.
      */
     function depositFor(address account, uint256 amount) public nonReentrant {
-        if (amount == 0) revert Escrow__ZeroAmount();
         if (account == address(0)) revert Escrow__ZeroAddress();
-        _deposits[account] += amount;
-        emit Deposited(account, msg.sender, amount);
-        _token.safeTransferFrom(msg.sender, address(this), amount);
+        _pullDeposit(account, amount);
     }
 
     /**
@@ -241,13 +302,13 @@ contract InferenceEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
      * @param s The permit signature's s.
      */
     function depositWithPermit(uint256 amount, uint256 deadline, uint8 v, bytes32 r, bytes32 s) external {
-        try IERC20Permit(address(_token)).permit(msg.sender, address(this), amount, deadline, v, r, s) {} catch {}
+        _tryPermit(amount, deadline, v, r, s);
         depositFor(msg.sender, amount);
     }
 
     /**
-     * @notice Asks to withdraw `amount` of the caller's deposit. It stays available to settle vouchers until
-     * the withdrawal completes, `withdrawalDelay()` seconds from now. A new request replaces a pending one.
+     * @notice Asks to withdraw `amount` of the caller's free deposit. It stays in the escrow until the
+     * withdrawal completes, `withdrawalDelay()` seconds from now. A new request replaces a pending one.
      * @param amount The amount to withdraw.
      * @return availableAt When the withdrawal can be completed.
      */
@@ -269,7 +330,7 @@ contract InferenceEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
 
     /**
      * @notice Completes the caller's pending withdrawal: pays out the amount requested, or what is left of
-     * the deposit if settlements used part of it.
+     * the free deposit if the payer committed part of it since.
      * @return amount The amount paid out.
      */
     function completeWithdrawal() external nonReentrant returns (uint256 amount) {
@@ -284,12 +345,113 @@ contract InferenceEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
         if (amount > 0) _token.safeTransfer(msg.sender, amount);
     }
 
+    // ------------------------------------------------------------------- lanes
+
+    /**
+     * @notice Commits `amount` of the caller's free deposit to its lane with `provider`, which only that
+     * provider's vouchers draw on. Cancels a pending release of the lane.
+     * @param provider An active provider of the provider registry.
+     * @param amount The amount to commit.
+     */
+    function commit(address provider, uint256 amount) external {
+        uint256 available = _deposits[msg.sender];
+        if (amount > available) revert Escrow__InsufficientDeposit(msg.sender, amount, available);
+        unchecked {
+            _deposits[msg.sender] = available - amount;
+        }
+        _commit(msg.sender, provider, amount);
+    }
+
+    /**
+     * @notice Deposits `amount` and commits it to the caller's lane with `provider`, in one transaction
+     * (approve this contract first).
+     * @param provider An active provider of the provider registry.
+     * @param amount The amount to deposit and commit.
+     */
+    function depositAndCommit(address provider, uint256 amount) public nonReentrant {
+        _pullDeposit(msg.sender, amount);
+        _deposits[msg.sender] -= amount;
+        _commit(msg.sender, provider, amount);
+    }
+
+    /**
+     * @notice Deposits `amount` with an EIP-2612 permit and commits it to the caller's lane with
+     * `provider`: a payer's first use of a provider in one transaction, without a prior approval.
+     * @dev A failed permit is ignored, as in `depositWithPermit`.
+     * @param provider An active provider of the provider registry.
+     * @param amount The amount; also the permit's value.
+     * @param deadline The permit's deadline.
+     * @param v The permit signature's v.
+     * @param r The permit signature's r.
+     * @param s The permit signature's s.
+     */
+    function depositWithPermitAndCommit(address provider, uint256 amount, uint256 deadline, uint8 v, bytes32 r, bytes32 s)
+        external
+    {
+        _tryPermit(amount, deadline, v, r, s);
+        depositAndCommit(provider, amount);
+    }
+
+    /**
+     * @notice Asks for the caller's lane with `provider` back. Its provider can settle vouchers against it
+     * until the release completes, `withdrawalDelay()` seconds from now, by when every voucher it accepted
+     * before the request has expired. A new request restarts the delay.
+     * @param provider The lane's provider.
+     * @return releaseAt When `completeRelease` can return the remainder.
+     */
+    function requestRelease(address provider) external returns (uint256 releaseAt) {
+        Lane storage lane = _lanes[msg.sender][provider];
+        uint256 amount = lane.amount;
+        if (amount == 0) revert Escrow__EmptyLane(msg.sender, provider);
+        releaseAt = block.timestamp + _withdrawalDelay;
+        lane.releaseAt = uint64(releaseAt);
+        emit LaneReleaseRequested(msg.sender, provider, amount, releaseAt);
+    }
+
+    /**
+     * @notice Cancels the caller's pending release of its lane with `provider`.
+     * @param provider The lane's provider.
+     */
+    function cancelRelease(address provider) external {
+        Lane storage lane = _lanes[msg.sender][provider];
+        if (lane.releaseAt == 0) revert Escrow__NoReleaseRequested(msg.sender, provider);
+        lane.releaseAt = 0;
+        emit LaneReleaseCancelled(msg.sender, provider);
+    }
+
+    /**
+     * @notice Completes a requested release: what is left in the caller's lane with `provider` returns to
+     * its free deposit.
+     * @param provider The lane's provider.
+     * @return amount The amount returned.
+     */
+    function completeRelease(address provider) external returns (uint256 amount) {
+        Lane memory lane = _lanes[msg.sender][provider];
+        if (lane.releaseAt == 0) revert Escrow__NoReleaseRequested(msg.sender, provider);
+        if (block.timestamp < lane.releaseAt) revert Escrow__ReleaseNotReady(lane.releaseAt);
+        amount = lane.amount;
+        delete _lanes[msg.sender][provider];
+        _deposits[msg.sender] += amount;
+        emit LaneReleased(msg.sender, provider, amount);
+    }
+
     // -------------------------------------------------------------- settlement
 
     /**
-     * @notice Settles one voucher: pays its provider, the persona's holder and the protocol what the
-     * session's new totals add to what was already settled, from the payer's deposit.
-     * @dev Anyone may submit a voucher; the money goes where the voucher says.
+     * @notice Lets `settler` settle the caller's vouchers (a relayer), or stops it.
+     * @param settler The account.
+     * @param allowed Whether it may settle.
+     */
+    function setSettler(address settler, bool allowed) external {
+        if (settler == address(0)) revert Escrow__ZeroAddress();
+        _settlers[msg.sender][settler] = allowed;
+        emit SettlerSet(msg.sender, settler, allowed);
+    }
+
+    /**
+     * @notice Settles one voucher from its lane: pays its provider, the persona's holder and the protocol
+     * what the session's new totals add to what the session has already cost.
+     * @dev Only the voucher's provider or a settler it authorised may call it.
      * @param voucher The voucher.
      * @param signature The payer's signature over it.
      * @return settlement What it paid.
@@ -299,24 +461,32 @@ contract InferenceEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
         nonReentrant
         returns (Settlement memory settlement)
     {
-        uint256 feeBps = _feeBps.at(block.timestamp);
-        settlement = _settle(voucher, signature, feeBps);
+        uint256 feeNow = _feeBps.at(block.timestamp);
+        bytes memory err;
+        (settlement, err) = _settle(voucher, signature, feeNow);
+        if (err.length != 0) _revertWith(err);
         _creditFee(settlement.feeAmount);
     }
 
     /**
-     * @notice Settles many vouchers in one transaction. It is all or nothing: simulate it first and leave
-     * out any voucher that `previewSettle` or a single `settle` rejects.
+     * @notice Settles many vouchers in one transaction. A voucher that cannot settle (the chain moved on,
+     * the lane ran short, a settler not authorised) is left out with a `SettlementSkipped` event carrying the
+     * error a single `settle` would revert with; the others settle.
      * @param vouchers The vouchers and their signatures.
-     * @return paid Total paid out of deposits.
+     * @return paid Total paid out of lanes.
      */
     function settleBatch(SignedVoucher[] calldata vouchers) external nonReentrant returns (uint256 paid) {
         uint256 count = vouchers.length;
         if (count == 0) revert Escrow__EmptyBatch();
-        uint256 feeBps = _feeBps.at(block.timestamp);
+        uint256 feeNow = _feeBps.at(block.timestamp);
         uint256 fees;
         for (uint256 i; i < count; ++i) {
-            Settlement memory s = _settle(vouchers[i].voucher, vouchers[i].signature, feeBps);
+            Voucher calldata v = vouchers[i].voucher;
+            (Settlement memory s, bytes memory err) = _settle(v, vouchers[i].signature, feeNow);
+            if (err.length != 0) {
+                emit SettlementSkipped(v.provider, v.payer, v.agentId, v.session, err);
+                continue;
+            }
             fees += s.feeAmount;
             paid += s.providerAmount + s.royaltyAmount + s.feeAmount;
         }
@@ -365,12 +535,20 @@ contract InferenceEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
     // ------------------------------------------------------------------- views
 
     /**
-     * @notice What settling `voucher` now would pay, checking everything `settle` checks but the signature.
+     * @notice What settling `voucher` now would pay, checking everything `settle` checks but the signature
+     * and the caller.
      * @param voucher The voucher.
      * @return settlement What it would pay.
      */
     function previewSettle(Voucher calldata voucher) external view returns (Settlement memory settlement) {
-        (settlement,) = _price(voucher, _feeBps.at(block.timestamp));
+        bytes memory err;
+        (settlement,,, err) = _price(voucher, _feeBps.at(block.timestamp));
+        if (err.length == 0) {
+            uint256 total = settlement.providerAmount + settlement.royaltyAmount + settlement.feeAmount;
+            uint256 lane = _lanes[voucher.payer][voucher.provider].amount;
+            if (total > lane) err = _insufficientLane(voucher, total, lane);
+        }
+        if (err.length != 0) _revertWith(err);
     }
 
     /// @notice The EIP-712 digest a payer signs for `voucher` on this chain and contract.
@@ -389,23 +567,39 @@ contract InferenceEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
     }
 
     /**
-     * @notice The latest settled session of a channel and its cumulative totals.
+     * @notice The latest settled session of a channel, its cumulative totals and what it has cost.
      * @return session The session number (zero before the first settlement).
      * @return inputTokens Input tokens settled for that session.
      * @return outputTokens Output tokens settled for that session.
+     * @return paid What that session has taken from the lane so far (provider, royalty and fee).
      */
     function settledOf(address payer, address provider, uint256 agentId)
         external
         view
-        returns (uint64 session, uint64 inputTokens, uint64 outputTokens)
+        returns (uint64 session, uint64 inputTokens, uint64 outputTokens, uint256 paid)
     {
         Channel memory c = _channels[channelKey(payer, provider, agentId)];
-        return (c.session, c.inputTokens, c.outputTokens);
+        return (c.session, c.inputTokens, c.outputTokens, c.paid);
     }
 
-    /// @notice An account's deposit, pending withdrawal included.
+    /// @notice An account's free deposit (not committed to any lane), pending withdrawal included.
     function depositOf(address account) external view returns (uint256) {
         return _deposits[account];
+    }
+
+    /**
+     * @notice What `payer` has committed to `provider` and not yet been settled, and its pending release.
+     * @return amount The lane's balance.
+     * @return releaseAt When a requested release can complete (zero when none is pending).
+     */
+    function laneOf(address payer, address provider) external view returns (uint256 amount, uint256 releaseAt) {
+        Lane memory lane = _lanes[payer][provider];
+        return (lane.amount, lane.releaseAt);
+    }
+
+    /// @notice Whether `settler` may settle `provider`'s vouchers (a provider always may settle its own).
+    function isSettler(address provider, address settler) external view returns (bool) {
+        return settler == provider || _settlers[provider][settler];
     }
 
     /// @notice An account's pending withdrawal (zeros when none).
@@ -449,12 +643,17 @@ contract InferenceEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
         return _personas;
     }
 
+    /// @notice The provider registry whose active providers lanes may open to.
+    function providerRegistry() external view returns (IProviderRegistry) {
+        return _providers;
+    }
+
     /// @notice The furthest a voucher's expiry may be from the time it settles, in seconds.
     function maxVoucherLifetime() external view returns (uint256) {
         return _maxVoucherLifetime;
     }
 
-    /// @notice Seconds from a withdrawal request to its completion.
+    /// @notice Seconds from a withdrawal or lane release request to its completion.
     function withdrawalDelay() external view returns (uint256) {
         return _withdrawalDelay;
     }
@@ -466,22 +665,53 @@ contract InferenceEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
 
     // ---------------------------------------------------------------- internal
 
-    function _settle(Voucher calldata v, bytes calldata signature, uint256 feeBps)
+    function _pullDeposit(address account, uint256 amount) private {
+        if (amount == 0) revert Escrow__ZeroAmount();
+        _deposits[account] += amount;
+        emit Deposited(account, msg.sender, amount);
+        _token.safeTransferFrom(msg.sender, address(this), amount);
+    }
+
+    function _tryPermit(uint256 amount, uint256 deadline, uint8 v, bytes32 r, bytes32 s) private {
+        try IERC20Permit(address(_token)).permit(msg.sender, address(this), amount, deadline, v, r, s) {} catch {}
+    }
+
+    function _commit(address payer, address provider, uint256 amount) private {
+        if (amount == 0) revert Escrow__ZeroAmount();
+        if (!_providers.isActive(provider)) revert Escrow__NotAProvider(provider);
+        Lane storage lane = _lanes[payer][provider];
+        uint256 total = lane.amount + amount;
+        lane.amount = uint192(total);
+        if (lane.releaseAt != 0) {
+            lane.releaseAt = 0;
+            emit LaneReleaseCancelled(payer, provider);
+        }
+        emit Committed(payer, provider, amount, total);
+    }
+
+    /// @dev Settles `v` or returns the error `settle` reverts with; on an error nothing was written.
+    function _settle(Voucher calldata v, bytes calldata signature, uint256 feeNow)
         private
-        returns (Settlement memory s)
+        returns (Settlement memory s, bytes memory err)
     {
+        if (msg.sender != v.provider && !_settlers[v.provider][msg.sender]) {
+            return (s, abi.encodeWithSelector(Escrow__NotProviderOrSettler.selector, v.provider, msg.sender));
+        }
         bytes32 key;
-        (s, key) = _price(v, feeBps);
+        Channel memory c;
+        (s, key, c, err) = _price(v, feeNow);
+        if (err.length != 0) return (s, err);
         if (!_isValidSignature(v.payer, _hashTypedDataV4(_structHash(v)), signature)) {
-            revert Escrow__InvalidSignature(v.payer);
+            return (s, abi.encodeWithSelector(Escrow__InvalidSignature.selector, v.payer));
         }
         uint256 total = s.providerAmount + s.royaltyAmount + s.feeAmount;
-        uint256 available = _deposits[v.payer];
-        if (total > available) revert Escrow__InsufficientDeposit(v.payer, total, available);
+        Lane storage lane = _lanes[v.payer][v.provider];
+        uint256 available = lane.amount;
+        if (total > available) return (s, _insufficientLane(v, total, available));
 
-        _channels[key] = Channel(v.session, v.inputTokens, v.outputTokens);
+        _channels[key] = Channel(v.session, uint48(v.inputTokens), uint48(v.outputTokens), c.paid);
         unchecked {
-            _deposits[v.payer] = available - total;
+            lane.amount = uint192(available - total);
         }
         _earnings[v.provider] += s.providerAmount;
         if (s.royaltyAmount != 0) _earnings[s.creator] += s.royaltyAmount;
@@ -499,56 +729,114 @@ contract InferenceEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
         );
     }
 
-    /// @dev Prices on cumulative totals and subtracts what they priced at last settlement, so that a
-    /// session's total cost never depends on how many times it was settled (no rounding drift).
-    function _price(Voucher calldata v, uint256 feeBps) private view returns (Settlement memory s, bytes32 key) {
-        if (block.timestamp > v.expiry) revert Escrow__VoucherExpired(v.expiry);
-        uint256 latest = block.timestamp + _maxVoucherLifetime;
-        if (v.expiry > latest) revert Escrow__ExpiryTooFar(v.expiry, latest);
+    /**
+     * @dev Prices `v` against its channel and returns the channel as it will be once settled (`c.paid`
+     * updated), or the error `settle` reverts with. Each share is priced on the cumulative totals at the
+     * voucher's own rates, minus what the settled totals priced at, so that a session's cost does not
+     * depend on how often it settles; then the session's cost is held to the voucher's own cumulative cost,
+     * taking any excess off the provider's share first, so a rate changed mid-session cannot add to it.
+     */
+    function _price(Voucher calldata v, uint256 feeNow)
+        private
+        view
+        returns (Settlement memory s, bytes32 key, Channel memory c, bytes memory err)
+    {
+        if (block.timestamp > v.expiry) return (s, key, c, abi.encodeWithSelector(Escrow__VoucherExpired.selector, v.expiry));
+        {
+            uint256 latest = block.timestamp + _maxVoucherLifetime;
+            if (v.expiry > latest) {
+                return (s, key, c, abi.encodeWithSelector(Escrow__ExpiryTooFar.selector, v.expiry, latest));
+            }
+        }
+        if (v.inputTokens > MAX_SESSION_TOKENS || v.outputTokens > MAX_SESSION_TOKENS) {
+            return (s, key, c, abi.encodeWithSelector(Escrow__VoucherTooLarge.selector));
+        }
+        if (v.feeBps < feeNow) return (s, key, c, abi.encodeWithSelector(Escrow__FeeBelowRate.selector, v.feeBps, feeNow));
 
         key = channelKey(v.payer, v.provider, v.agentId);
-        Channel memory c = _channels[key];
-        uint64 settledInput;
-        uint64 settledOutput;
-        if (v.session < c.session) revert Escrow__SessionSuperseded(key, c.session, v.session);
+        c = _channels[key];
+        if (v.session < c.session) {
+            return (s, key, c, abi.encodeWithSelector(Escrow__SessionSuperseded.selector, key, c.session, v.session));
+        }
         if (v.session == c.session) {
-            (settledInput, settledOutput) = (c.inputTokens, c.outputTokens);
-            if (v.inputTokens < settledInput || v.outputTokens < settledOutput) {
-                revert Escrow__CumulativeBelowSettled(key, settledInput, settledOutput, v.inputTokens, v.outputTokens);
+            if (v.inputTokens < c.inputTokens || v.outputTokens < c.outputTokens) {
+                return (
+                    s,
+                    key,
+                    c,
+                    abi.encodeWithSelector(
+                        Escrow__CumulativeBelowSettled.selector,
+                        key,
+                        c.inputTokens,
+                        c.outputTokens,
+                        v.inputTokens,
+                        v.outputTokens
+                    )
+                );
             }
-            if (v.inputTokens == settledInput && v.outputTokens == settledOutput) {
-                revert Escrow__AlreadySettled(key, v.session);
+            if (v.inputTokens == c.inputTokens && v.outputTokens == c.outputTokens) {
+                return (s, key, c, abi.encodeWithSelector(Escrow__AlreadySettled.selector, key, v.session));
             }
-        } else if (v.inputTokens == 0 && v.outputTokens == 0) {
-            revert Escrow__EmptyVoucher();
+        } else {
+            if (v.inputTokens == 0 && v.outputTokens == 0) {
+                return (s, key, c, abi.encodeWithSelector(Escrow__EmptyVoucher.selector));
+            }
+            (c.inputTokens, c.outputTokens, c.paid) = (0, 0, 0);
         }
 
         s.personaId = _agents.personaOf(v.agentId);
-        uint256 royalty;
-        (s.creator, royalty) = _personas.royaltyOf(s.personaId);
-        s.inputTokens = v.inputTokens - settledInput;
-        s.outputTokens = v.outputTokens - settledOutput;
+        uint256 royaltyNow;
+        (s.creator, royaltyNow) = _personas.royaltyOf(s.personaId);
+        if (v.royaltyPerMillion < royaltyNow) {
+            return (
+                s,
+                key,
+                c,
+                abi.encodeWithSelector(Escrow__RoyaltyBelowRate.selector, s.personaId, v.royaltyPerMillion, royaltyNow)
+            );
+        }
+        s.inputTokens = v.inputTokens - uint64(c.inputTokens);
+        s.outputTokens = v.outputTokens - uint64(c.outputTokens);
 
-        (uint256 providerNow, uint256 royaltyNow, uint256 feeNow) =
-            _cost(v.inputTokens, v.outputTokens, v.priceInputPerMillion, v.priceOutputPerMillion, royalty, feeBps);
-        (uint256 providerBefore, uint256 royaltyBefore, uint256 feeBefore) =
-            _cost(settledInput, settledOutput, v.priceInputPerMillion, v.priceOutputPerMillion, royalty, feeBps);
+        (uint256 providerNow, uint256 royaltyAmountNow, uint256 feeAmountNow) = _cost(v, v.inputTokens, v.outputTokens);
+        (uint256 providerBefore, uint256 royaltyBefore, uint256 feeBefore) = _cost(v, c.inputTokens, c.outputTokens);
         s.providerAmount = providerNow - providerBefore;
-        s.royaltyAmount = royaltyNow - royaltyBefore;
-        s.feeAmount = feeNow - feeBefore;
+        s.royaltyAmount = royaltyAmountNow - royaltyBefore;
+        s.feeAmount = feeAmountNow - feeBefore;
+
+        uint256 cumulative = providerNow + royaltyAmountNow + feeAmountNow;
+        if (cumulative > type(uint96).max) return (s, key, c, abi.encodeWithSelector(Escrow__VoucherTooLarge.selector));
+        uint256 room = cumulative > c.paid ? cumulative - c.paid : 0;
+        uint256 total = s.providerAmount + s.royaltyAmount + s.feeAmount;
+        if (total > room) {
+            // Only a voucher at other rates than the session's earlier ones gets here.
+            uint256 excess = total - room;
+            uint256 cut = excess < s.providerAmount ? excess : s.providerAmount;
+            (s.providerAmount, excess) = (s.providerAmount - cut, excess - cut);
+            cut = excess < s.royaltyAmount ? excess : s.royaltyAmount;
+            (s.royaltyAmount, excess) = (s.royaltyAmount - cut, excess - cut);
+            s.feeAmount -= excess;
+            total = room;
+        }
+        c.paid += uint96(total);
     }
 
-    function _cost(
-        uint256 inputTokens,
-        uint256 outputTokens,
-        uint256 priceInput,
-        uint256 priceOutput,
-        uint256 royalty,
-        uint256 feeBps
-    ) private pure returns (uint256 providerAmount, uint256 royaltyAmount, uint256 feeAmount) {
-        providerAmount = (inputTokens * priceInput + outputTokens * priceOutput) / 1e6;
-        royaltyAmount = ((inputTokens + outputTokens) * royalty) / 1e6;
-        feeAmount = ((providerAmount + royaltyAmount) * feeBps) / 10_000;
+    function _cost(Voucher calldata v, uint256 inputTokens, uint256 outputTokens)
+        private
+        pure
+        returns (uint256 providerAmount, uint256 royaltyAmount, uint256 feeAmount)
+    {
+        providerAmount = (inputTokens * v.priceInputPerMillion + outputTokens * v.priceOutputPerMillion) / 1e6;
+        royaltyAmount = ((inputTokens + outputTokens) * v.royaltyPerMillion) / 1e6;
+        feeAmount = ((providerAmount + royaltyAmount) * v.feeBps) / 10_000;
+    }
+
+    function _insufficientLane(Voucher calldata v, uint256 required, uint256 available)
+        private
+        pure
+        returns (bytes memory)
+    {
+        return abi.encodeWithSelector(Escrow__InsufficientLane.selector, v.payer, v.provider, required, available);
     }
 
     function _creditFee(uint256 amount) private {
@@ -567,6 +855,8 @@ contract InferenceEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
                 v.outputTokens,
                 v.priceInputPerMillion,
                 v.priceOutputPerMillion,
+                v.royaltyPerMillion,
+                v.feeBps,
                 v.expiry
             )
         );
@@ -578,5 +868,11 @@ contract InferenceEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
         (address recovered, ECDSA.RecoverError err,) = ECDSA.tryRecoverCalldata(digest, signature);
         if (err == ECDSA.RecoverError.NoError && recovered == signer) return true;
         return signer.code.length != 0 && SignatureChecker.isValidERC1271SignatureNowCalldata(signer, digest, signature);
+    }
+
+    function _revertWith(bytes memory err) private pure {
+        assembly ("memory-safe") {
+            revert(add(err, 0x20), mload(err))
+        }
     }
 }

@@ -8,6 +8,7 @@ import {AgentRegistry} from "./AgentRegistry.sol";
 import {PersonaRegistry} from "./PersonaRegistry.sol";
 import {MockERC1271Wallet} from "./mocks/MockERC1271Wallet.sol";
 import {IPersonaRegistry} from "./interfaces/IPersonaRegistry.sol";
+import {IProviderRegistry} from "./interfaces/IProviderRegistry.sol";
 
 /// @dev Answers only what the escrow's constructor asks of a persona registry.
 contract SlowRoyaltyRegistry {
@@ -35,7 +36,10 @@ contract InferenceEscrowTest is SoulmeshFixture {
         personaId = _createPersona(creator, ROYALTY, 0);
         agentId = _mintAgent(user, personaId);
         _register(provider);
-        _deposit(user, 100 * USD);
+        // 100 tUSD free and 100 tUSD in the lane with `provider`.
+        _deposit(user, 200 * USD);
+        vm.prank(user);
+        escrow.commit(provider, 100 * USD);
     }
 
     // ------------------------------------------------------------- helpers
@@ -54,6 +58,8 @@ contract InferenceEscrowTest is SoulmeshFixture {
             outputTokens: outputTokens,
             priceInputPerMillion: PRICE_IN,
             priceOutputPerMillion: PRICE_OUT,
+            royaltyPerMillion: uint96(ROYALTY),
+            feeBps: 0,
             expiry: uint64(block.timestamp + 1 hours)
         });
     }
@@ -69,6 +75,10 @@ contract InferenceEscrowTest is SoulmeshFixture {
         return escrow.settle(v, sig);
     }
 
+    function _lane(address payer, address to) internal view returns (uint256 amount) {
+        (amount,) = escrow.laneOf(payer, to);
+    }
+
     function _expectedCost(uint256 inputTokens, uint256 outputTokens, uint256 royalty, uint256 feeBps)
         internal
         pure
@@ -80,9 +90,10 @@ contract InferenceEscrowTest is SoulmeshFixture {
     }
 
     function _assertBalanceEqualsOwed() internal view {
-        uint256 owed = escrow.depositOf(user) + escrow.earningsOf(provider) + escrow.earningsOf(creator)
-            + escrow.earningsOf(treasury) + escrow.depositOf(stranger);
-        assertEq(token.balanceOf(address(escrow)), owed, "escrow balance == deposits + earnings");
+        uint256 owed = escrow.depositOf(user) + _lane(user, provider) + escrow.earningsOf(provider)
+            + escrow.earningsOf(creator) + escrow.earningsOf(treasury) + escrow.depositOf(stranger)
+            + _lane(stranger, provider);
+        assertEq(token.balanceOf(address(escrow)), owed, "escrow balance == deposits + lanes + earnings");
     }
 
     // ------------------------------------------------------------- deposits
@@ -104,6 +115,7 @@ contract InferenceEscrowTest is SoulmeshFixture {
         vm.prank(stranger);
         escrow.depositFor(user, 3 * USD);
         assertEq(escrow.depositOf(user), 103 * USD);
+        assertEq(_lane(user, provider), 100 * USD, "a deposit commits nothing");
         assertEq(escrow.depositOf(stranger), 0);
     }
 
@@ -179,19 +191,6 @@ contract InferenceEscrowTest is SoulmeshFixture {
         _assertBalanceEqualsOwed();
     }
 
-    function test_Withdrawal_LeavesDepositSettleableUntilComplete() public {
-        vm.prank(user);
-        escrow.requestWithdrawal(100 * USD);
-        // A voucher accepted before the request still settles while the withdrawal waits.
-        InferenceEscrow.Settlement memory s = _settle(_voucher(1, 1_000_000, 1_000_000));
-        uint256 spent = s.providerAmount + s.royaltyAmount + s.feeAmount;
-        vm.warp(block.timestamp + WITHDRAWAL_DELAY);
-        vm.prank(user);
-        assertEq(escrow.completeWithdrawal(), 100 * USD - spent, "pays what is left");
-        assertEq(escrow.depositOf(user), 0);
-        _assertBalanceEqualsOwed();
-    }
-
     function test_Withdrawal_OutlivesEveryVoucherAcceptedBeforeIt() public {
         // The longest-lived voucher signed just before the request expires before the withdrawal completes.
         InferenceEscrow.Voucher memory v = _voucher(1, 10, 10);
@@ -226,6 +225,146 @@ contract InferenceEscrowTest is SoulmeshFixture {
         assertEq(escrow.depositOf(user), 100 * USD);
     }
 
+    // ----------------------------------------------------------------- lanes
+
+    function test_Commit_MovesFreeDepositIntoTheLaneAndEmits() public {
+        vm.expectEmit(true, true, true, true, address(escrow));
+        emit InferenceEscrow.Committed(user, provider, 30 * USD, 130 * USD);
+        vm.prank(user);
+        escrow.commit(provider, 30 * USD);
+        assertEq(escrow.depositOf(user), 70 * USD);
+        assertEq(_lane(user, provider), 130 * USD);
+        _assertBalanceEqualsOwed();
+    }
+
+    function test_Commit_RevertsWhen_NotAProviderZeroOrAboveDeposit() public {
+        vm.startPrank(user);
+        vm.expectRevert(abi.encodeWithSelector(InferenceEscrow.Escrow__NotAProvider.selector, stranger));
+        escrow.commit(stranger, 1 * USD);
+        vm.expectRevert(InferenceEscrow.Escrow__ZeroAmount.selector);
+        escrow.commit(provider, 0);
+        vm.expectRevert(
+            abi.encodeWithSelector(InferenceEscrow.Escrow__InsufficientDeposit.selector, user, 101 * USD, 100 * USD)
+        );
+        escrow.commit(provider, 101 * USD);
+        vm.stopPrank();
+        assertEq(escrow.depositOf(user), 100 * USD);
+        assertEq(_lane(user, provider), 100 * USD);
+    }
+
+    function test_DepositAndCommit_InOneTransaction() public {
+        _fundAndApprove(stranger, address(escrow), 9 * USD);
+        vm.expectEmit(true, true, true, true, address(escrow));
+        emit InferenceEscrow.Deposited(stranger, stranger, 9 * USD);
+        vm.expectEmit(true, true, true, true, address(escrow));
+        emit InferenceEscrow.Committed(stranger, provider, 9 * USD, 9 * USD);
+        vm.prank(stranger);
+        escrow.depositAndCommit(provider, 9 * USD);
+        assertEq(escrow.depositOf(stranger), 0);
+        assertEq(_lane(stranger, provider), 9 * USD);
+        _assertBalanceEqualsOwed();
+    }
+
+    function test_DepositWithPermitAndCommit_NeedsNoPriorApproval() public {
+        (address alice, uint256 aliceKey) = makeAddrAndKey("alice");
+        token.mint(alice, 7 * USD);
+        uint256 deadline = block.timestamp + 1 hours;
+        bytes32 structHash = keccak256(
+            abi.encode(
+                keccak256("Permit(address owner,address spender,uint256 value,uint256 nonce,uint256 deadline)"),
+                alice,
+                address(escrow),
+                7 * USD,
+                token.nonces(alice),
+                deadline
+            )
+        );
+        (uint8 v, bytes32 r, bytes32 s) =
+            vm.sign(aliceKey, keccak256(abi.encodePacked("\x19\x01", token.DOMAIN_SEPARATOR(), structHash)));
+        vm.prank(alice);
+        escrow.depositWithPermitAndCommit(provider, 7 * USD, deadline, v, r, s);
+        assertEq(_lane(alice, provider), 7 * USD);
+        assertEq(token.balanceOf(alice), 0);
+    }
+
+    function test_LaneRelease_WaitsForTheDelayToTheSecond() public {
+        vm.expectEmit(true, true, true, true, address(escrow));
+        emit InferenceEscrow.LaneReleaseRequested(user, provider, 100 * USD, block.timestamp + WITHDRAWAL_DELAY);
+        vm.prank(user);
+        uint256 releaseAt = escrow.requestRelease(provider);
+        (, uint256 at) = escrow.laneOf(user, provider);
+        assertEq(at, releaseAt);
+
+        vm.warp(releaseAt - 1);
+        vm.expectRevert(abi.encodeWithSelector(InferenceEscrow.Escrow__ReleaseNotReady.selector, releaseAt));
+        vm.prank(user);
+        escrow.completeRelease(provider);
+
+        vm.warp(releaseAt);
+        vm.expectEmit(true, true, true, true, address(escrow));
+        emit InferenceEscrow.LaneReleased(user, provider, 100 * USD);
+        vm.prank(user);
+        assertEq(escrow.completeRelease(provider), 100 * USD);
+        assertEq(escrow.depositOf(user), 200 * USD, "the remainder returns to the free deposit");
+        (uint256 amount, uint256 at2) = escrow.laneOf(user, provider);
+        assertEq(amount + at2, 0);
+        _assertBalanceEqualsOwed();
+    }
+
+    function test_LaneRelease_LeavesTheLaneSettleableUntilComplete() public {
+        vm.prank(user);
+        uint256 releaseAt = escrow.requestRelease(provider);
+        // The longest-lived voucher the provider accepted just before the request expires before the release.
+        InferenceEscrow.Voucher memory v = _voucher(1, 1_000_000, 1_000_000);
+        v.expiry = uint64(block.timestamp + MAX_VOUCHER_LIFETIME);
+        assertLt(v.expiry, releaseAt);
+        bytes memory sig = _sign(userKey, v);
+        vm.warp(v.expiry);
+        vm.prank(provider);
+        InferenceEscrow.Settlement memory s = escrow.settle(v, sig);
+        uint256 spent = s.providerAmount + s.royaltyAmount + s.feeAmount;
+        vm.warp(releaseAt);
+        vm.prank(user);
+        assertEq(escrow.completeRelease(provider), 100 * USD - spent, "returns what is left");
+        _assertBalanceEqualsOwed();
+    }
+
+    function test_LaneRelease_CancelledByTheCallerOrByCommittingAgain() public {
+        vm.startPrank(user);
+        escrow.requestRelease(provider);
+        vm.expectEmit(true, true, true, true, address(escrow));
+        emit InferenceEscrow.LaneReleaseCancelled(user, provider);
+        escrow.cancelRelease(provider);
+        vm.expectRevert(abi.encodeWithSelector(InferenceEscrow.Escrow__NoReleaseRequested.selector, user, provider));
+        escrow.completeRelease(provider);
+        vm.expectRevert(abi.encodeWithSelector(InferenceEscrow.Escrow__NoReleaseRequested.selector, user, provider));
+        escrow.cancelRelease(provider);
+
+        escrow.requestRelease(provider);
+        vm.expectEmit(true, true, true, true, address(escrow));
+        emit InferenceEscrow.LaneReleaseCancelled(user, provider);
+        escrow.commit(provider, 1 * USD);
+        (uint256 amount, uint256 releaseAt) = escrow.laneOf(user, provider);
+        assertEq(amount, 101 * USD);
+        assertEq(releaseAt, 0);
+        vm.stopPrank();
+    }
+
+    function test_RequestRelease_RevertsWhen_LaneEmpty() public {
+        vm.expectRevert(abi.encodeWithSelector(InferenceEscrow.Escrow__EmptyLane.selector, stranger, provider));
+        vm.prank(stranger);
+        escrow.requestRelease(provider);
+    }
+
+    function test_PreviewSettle_ChecksTheLane() public {
+        InferenceEscrow.Voucher memory v = _voucher(1, 50_000_000, 50_000_000);
+        (uint256 p, uint256 r,) = _expectedCost(50_000_000, 50_000_000, ROYALTY, 0);
+        vm.expectRevert(
+            abi.encodeWithSelector(InferenceEscrow.Escrow__InsufficientLane.selector, user, provider, p + r, 100 * USD)
+        );
+        escrow.previewSettle(v);
+    }
+
     // ------------------------------------------------------------ settlement
 
     function test_Settle_PaysEachPartyExactlyAndEmits() public {
@@ -234,15 +373,17 @@ contract InferenceEscrowTest is SoulmeshFixture {
         bytes memory sig = _sign(userKey, v);
         vm.expectEmit(true, true, true, true, address(escrow));
         emit InferenceEscrow.VoucherSettled(personaId, provider, agentId, user, 1, 12_345, 6_789, p, r, f);
-        vm.prank(stranger); // anyone may submit; the provider is paid
+        vm.prank(provider);
         escrow.settle(v, sig);
         assertEq(escrow.earningsOf(provider), p);
         assertEq(escrow.earningsOf(creator), r);
-        assertEq(escrow.depositOf(user), 100 * USD - p - r);
-        (uint64 session, uint64 inTok, uint64 outTok) = escrow.settledOf(user, provider, agentId);
+        assertEq(_lane(user, provider), 100 * USD - p - r, "paid from the lane");
+        assertEq(escrow.depositOf(user), 100 * USD, "the free deposit is untouched");
+        (uint64 session, uint64 inTok, uint64 outTok, uint256 paid) = escrow.settledOf(user, provider, agentId);
         assertEq(uint256(session), 1);
         assertEq(uint256(inTok), 12_345);
         assertEq(uint256(outTok), 6_789);
+        assertEq(paid, p + r);
         _assertBalanceEqualsOwed();
     }
 
@@ -264,28 +405,32 @@ contract InferenceEscrowTest is SoulmeshFixture {
         inputTokens = uint64(bound(inputTokens, 1, 1e9));
         outputTokens = uint64(bound(outputTokens, 1, 1e9));
         steps = uint8(bound(steps, 1, 12));
-        _deposit(user, 10_000_000 * USD);
-        uint256 depositBefore = escrow.depositOf(user);
+        _depositAndCommit(user, provider, 10_000_000 * USD);
+        uint256 laneBefore = _lane(user, provider);
         for (uint256 i = 1; i <= steps; ++i) {
             uint64 inNow = uint64((uint256(inputTokens) * i) / steps);
             uint64 outNow = uint64((uint256(outputTokens) * i) / steps);
-            (, uint64 settledIn, uint64 settledOut) = escrow.settledOf(user, provider, agentId);
+            (, uint64 settledIn, uint64 settledOut,) = escrow.settledOf(user, provider, agentId);
             if (inNow == settledIn && outNow == settledOut) continue;
             _settle(_voucher(1, inNow, outNow));
         }
         (uint256 p, uint256 r,) = _expectedCost(inputTokens, outputTokens, ROYALTY, 0);
-        assertEq(depositBefore - escrow.depositOf(user), p + r, "no rounding drift");
+        assertEq(laneBefore - _lane(user, provider), p + r, "no rounding drift");
+        (,,, uint256 paid) = escrow.settledOf(user, provider, agentId);
+        assertEq(paid, p + r, "the session's cost is recorded");
     }
 
     function test_Settle_RevertsWhen_SameVoucherTwice() public {
         InferenceEscrow.Voucher memory v = _voucher(1, 100, 100);
         bytes memory sig = _sign(userKey, v);
+        vm.startPrank(provider);
         escrow.settle(v, sig);
         bytes32 key = escrow.channelKey(user, provider, agentId);
-        uint256 deposit = escrow.depositOf(user);
+        uint256 lane = _lane(user, provider);
         vm.expectRevert(abi.encodeWithSelector(InferenceEscrow.Escrow__AlreadySettled.selector, key, uint64(1)));
         escrow.settle(v, sig);
-        assertEq(escrow.depositOf(user), deposit);
+        vm.stopPrank();
+        assertEq(_lane(user, provider), lane);
     }
 
     function test_Settle_RevertsWhen_CumulativeTotalIsLower() public {
@@ -303,6 +448,7 @@ contract InferenceEscrowTest is SoulmeshFixture {
                 uint64(2_000)
             )
         );
+        vm.prank(provider);
         escrow.settle(lower, sig);
     }
 
@@ -314,6 +460,7 @@ contract InferenceEscrowTest is SoulmeshFixture {
         vm.expectRevert(
             abi.encodeWithSelector(InferenceEscrow.Escrow__SessionSuperseded.selector, key, uint64(6), uint64(5))
         );
+        vm.prank(provider);
         escrow.settle(early, earlySig);
     }
 
@@ -328,6 +475,7 @@ contract InferenceEscrowTest is SoulmeshFixture {
         InferenceEscrow.Voucher memory v = _voucher(1, 0, 0);
         bytes memory sig = _sign(userKey, v);
         vm.expectRevert(InferenceEscrow.Escrow__EmptyVoucher.selector);
+        vm.prank(provider);
         escrow.settle(v, sig);
     }
 
@@ -336,8 +484,10 @@ contract InferenceEscrowTest is SoulmeshFixture {
         bytes memory sig = _sign(userKey, v);
         vm.warp(v.expiry + 1);
         vm.expectRevert(abi.encodeWithSelector(InferenceEscrow.Escrow__VoucherExpired.selector, v.expiry));
+        vm.prank(provider);
         escrow.settle(v, sig);
         vm.warp(v.expiry); // the expiry second itself is still valid
+        vm.prank(provider);
         escrow.settle(v, sig);
     }
 
@@ -350,6 +500,7 @@ contract InferenceEscrowTest is SoulmeshFixture {
                 InferenceEscrow.Escrow__ExpiryTooFar.selector, v.expiry, block.timestamp + MAX_VOUCHER_LIFETIME
             )
         );
+        vm.prank(provider);
         escrow.settle(v, sig);
     }
 
@@ -358,6 +509,7 @@ contract InferenceEscrowTest is SoulmeshFixture {
         InferenceEscrow.Voucher memory v = _voucher(1, 100, 100);
         bytes memory sig = _sign(otherKey, v);
         vm.expectRevert(abi.encodeWithSelector(InferenceEscrow.Escrow__InvalidSignature.selector, user));
+        vm.prank(provider);
         escrow.settle(v, sig);
         assertEq(escrow.depositOf(user), 100 * USD);
     }
@@ -367,6 +519,7 @@ contract InferenceEscrowTest is SoulmeshFixture {
         bytes memory sig = _sign(userKey, v);
         v.priceOutputPerMillion += 1;
         vm.expectRevert(abi.encodeWithSelector(InferenceEscrow.Escrow__InvalidSignature.selector, user));
+        vm.prank(provider);
         escrow.settle(v, sig);
     }
 
@@ -378,34 +531,92 @@ contract InferenceEscrowTest is SoulmeshFixture {
         bytes memory sig = _sign(userKey, v);
         vm.chainId(originalChainId);
         vm.expectRevert(abi.encodeWithSelector(InferenceEscrow.Escrow__InvalidSignature.selector, user));
+        vm.prank(provider);
         escrow.settle(v, sig);
     }
 
     function test_Settle_RevertsWhen_SignedForAnotherContract() public {
         InferenceEscrow other =
-            new InferenceEscrow(token, agents, personas, MAX_VOUCHER_LIFETIME, WITHDRAWAL_DELAY, treasury, owner);
+            new InferenceEscrow(token, agents, personas, providers, MAX_VOUCHER_LIFETIME, WITHDRAWAL_DELAY, treasury, owner);
         InferenceEscrow.Voucher memory v = _voucher(1, 100, 100);
         (uint8 sv, bytes32 r, bytes32 s) = vm.sign(userKey, other.hashVoucher(v));
         vm.expectRevert(abi.encodeWithSelector(InferenceEscrow.Escrow__InvalidSignature.selector, user));
+        vm.prank(provider);
         escrow.settle(v, abi.encodePacked(r, s, sv));
     }
 
     function test_Settle_RevertsWhen_SignatureMalformed() public {
         InferenceEscrow.Voucher memory v = _voucher(1, 100, 100);
         vm.expectRevert(abi.encodeWithSelector(InferenceEscrow.Escrow__InvalidSignature.selector, user));
+        vm.prank(provider);
         escrow.settle(v, hex"1234");
     }
 
-    function test_Settle_RevertsWhen_AboveThePayersDeposit() public {
-        InferenceEscrow.Voucher memory v = _voucher(1, 100_000_000, 100_000_000);
-        (uint256 p, uint256 r,) = _expectedCost(100_000_000, 100_000_000, ROYALTY, 0);
+    function test_Settle_RevertsWhen_AboveThePayersLane() public {
+        // The free deposit (100 tUSD) would cover it; only the lane counts.
+        InferenceEscrow.Voucher memory v = _voucher(1, 50_000_000, 50_000_000);
+        (uint256 p, uint256 r,) = _expectedCost(50_000_000, 50_000_000, ROYALTY, 0);
+        assertGt(p + r, 100 * USD);
+        assertLt(p + r, 200 * USD);
         bytes memory sig = _sign(userKey, v);
         vm.expectRevert(
-            abi.encodeWithSelector(InferenceEscrow.Escrow__InsufficientDeposit.selector, user, p + r, 100 * USD)
+            abi.encodeWithSelector(InferenceEscrow.Escrow__InsufficientLane.selector, user, provider, p + r, 100 * USD)
         );
+        vm.prank(provider);
         escrow.settle(v, sig);
-        (uint64 session,,) = escrow.settledOf(user, provider, agentId);
+        (uint64 session,,,) = escrow.settledOf(user, provider, agentId);
         assertEq(uint256(session), 0, "nothing recorded");
+        assertEq(escrow.depositOf(user), 100 * USD);
+    }
+
+    function test_Settle_RevertsWhen_CallerIsNotTheProviderOrItsSettler() public {
+        InferenceEscrow.Voucher memory v = _voucher(1, 100, 100);
+        bytes memory sig = _sign(userKey, v);
+        vm.expectRevert(
+            abi.encodeWithSelector(InferenceEscrow.Escrow__NotProviderOrSettler.selector, provider, stranger)
+        );
+        vm.prank(stranger);
+        escrow.settle(v, sig);
+        vm.expectRevert(abi.encodeWithSelector(InferenceEscrow.Escrow__NotProviderOrSettler.selector, provider, user));
+        vm.prank(user);
+        escrow.settle(v, sig);
+    }
+
+    function test_SetSettler_LetsARelayerSettleForTheProvider() public {
+        address relayer = makeAddr("relayer");
+        vm.expectEmit(true, true, true, true, address(escrow));
+        emit InferenceEscrow.SettlerSet(provider, relayer, true);
+        vm.prank(provider);
+        escrow.setSettler(relayer, true);
+        assertTrue(escrow.isSettler(provider, relayer));
+        assertTrue(escrow.isSettler(provider, provider));
+        InferenceEscrow.Voucher memory v = _voucher(1, 1_000, 1_000);
+        bytes memory sig = _sign(userKey, v);
+        vm.prank(relayer);
+        InferenceEscrow.Settlement memory s = escrow.settle(v, sig);
+        assertEq(escrow.earningsOf(provider), s.providerAmount, "the provider is paid, not the relayer");
+        assertEq(escrow.earningsOf(relayer), 0);
+
+        vm.prank(provider);
+        escrow.setSettler(relayer, false);
+        v = _voucher(1, 2_000, 2_000);
+        sig = _sign(userKey, v);
+        vm.expectRevert(
+            abi.encodeWithSelector(InferenceEscrow.Escrow__NotProviderOrSettler.selector, provider, relayer)
+        );
+        vm.prank(relayer);
+        escrow.settle(v, sig);
+        vm.expectRevert(InferenceEscrow.Escrow__ZeroAddress.selector);
+        vm.prank(provider);
+        escrow.setSettler(address(0), true);
+    }
+
+    function test_Settle_RevertsWhen_TotalsAboveWhatAChannelRecords() public {
+        InferenceEscrow.Voucher memory v = _voucher(1, uint64(escrow.MAX_SESSION_TOKENS()) + 1, 0);
+        bytes memory sig = _sign(userKey, v);
+        vm.expectRevert(InferenceEscrow.Escrow__VoucherTooLarge.selector);
+        vm.prank(provider);
+        escrow.settle(v, sig);
     }
 
     function test_Settle_RevertsWhen_UnknownAgent() public {
@@ -413,6 +624,7 @@ contract InferenceEscrowTest is SoulmeshFixture {
         v.agentId = 999;
         bytes memory sig = _sign(userKey, v);
         vm.expectRevert(abi.encodeWithSelector(AgentRegistry.Agent__UnknownAgent.selector, 999));
+        vm.prank(provider);
         escrow.settle(v, sig);
     }
 
@@ -422,17 +634,21 @@ contract InferenceEscrowTest is SoulmeshFixture {
         token.mint(address(this), 10 * USD);
         token.approve(address(escrow), 10 * USD);
         escrow.depositFor(address(wallet), 10 * USD);
+        vm.prank(address(wallet));
+        escrow.commit(provider, 10 * USD);
         InferenceEscrow.Voucher memory v = _voucher(1, 1_000, 1_000);
         v.payer = address(wallet);
         (uint8 sv, bytes32 r, bytes32 s) = vm.sign(walletKey, escrow.hashVoucher(v));
         assertTrue(escrow.isValidVoucherSignature(v, abi.encodePacked(r, s, sv)));
+        vm.prank(provider);
         escrow.settle(v, abi.encodePacked(r, s, sv));
-        assertLt(escrow.depositOf(address(wallet)), 10 * USD);
+        assertLt(_lane(address(wallet), provider), 10 * USD);
 
         (, uint256 otherKey) = makeAddrAndKey("not-the-owner");
         v.session = 2;
         (sv, r, s) = vm.sign(otherKey, escrow.hashVoucher(v));
         vm.expectRevert(abi.encodeWithSelector(InferenceEscrow.Escrow__InvalidSignature.selector, address(wallet)));
+        vm.prank(provider);
         escrow.settle(v, abi.encodePacked(r, s, sv));
     }
 
@@ -452,7 +668,7 @@ contract InferenceEscrowTest is SoulmeshFixture {
     function test_SettleBatch_PaysTheSumOfItsVouchers() public {
         (address user2, uint256 user2Key) = makeAddrAndKey("user2");
         uint256 agent2 = _mintAgent(user2, personaId);
-        _deposit(user2, 50 * USD);
+        _depositAndCommit(user2, provider, 50 * USD);
         InferenceEscrow.SignedVoucher[] memory batch = new InferenceEscrow.SignedVoucher[](2);
         batch[0] = InferenceEscrow.SignedVoucher(_voucher(1, 1_000, 2_000), "");
         batch[0].signature = _sign(userKey, batch[0].voucher);
@@ -469,19 +685,48 @@ contract InferenceEscrowTest is SoulmeshFixture {
         assertEq(escrow.earningsOf(creator), r1 + r2);
     }
 
-    function test_SettleBatch_IsAllOrNothing() public {
-        InferenceEscrow.SignedVoucher[] memory batch = new InferenceEscrow.SignedVoucher[](2);
+    function test_SettleBatch_SkipsWhatCannotSettleAndPaysTheRest() public {
+        InferenceEscrow.SignedVoucher[] memory batch = new InferenceEscrow.SignedVoucher[](3);
         batch[0] = InferenceEscrow.SignedVoucher(_voucher(1, 1_000, 2_000), "");
         batch[0].signature = _sign(userKey, batch[0].voucher);
         batch[1] = InferenceEscrow.SignedVoucher(_voucher(2, 1_000, 2_000), hex"00");
-        vm.expectRevert(abi.encodeWithSelector(InferenceEscrow.Escrow__InvalidSignature.selector, user));
-        escrow.settleBatch(batch);
-        assertEq(escrow.depositOf(user), 100 * USD);
-        assertEq(escrow.earningsOf(provider), 0);
+        batch[2] = InferenceEscrow.SignedVoucher(_voucher(3, 10, 20), "");
+        batch[2].signature = _sign(userKey, batch[2].voucher);
+        vm.expectEmit(true, true, true, true, address(escrow));
+        emit InferenceEscrow.SettlementSkipped(
+            provider, user, agentId, 2, abi.encodeWithSelector(InferenceEscrow.Escrow__InvalidSignature.selector, user)
+        );
+        vm.prank(provider);
+        uint256 paid = escrow.settleBatch(batch);
+        (uint256 p1, uint256 r1,) = _expectedCost(1_000, 2_000, ROYALTY, 0);
+        (uint256 p3, uint256 r3,) = _expectedCost(10, 20, ROYALTY, 0);
+        assertEq(paid, p1 + r1 + p3 + r3);
+        assertEq(escrow.earningsOf(provider), p1 + p3);
+        (uint64 session,,,) = escrow.settledOf(user, provider, agentId);
+        assertEq(uint256(session), 3);
+        _assertBalanceEqualsOwed();
+    }
+
+    function test_SettleBatch_SkipsEveryEntryOfAnotherProvider() public {
+        InferenceEscrow.SignedVoucher[] memory batch = new InferenceEscrow.SignedVoucher[](1);
+        batch[0] = InferenceEscrow.SignedVoucher(_voucher(1, 1_000, 2_000), "");
+        batch[0].signature = _sign(userKey, batch[0].voucher);
+        vm.expectEmit(true, true, true, true, address(escrow));
+        emit InferenceEscrow.SettlementSkipped(
+            provider,
+            user,
+            agentId,
+            1,
+            abi.encodeWithSelector(InferenceEscrow.Escrow__NotProviderOrSettler.selector, provider, stranger)
+        );
+        vm.prank(stranger);
+        assertEq(escrow.settleBatch(batch), 0);
+        assertEq(_lane(user, provider), 100 * USD);
     }
 
     function test_SettleBatch_RevertsWhen_Empty() public {
         vm.expectRevert(InferenceEscrow.Escrow__EmptyBatch.selector);
+        vm.prank(provider);
         escrow.settleBatch(new InferenceEscrow.SignedVoucher[](0));
     }
 
@@ -511,6 +756,19 @@ contract InferenceEscrowTest is SoulmeshFixture {
         escrow.withdrawEarnings(address(0));
     }
 
+    function test_Royalty_ALowerRoyaltyPaysWhatThePayerSigned() public {
+        // A payer is charged exactly what it signed, even after the royalty fell: the cost it was shown.
+        vm.prank(creator);
+        uint256 effectiveAt = personas.scheduleRoyalty(personaId, 0);
+        vm.warp(effectiveAt - 10 minutes);
+        InferenceEscrow.Voucher memory v = _voucher(1, 1_000_000, 0);
+        bytes memory sig = _sign(userKey, v);
+        vm.warp(effectiveAt);
+        vm.prank(provider);
+        InferenceEscrow.Settlement memory s = escrow.settle(v, sig);
+        assertEq(s.royaltyAmount, ROYALTY);
+    }
+
     function test_Royalty_GoesToThePersonasCurrentHolder() public {
         address buyer = makeAddr("buyer");
         vm.prank(creator);
@@ -529,11 +787,22 @@ contract InferenceEscrowTest is SoulmeshFixture {
         bytes memory sig = _sign(userKey, v);
         vm.warp(v.expiry);
         assertLt(block.timestamp, effectiveAt);
+        vm.prank(provider);
         escrow.settle(v, sig);
         assertEq(escrow.earningsOf(creator), ROYALTY);
 
         vm.warp(effectiveAt);
-        InferenceEscrow.Settlement memory after_ = _settle(_voucher(2, 1_000_000, 0));
+        // Once the rise is in force a voucher must carry it: an old rate would shortchange the creator.
+        InferenceEscrow.Voucher memory old = _voucher(2, 1_000_000, 0);
+        sig = _sign(userKey, old);
+        vm.expectRevert(
+            abi.encodeWithSelector(InferenceEscrow.Escrow__RoyaltyBelowRate.selector, personaId, ROYALTY, 1_000_000)
+        );
+        vm.prank(provider);
+        escrow.settle(old, sig);
+        InferenceEscrow.Voucher memory current = _voucher(2, 1_000_000, 0);
+        current.royaltyPerMillion = 1_000_000;
+        InferenceEscrow.Settlement memory after_ = _settle(current);
         assertEq(after_.royaltyAmount, 1_000_000);
     }
 
@@ -553,7 +822,14 @@ contract InferenceEscrowTest is SoulmeshFixture {
         assertEq(before_.feeAmount, 0);
 
         vm.warp(effectiveAt);
-        InferenceEscrow.Settlement memory s = _settle(_voucher(2, 1_000_000, 1_000_000));
+        InferenceEscrow.Voucher memory unpriced = _voucher(2, 1_000_000, 1_000_000);
+        bytes memory sig = _sign(userKey, unpriced);
+        vm.expectRevert(abi.encodeWithSelector(InferenceEscrow.Escrow__FeeBelowRate.selector, 0, 250));
+        vm.prank(provider);
+        escrow.settle(unpriced, sig);
+        InferenceEscrow.Voucher memory priced = _voucher(2, 1_000_000, 1_000_000);
+        priced.feeBps = 250;
+        InferenceEscrow.Settlement memory s = _settle(priced);
         (uint256 p, uint256 r, uint256 f) = _expectedCost(1_000_000, 1_000_000, ROYALTY, 250);
         assertEq(s.providerAmount, p, "the provider gets exactly its price");
         assertEq(s.royaltyAmount, r, "the creator gets exactly the royalty");
@@ -577,13 +853,17 @@ contract InferenceEscrowTest is SoulmeshFixture {
         vm.prank(owner);
         escrow.scheduleProtocolFee(1_000);
         vm.warp(block.timestamp + ROYALTY_DELAY);
-        InferenceEscrow.Settlement memory first = _settle(_voucher(1, 1_000_000, 0));
+        InferenceEscrow.Voucher memory v = _voucher(1, 1_000_000, 0);
+        v.feeBps = 1_000;
+        InferenceEscrow.Settlement memory first = _settle(v);
         address newTreasury = makeAddr("new-treasury");
         vm.expectEmit(true, true, true, true, address(escrow));
         emit InferenceEscrow.TreasuryChanged(treasury, newTreasury);
         vm.prank(owner);
         escrow.setTreasury(newTreasury);
-        InferenceEscrow.Settlement memory second = _settle(_voucher(2, 1_000_000, 0));
+        v = _voucher(2, 1_000_000, 0);
+        v.feeBps = 1_000;
+        InferenceEscrow.Settlement memory second = _settle(v);
         assertEq(escrow.earningsOf(treasury), first.feeAmount);
         assertEq(escrow.earningsOf(newTreasury), second.feeAmount);
     }
@@ -601,13 +881,13 @@ contract InferenceEscrowTest is SoulmeshFixture {
         vm.expectRevert(
             abi.encodeWithSelector(InferenceEscrow.Escrow__DelayTooShort.selector, 1 days, MAX_VOUCHER_LIFETIME)
         );
-        new InferenceEscrow(token, agents, personas, MAX_VOUCHER_LIFETIME, 1 days, treasury, owner);
+        new InferenceEscrow(token, agents, personas, providers, MAX_VOUCHER_LIFETIME, 1 days, treasury, owner);
 
-        PersonaRegistry quick = new PersonaRegistry(1 hours);
+        PersonaRegistry quick = new PersonaRegistry(1 hours, MAX_ROYALTY_PER_MILLION);
         vm.expectRevert(
             abi.encodeWithSelector(InferenceEscrow.Escrow__DelayTooShort.selector, 1 hours, MAX_VOUCHER_LIFETIME)
         );
-        new InferenceEscrow(token, agents, quick, MAX_VOUCHER_LIFETIME, WITHDRAWAL_DELAY, treasury, owner);
+        new InferenceEscrow(token, agents, quick, providers, MAX_VOUCHER_LIFETIME, WITHDRAWAL_DELAY, treasury, owner);
     }
 
     function test_Constructor_RevertsWhen_DelaysAboveMax() public {
@@ -615,18 +895,22 @@ contract InferenceEscrowTest is SoulmeshFixture {
         vm.expectRevert(
             abi.encodeWithSelector(InferenceEscrow.Escrow__DelayTooLong.selector, maxDelay + 1, maxDelay)
         );
-        new InferenceEscrow(token, agents, personas, MAX_VOUCHER_LIFETIME, maxDelay + 1, treasury, owner);
+        new InferenceEscrow(token, agents, personas, providers, MAX_VOUCHER_LIFETIME, maxDelay + 1, treasury, owner);
 
         // PersonaRegistry bounds its own delay; another registry might not.
         IPersonaRegistry slow = IPersonaRegistry(address(new SlowRoyaltyRegistry(maxDelay + 1)));
         vm.expectRevert(
             abi.encodeWithSelector(InferenceEscrow.Escrow__DelayTooLong.selector, maxDelay + 1, maxDelay)
         );
-        new InferenceEscrow(token, agents, slow, MAX_VOUCHER_LIFETIME, WITHDRAWAL_DELAY, treasury, owner);
+        new InferenceEscrow(token, agents, slow, providers, MAX_VOUCHER_LIFETIME, WITHDRAWAL_DELAY, treasury, owner);
     }
 
     function test_Constructor_RevertsWhen_ZeroTokenOrTreasury() public {
         vm.expectRevert(InferenceEscrow.Escrow__ZeroAddress.selector);
-        new InferenceEscrow(token, agents, personas, MAX_VOUCHER_LIFETIME, WITHDRAWAL_DELAY, address(0), owner);
+        new InferenceEscrow(
+            token, agents, personas, IProviderRegistry(address(0)), MAX_VOUCHER_LIFETIME, WITHDRAWAL_DELAY, treasury, owner
+        );
+        vm.expectRevert(InferenceEscrow.Escrow__ZeroAddress.selector);
+        new InferenceEscrow(token, agents, personas, providers, MAX_VOUCHER_LIFETIME, WITHDRAWAL_DELAY, address(0), owner);
     }
 }

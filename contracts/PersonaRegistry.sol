@@ -12,7 +12,9 @@ import {Scheduled} from "./libraries/Scheduled.sol";
  * runs on, the royalty it earns per million tokens generated and the price of adopting it. Whoever holds
  * the token is paid its royalties and adoptions.
  * @dev A royalty change takes effect only after `royaltyDelay`, which the escrow requires to be longer
- * than the longest voucher lifetime: every voucher settles at a royalty that was visible when it was signed.
+ * than the longest voucher lifetime: a rise scheduled after a voucher was signed takes effect only after it
+ * expired. Royalties are capped at `maxRoyaltyPerMillion`, fixed at deployment, so that no holder can price
+ * a persona beyond what any payer's voucher could carry.
  */
 contract PersonaRegistry is ERC721, IPersonaRegistry {
     using Scheduled for Scheduled.Value;
@@ -26,6 +28,7 @@ contract PersonaRegistry is ERC721, IPersonaRegistry {
     }
 
     uint256 private immutable _royaltyDelay;
+    uint256 private immutable _maxRoyalty;
     uint256 private _nextId = 1;
     /// @notice The longest royalty delay: a year keeps every schedule date far inside uint64.
     uint256 public constant MAX_DELAY = 365 days;
@@ -58,18 +61,26 @@ contract PersonaRegistry is ERC721, IPersonaRegistry {
     error Persona__EmptyManifest();
     /// @notice A persona needs the hash of the base model it runs on.
     error Persona__MissingBaseModel();
-    /// @notice The royalty does not fit the registry's range.
-    error Persona__RoyaltyTooHigh(uint256 royaltyPerMillion);
+    /// @notice The royalty is above `maxRoyaltyPerMillion()`.
+    error Persona__RoyaltyTooHigh(uint256 royaltyPerMillion, uint256 maxRoyaltyPerMillion);
     /// @notice The royalty delay must be positive.
     error Persona__ZeroDelay();
     /// @notice The royalty delay is above MAX_DELAY.
     error Persona__DelayTooLong(uint256 delay, uint256 maxDelay);
 
-    /// @param royaltyDelay_ Seconds between scheduling a royalty change and its taking effect.
-    constructor(uint256 royaltyDelay_) ERC721("Soulmesh Persona", "SOULP") {
+    /**
+     * @param royaltyDelay_ Seconds between scheduling a royalty change and its taking effect.
+     * @param maxRoyaltyPerMillion_ The highest royalty per million tokens a persona may ask (at most
+     * uint96's range, which vouchers carry).
+     */
+    constructor(uint256 royaltyDelay_, uint256 maxRoyaltyPerMillion_) ERC721("Soulmesh Persona", "SOULP") {
         if (royaltyDelay_ == 0) revert Persona__ZeroDelay();
         if (royaltyDelay_ > MAX_DELAY) revert Persona__DelayTooLong(royaltyDelay_, MAX_DELAY);
+        if (maxRoyaltyPerMillion_ > type(uint96).max) {
+            revert Persona__RoyaltyTooHigh(maxRoyaltyPerMillion_, type(uint96).max);
+        }
         _royaltyDelay = royaltyDelay_;
+        _maxRoyalty = maxRoyaltyPerMillion_;
     }
 
     modifier onlyHolder(uint256 personaId) {
@@ -160,6 +171,11 @@ contract PersonaRegistry is ERC721, IPersonaRegistry {
         return _royaltyDelay;
     }
 
+    /// @notice The highest royalty per million tokens a persona may ask.
+    function maxRoyaltyPerMillion() external view returns (uint256) {
+        return _maxRoyalty;
+    }
+
     /// @inheritdoc IPersonaRegistry
     function royaltyOf(uint256 personaId) external view returns (address holder, uint256 royaltyPerMillion) {
         holder = _requirePersona(personaId);
@@ -210,8 +226,8 @@ contract PersonaRegistry is ERC721, IPersonaRegistry {
         if (baseModelHash == bytes32(0)) revert Persona__MissingBaseModel();
     }
 
-    function _toRoyalty(uint256 royaltyPerMillion) private pure returns (uint96) {
-        if (royaltyPerMillion > type(uint96).max) revert Persona__RoyaltyTooHigh(royaltyPerMillion);
+    function _toRoyalty(uint256 royaltyPerMillion) private view returns (uint96) {
+        if (royaltyPerMillion > _maxRoyalty) revert Persona__RoyaltyTooHigh(royaltyPerMillion, _maxRoyalty);
         return uint96(royaltyPerMillion);
     }
 }

@@ -12,7 +12,7 @@ import {Scheduled} from "./libraries/Scheduled.sol";
 contract PersonaRegistryTest is SoulmeshFixture {
     uint256 internal constant ROYALTY = 200_000;
     uint256 internal constant PRICE = 5 * USD;
-    uint256 internal constant MAX_ROYALTY = type(uint96).max;
+    uint256 internal constant MAX_ROYALTY = MAX_ROYALTY_PER_MILLION;
     string internal constant MANIFEST = "bafy-manifest";
     bytes32 internal constant OTHER_BASE_MODEL = keccak256("mistral-7b.gguf");
 
@@ -60,22 +60,44 @@ contract PersonaRegistryTest is SoulmeshFixture {
         assertTrue(personas.supportsInterface(type(IERC721).interfaceId));
     }
 
+    function test_Constructor_RevertsWhen_MaxRoyaltyAboveUint96() public {
+        new PersonaRegistry(ROYALTY_DELAY, type(uint96).max);
+        vm.expectRevert(
+            abi.encodeWithSelector(
+                PersonaRegistry.Persona__RoyaltyTooHigh.selector, uint256(type(uint96).max) + 1, type(uint96).max
+            )
+        );
+        new PersonaRegistry(ROYALTY_DELAY, uint256(type(uint96).max) + 1);
+    }
+
+    /// @dev Attack 11 of issue 14: a holder could set uint96's maximum and make every voucher of the
+    /// persona unsettleable. The cap fixed at deployment refuses it.
+    function test_Attack_RoyaltyRaisedToUint96MaxIsRefused() public {
+        uint256 id = _createPersona(creator, ROYALTY, PRICE);
+        assertEq(personas.maxRoyaltyPerMillion(), MAX_ROYALTY);
+        vm.expectRevert(
+            abi.encodeWithSelector(PersonaRegistry.Persona__RoyaltyTooHigh.selector, type(uint96).max, MAX_ROYALTY)
+        );
+        vm.prank(creator);
+        personas.scheduleRoyalty(id, type(uint96).max);
+    }
+
     function test_Constructor_RevertsWhen_DelayZero() public {
         vm.expectRevert(abi.encodeWithSelector(PersonaRegistry.Persona__ZeroDelay.selector));
-        new PersonaRegistry(0);
+        new PersonaRegistry(0, MAX_ROYALTY);
     }
 
     function test_Constructor_RevertsWhen_DelayAboveMax() public {
         uint256 maxDelay = personas.MAX_DELAY();
-        new PersonaRegistry(maxDelay);
+        new PersonaRegistry(maxDelay, MAX_ROYALTY);
         vm.expectRevert(
             abi.encodeWithSelector(PersonaRegistry.Persona__DelayTooLong.selector, maxDelay + 1, maxDelay)
         );
-        new PersonaRegistry(maxDelay + 1);
+        new PersonaRegistry(maxDelay + 1, MAX_ROYALTY);
         vm.expectRevert(
             abi.encodeWithSelector(PersonaRegistry.Persona__DelayTooLong.selector, type(uint256).max, maxDelay)
         );
-        new PersonaRegistry(type(uint256).max);
+        new PersonaRegistry(type(uint256).max, MAX_ROYALTY);
     }
 
     function test_Views_RevertWhen_PersonaUnknown() public {
@@ -167,7 +189,7 @@ contract PersonaRegistryTest is SoulmeshFixture {
     }
 
     function test_CreatePersona_RevertsWhen_RoyaltyTooHigh() public {
-        vm.expectRevert(abi.encodeWithSelector(PersonaRegistry.Persona__RoyaltyTooHigh.selector, MAX_ROYALTY + 1));
+        vm.expectRevert(abi.encodeWithSelector(PersonaRegistry.Persona__RoyaltyTooHigh.selector, MAX_ROYALTY + 1, MAX_ROYALTY));
         vm.prank(creator);
         personas.createPersona(MANIFEST, ADAPTER, BASE_MODEL, MAX_ROYALTY + 1, PRICE);
         assertEq(personas.totalPersonas(), 0);
@@ -177,7 +199,7 @@ contract PersonaRegistryTest is SoulmeshFixture {
 
     function testFuzz_CreatePersona_RevertsWhen_RoyaltyTooHigh(uint256 royalty) public {
         royalty = bound(royalty, MAX_ROYALTY + 1, type(uint256).max);
-        vm.expectRevert(abi.encodeWithSelector(PersonaRegistry.Persona__RoyaltyTooHigh.selector, royalty));
+        vm.expectRevert(abi.encodeWithSelector(PersonaRegistry.Persona__RoyaltyTooHigh.selector, royalty, MAX_ROYALTY));
         vm.prank(creator);
         personas.createPersona(MANIFEST, ADAPTER, BASE_MODEL, royalty, PRICE);
     }
@@ -380,7 +402,7 @@ contract PersonaRegistryTest is SoulmeshFixture {
         uint256 id = _createPersona(creator, ROYALTY, PRICE);
         uint256 effectiveAt = _schedule(id, 300_000);
 
-        vm.expectRevert(abi.encodeWithSelector(PersonaRegistry.Persona__RoyaltyTooHigh.selector, MAX_ROYALTY + 1));
+        vm.expectRevert(abi.encodeWithSelector(PersonaRegistry.Persona__RoyaltyTooHigh.selector, MAX_ROYALTY + 1, MAX_ROYALTY));
         vm.prank(creator);
         personas.scheduleRoyalty(id, MAX_ROYALTY + 1);
         _assertSchedule(id, ROYALTY, 300_000, effectiveAt);
@@ -398,6 +420,7 @@ contract PersonaRegistryTest is SoulmeshFixture {
         d1 = bound(d1, 0, 3 * ROYALTY_DELAY);
         d2 = bound(d2, 0, 3 * ROYALTY_DELAY);
         d3 = bound(d3, 0, 3 * ROYALTY_DELAY);
+        (r0, r1, r2) = (uint96(r0 % (MAX_ROYALTY + 1)), uint96(r1 % (MAX_ROYALTY + 1)), uint96(r2 % (MAX_ROYALTY + 1)));
         uint256 t0 = vm.getBlockTimestamp();
         uint256 id = _createPersona(creator, r0, 0);
 
@@ -431,7 +454,7 @@ contract PersonaRegistryTest is SoulmeshFixture {
         public
     {
         delay = bound(delay, 1, personas.MAX_DELAY());
-        PersonaRegistry registry = new PersonaRegistry(delay);
+        PersonaRegistry registry = new PersonaRegistry(delay, type(uint96).max);
         vm.prank(creator);
         uint256 id = registry.createPersona(MANIFEST, ADAPTER, BASE_MODEL, oldRoyalty, 0);
         uint256 t0 = vm.getBlockTimestamp();

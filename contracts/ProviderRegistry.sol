@@ -5,6 +5,7 @@ import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 import {EnumerableSet} from "@openzeppelin/contracts/utils/structs/EnumerableSet.sol";
+import {IProviderRegistry} from "./interfaces/IProviderRegistry.sol";
 
 /**
  * @title ProviderRegistry
@@ -13,7 +14,7 @@ import {EnumerableSet} from "@openzeppelin/contracts/utils/structs/EnumerableSet
  * @dev Stake leaves only through unbonding: requested, then withdrawn after `unbondingDelay`, so that a
  * provider cannot pull its stake out from under a dispute.
  */
-contract ProviderRegistry is ReentrancyGuardTransient {
+contract ProviderRegistry is ReentrancyGuardTransient, IProviderRegistry {
     using SafeERC20 for IERC20;
     using EnumerableSet for EnumerableSet.AddressSet;
 
@@ -213,7 +214,7 @@ contract ProviderRegistry is ReentrancyGuardTransient {
         return _providers[provider];
     }
 
-    /// @notice Whether `provider` is registered with at least the minimum stake.
+    /// @inheritdoc IProviderRegistry
     function isActive(address provider) public view returns (bool) {
         return _addresses.contains(provider) && _providers[provider].stake >= _minStake;
     }

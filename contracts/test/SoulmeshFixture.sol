@@ -16,6 +16,7 @@ abstract contract SoulmeshFixture is SoulmeshTest {
     uint256 internal constant ROYALTY_DELAY = 2 days;
     uint256 internal constant UNBONDING_DELAY = 7 days;
     uint256 internal constant MIN_STAKE = 100 * USD;
+    uint256 internal constant MAX_ROYALTY_PER_MILLION = 1_000 * USD;
     bytes32 internal constant BASE_MODEL = keccak256("tiny-llama.gguf");
     bytes32 internal constant ADAPTER = keccak256("persona-adapter.gguf");
 
@@ -36,10 +37,12 @@ abstract contract SoulmeshFixture is SoulmeshTest {
     function setUp() public virtual {
         (user, userKey) = makeAddrAndKey("user");
         token = new TestStablecoin(address(this));
-        personas = new PersonaRegistry(ROYALTY_DELAY);
+        personas = new PersonaRegistry(ROYALTY_DELAY, MAX_ROYALTY_PER_MILLION);
         agents = new AgentRegistry(personas, token);
         providers = new ProviderRegistry(token, MIN_STAKE, UNBONDING_DELAY);
-        escrow = new InferenceEscrow(token, agents, personas, MAX_VOUCHER_LIFETIME, WITHDRAWAL_DELAY, treasury, owner);
+        escrow = new InferenceEscrow(
+            token, agents, personas, providers, MAX_VOUCHER_LIFETIME, WITHDRAWAL_DELAY, treasury, owner
+        );
         vm.warp(1_800_000_000);
     }
 
@@ -66,6 +69,13 @@ abstract contract SoulmeshFixture is SoulmeshTest {
         _fundAndApprove(as_, address(escrow), amount);
         vm.prank(as_);
         escrow.deposit(amount);
+    }
+
+    /// @dev Deposits `amount` for `as_` and commits it to its lane with `to` (a registered provider).
+    function _depositAndCommit(address as_, address to, uint256 amount) internal {
+        _fundAndApprove(as_, address(escrow), amount);
+        vm.prank(as_);
+        escrow.depositAndCommit(to, amount);
     }
 
     function _register(address as_) internal {

@@ -22,6 +22,8 @@ export interface DeployParameters {
   unbondingDelay: number;
   /** The stake a provider needs to be active, in token units. */
   minStake: bigint;
+  /** The highest royalty per million tokens a persona may ask, in token units. */
+  maxRoyaltyPerMillion: bigint;
   /** The protocol fee in basis points (at most 1,000), scheduled right after deployment. */
   protocolFeeBps: number;
   /** Receives protocol fees; defaults to the deployer. */
@@ -32,13 +34,17 @@ export interface DeployParameters {
   token?: string;
 }
 
-/** Defaults: one-day vouchers, two-day delays, a week of unbonding, 100 tokens of 6 decimals stake. */
+/**
+ * Defaults: one-day vouchers, two-day delays, a week of unbonding, 100 tokens of 6 decimals stake, royalties
+ * of at most 1,000 tokens per million.
+ */
 export const DEFAULT_DEPLOY_PARAMETERS: DeployParameters = {
   maxVoucherLifetime: 24 * 3600,
   withdrawalDelay: 2 * 24 * 3600,
   royaltyDelay: 2 * 24 * 3600,
   unbondingDelay: 7 * 24 * 3600,
   minStake: 100_000_000n,
+  maxRoyaltyPerMillion: 1_000_000_000n,
   protocolFeeBps: 0,
 };
 
@@ -105,7 +111,7 @@ export async function deploySoulmesh(options: DeployOptions): Promise<Deployment
     ? getAddress(p.token)
     : await run("TestStablecoin", () => new TestStablecoin__factory(deployer).deploy(deployerAddress));
   const personaRegistry = await run("PersonaRegistry", () =>
-    new PersonaRegistry__factory(deployer).deploy(p.royaltyDelay),
+    new PersonaRegistry__factory(deployer).deploy(p.royaltyDelay, p.maxRoyaltyPerMillion),
   );
   const agentRegistry = await run("AgentRegistry", () =>
     new AgentRegistry__factory(deployer).deploy(personaRegistry, token),
@@ -118,6 +124,7 @@ export async function deploySoulmesh(options: DeployOptions): Promise<Deployment
       token,
       agentRegistry,
       personaRegistry,
+      providerRegistry,
       p.maxVoucherLifetime,
       p.withdrawalDelay,
       treasury,
@@ -141,7 +148,7 @@ export async function deploySoulmesh(options: DeployOptions): Promise<Deployment
   const erc20 = TestStablecoin__factory.connect(token, provider);
   const [name, symbol, decimals] = await Promise.all([erc20.name(), erc20.symbol(), erc20.decimals()]);
   return {
-    format: "soulmesh-deployment/1",
+    format: "soulmesh-deployment/2",
     chainId,
     rpcUrl: options.rpcUrl,
     deployedAt: new Date().toISOString(),
@@ -154,6 +161,7 @@ export async function deploySoulmesh(options: DeployOptions): Promise<Deployment
       royaltyDelay: p.royaltyDelay,
       unbondingDelay: p.unbondingDelay,
       minStake: p.minStake.toString(),
+      maxRoyaltyPerMillion: p.maxRoyaltyPerMillion.toString(),
       protocolFeeBps: p.protocolFeeBps,
       treasury,
       owner,

@@ -7,7 +7,7 @@ import type { Deployment } from "./deployment.js";
 import { DeploymentNotFoundError, InvalidDeploymentError } from "./errors.js";
 
 const valid: Deployment = {
-  format: "soulmesh-deployment/1",
+  format: "soulmesh-deployment/2",
   chainId: 31337,
   rpcUrl: "http://127.0.0.1:8545",
   deployedAt: "2026-11-23T00:00:00.000Z",
@@ -26,6 +26,7 @@ const valid: Deployment = {
     royaltyDelay: 172_800,
     unbondingDelay: 604_800,
     minStake: "100000000",
+    maxRoyaltyPerMillion: "1000000000",
     protocolFeeBps: 0,
     treasury: "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266",
     owner: "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266",

@@ -8,9 +8,13 @@ import { DeploymentNotFoundError, InvalidDeploymentError } from "./errors.js";
 const address = z.string().refine((s) => isAddress(s), "not an address").transform((s) => getAddress(s));
 const uint = z.string().regex(/^\d+$/, "not an unsigned integer");
 
-/** The deployment file's schema: where Soulmesh's contracts live on a chain, and with which parameters. */
+/**
+ * The deployment file's schema: where Soulmesh's contracts live on a chain, and with which parameters.
+ * Format 2 is the escrow with lanes and vouchers that carry royalty and fee; a format 1 file names contracts
+ * this code cannot talk to, and is refused.
+ */
 export const deploymentSchema = z.object({
-  format: z.literal("soulmesh-deployment/1"),
+  format: z.literal("soulmesh-deployment/2"),
   chainId: z.number().int().positive(),
   rpcUrl: z.string().url(),
   deployedAt: z.string(),
@@ -30,6 +34,7 @@ export const deploymentSchema = z.object({
     royaltyDelay: z.number().int().positive(),
     unbondingDelay: z.number().int().nonnegative(),
     minStake: uint,
+    maxRoyaltyPerMillion: uint,
     protocolFeeBps: z.number().int().min(0).max(1000),
     treasury: address,
     owner: address,

@@ -3,8 +3,10 @@ import type { Signer, TypedDataDomain } from "ethers";
 import { InvalidVoucherError } from "./errors.js";
 
 /**
- * A payer's promise to pay for a session's usage so far: cumulative token totals, the prices agreed and an
- * expiry. The payer signs it with EIP-712; the provider settles the latest one of each session.
+ * A payer's promise to pay for a session's usage so far: cumulative token totals, every rate that prices
+ * them (provider prices, royalty and fee) and an expiry. The payer signs it with EIP-712; only its provider
+ * settles it, from the payer's lane with that provider, so what a voucher takes is fixed when it is signed:
+ * {@link voucherCost} of it, to the unit.
  *
  * Sessions run on a channel (payer, provider, agent) and are numbered, strictly increasing per channel:
  * once a session settles, earlier sessions of the channel cannot. See {@link nextSessionNumber}.
@@ -19,6 +21,10 @@ export interface Voucher {
   outputTokens: bigint;
   priceInputPerMillion: bigint;
   priceOutputPerMillion: bigint;
+  /** Royalty per million tokens paid to the persona's holder; the escrow refuses less than the one in force. */
+  royaltyPerMillion: bigint;
+  /** Protocol fee in basis points; the escrow refuses less than the one in force. */
+  feeBps: bigint;
   /** Unix seconds. */
   expiry: bigint;
 }
@@ -40,11 +46,18 @@ export const VOUCHER_TYPES = {
     { name: "outputTokens", type: "uint64" },
     { name: "priceInputPerMillion", type: "uint128" },
     { name: "priceOutputPerMillion", type: "uint128" },
+    { name: "royaltyPerMillion", type: "uint96" },
+    { name: "feeBps", type: "uint16" },
     { name: "expiry", type: "uint64" },
   ],
 } as const satisfies Record<string, { name: string; type: string }[]>;
 
+/** The escrow's EIP-712 domain version; "2" since vouchers carry royalty and fee and settle from lanes. */
+export const VOUCHER_DOMAIN_VERSION = "2";
+
+const UINT16_MAX = (1n << 16n) - 1n;
 const UINT64_MAX = (1n << 64n) - 1n;
+const UINT96_MAX = (1n << 96n) - 1n;
 const UINT128_MAX = (1n << 128n) - 1n;
 const UINT256_MAX = (1n << 256n) - 1n;
 
@@ -58,7 +71,7 @@ const UINT256_MAX = (1n << 256n) - 1n;
 export function voucherDomain(escrow: EscrowRef): TypedDataDomain {
   return {
     name: "Soulmesh InferenceEscrow",
-    version: "1",
+    version: VOUCHER_DOMAIN_VERSION,
     chainId: BigInt(escrow.chainId),
     verifyingContract: getAddress(escrow.address),
   };
@@ -83,6 +96,8 @@ export function validateVoucher(v: Voucher): Voucher {
     ["outputTokens", UINT64_MAX],
     ["priceInputPerMillion", UINT128_MAX],
     ["priceOutputPerMillion", UINT128_MAX],
+    ["royaltyPerMillion", UINT96_MAX],
+    ["feeBps", UINT16_MAX],
     ["expiry", UINT64_MAX],
   ];
   for (const [field, max] of ranges) {
@@ -145,10 +160,16 @@ export function verifyVoucher(voucher: Voucher, escrow: EscrowRef, signature: st
   return signer !== undefined && signer === getAddress(voucher.payer);
 }
 
-/** Token totals already settled for a session. */
+/** What the escrow holds of a session already settled: its token totals and, optionally, what it cost. */
 export interface SettledTotals {
   inputTokens: bigint;
   outputTokens: bigint;
+  /**
+   * What the session has already taken from the lane (the escrow's `settledOf(...).paid`). Omitted, it is
+   * taken to be what the settled totals cost at this voucher's rates, as it is whenever a session keeps its
+   * rates.
+   */
+  paid?: bigint;
 }
 
 /** What a voucher pays when it settles. */
@@ -156,43 +177,64 @@ export interface VoucherCost {
   providerAmount: bigint;
   royaltyAmount: bigint;
   feeAmount: bigint;
-  /** Taken from the payer's deposit: the sum of the three. */
+  /** Taken from the payer's lane: the sum of the three. */
   total: bigint;
 }
 
-function cumulativeCost(
-  inputTokens: bigint,
-  outputTokens: bigint,
-  v: Voucher,
-  royaltyPerMillion: bigint,
-  feeBps: bigint,
-): Omit<VoucherCost, "total"> {
+/** Every rate a voucher carries: what prices its tokens. */
+export type VoucherRates = Pick<Voucher, "priceInputPerMillion" | "priceOutputPerMillion" | "royaltyPerMillion" | "feeBps">;
+
+/** The share each party is owed for `inputTokens`/`outputTokens` at `v`'s rates. */
+function cumulativeCost(inputTokens: bigint, outputTokens: bigint, v: VoucherRates): Omit<VoucherCost, "total"> {
   const providerAmount = (inputTokens * v.priceInputPerMillion + outputTokens * v.priceOutputPerMillion) / 1_000_000n;
-  const royaltyAmount = ((inputTokens + outputTokens) * royaltyPerMillion) / 1_000_000n;
-  const feeAmount = ((providerAmount + royaltyAmount) * feeBps) / 10_000n;
+  const royaltyAmount = ((inputTokens + outputTokens) * v.royaltyPerMillion) / 1_000_000n;
+  const feeAmount = ((providerAmount + royaltyAmount) * v.feeBps) / 10_000n;
   return { providerAmount, royaltyAmount, feeAmount };
 }
 
 /**
- * What settling `voucher` pays after `settled`, to the unit, as the escrow computes it: each share is
- * priced on the cumulative totals, minus what the settled totals priced at, so a session's cost does not
- * depend on how often it settles.
+ * What settling `voucher` after `settled` takes from the payer's lane, to the unit, as the escrow computes
+ * it: each share is priced on the cumulative totals at the voucher's rates, minus what the settled totals
+ * priced at; the session's cost is then held to the voucher's own cumulative cost (any excess, which only a
+ * rate changed mid-session can cause, comes off the provider's share first).
  *
  * @example
- * voucherCost(voucher, { inputTokens: 0n, outputTokens: 0n }, 1_000n, 0n).total
+ * voucherCost(voucher, { inputTokens: 0n, outputTokens: 0n }).total
  */
-export function voucherCost(
-  voucher: Voucher,
-  settled: SettledTotals,
-  royaltyPerMillion: bigint,
-  feeBps: bigint,
-): VoucherCost {
-  const now = cumulativeCost(voucher.inputTokens, voucher.outputTokens, voucher, royaltyPerMillion, feeBps);
-  const before = cumulativeCost(settled.inputTokens, settled.outputTokens, voucher, royaltyPerMillion, feeBps);
-  const providerAmount = now.providerAmount - before.providerAmount;
-  const royaltyAmount = now.royaltyAmount - before.royaltyAmount;
-  const feeAmount = now.feeAmount - before.feeAmount;
+export function voucherCost(voucher: Voucher, settled: SettledTotals): VoucherCost {
+  const now = cumulativeCost(voucher.inputTokens, voucher.outputTokens, voucher);
+  const before = cumulativeCost(settled.inputTokens, settled.outputTokens, voucher);
+  let providerAmount = now.providerAmount - before.providerAmount;
+  let royaltyAmount = now.royaltyAmount - before.royaltyAmount;
+  let feeAmount = now.feeAmount - before.feeAmount;
+  const cumulative = now.providerAmount + now.royaltyAmount + now.feeAmount;
+  const paid = settled.paid ?? before.providerAmount + before.royaltyAmount + before.feeAmount;
+  const room = cumulative > paid ? cumulative - paid : 0n;
+  let excess = providerAmount + royaltyAmount + feeAmount - room;
+  if (excess > 0n) {
+    const take = (share: bigint): bigint => {
+      const cut = excess < share ? excess : share;
+      excess -= cut;
+      return share - cut;
+    };
+    providerAmount = take(providerAmount);
+    royaltyAmount = take(royaltyAmount);
+    feeAmount = take(feeAmount);
+  }
   return { providerAmount, royaltyAmount, feeAmount, total: providerAmount + royaltyAmount + feeAmount };
+}
+
+/**
+ * What a session's cumulative totals cost at `rates` in all (provider, royalty and fee), as one voucher
+ * carrying them would take from a fresh session: the figure a client shows and caps.
+ *
+ * @example
+ * sessionCost({ inputTokens: 1200n, outputTokens: 300n }, { priceInputPerMillion: 500_000n,
+ *   priceOutputPerMillion: 1_500_000n, royaltyPerMillion: 200_000n, feeBps: 250n }) // 1383n
+ */
+export function sessionCost(totals: { inputTokens: bigint; outputTokens: bigint }, rates: VoucherRates): bigint {
+  const c = cumulativeCost(totals.inputTokens, totals.outputTokens, rates);
+  return c.providerAmount + c.royaltyAmount + c.feeAmount;
 }
 
 /**

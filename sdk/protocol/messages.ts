@@ -36,7 +36,9 @@ export function uintString(max: bigint) {
 
 const UINT_DIGITS = /^(0|[1-9][0-9]{0,77})$/;
 
+export const Uint16String = uintString(0xffffn);
 export const Uint64String = uintString(UINT64_MAX);
+export const Uint96String = uintString((1n << 96n) - 1n);
 export const Uint128String = uintString(UINT128_MAX);
 export const Uint256String = uintString(UINT256_MAX);
 
@@ -98,7 +100,8 @@ export type QuoteResponse = z.infer<typeof QuoteResponseSchema>;
 
 /**
  * What the payer signs to open a session (EIP-712, see `signSessionRequest`). The provider checks the
- * payer's escrow balance against `spendingCap` and the persona on chain before accepting.
+ * payer's lane with it against `spendingCap`, and the persona, royalty and fee on chain, before accepting.
+ * Every voucher of the session carries exactly these rates and this expiry.
  */
 export const SessionRequestSchema = z.strictObject({
   payer: Address,
@@ -109,7 +112,11 @@ export const SessionRequestSchema = z.strictObject({
   session: Uint64String,
   priceInputPerMillion: Uint128String,
   priceOutputPerMillion: Uint128String,
-  /** The most the session may cost the payer, in token units. */
+  /** The persona's royalty per million tokens the payer pays (at least the one in force). */
+  royaltyPerMillion: Uint96String,
+  /** The protocol fee in basis points the payer pays (at least the one in force). */
+  feeBps: Uint16String,
+  /** The most the session may cost the payer, provider, royalty and fee together, in token units. */
   spendingCap: Uint256String,
   /** Unix seconds. */
   expiry: Uint64String,
@@ -291,6 +298,8 @@ export const VoucherWireSchema = z.strictObject({
   outputTokens: Uint64String,
   priceInputPerMillion: Uint128String,
   priceOutputPerMillion: Uint128String,
+  royaltyPerMillion: Uint96String,
+  feeBps: Uint16String,
   expiry: Uint64String,
 });
 export type VoucherWire = z.infer<typeof VoucherWireSchema>;

@@ -23,6 +23,8 @@ export const SESSION_REQUEST_TYPES = {
     { name: "session", type: "uint64" },
     { name: "priceInputPerMillion", type: "uint128" },
     { name: "priceOutputPerMillion", type: "uint128" },
+    { name: "royaltyPerMillion", type: "uint96" },
+    { name: "feeBps", type: "uint16" },
     { name: "spendingCap", type: "uint256" },
     { name: "expiry", type: "uint64" },
   ],
@@ -82,6 +84,8 @@ export function sessionRequestTypedData(request: SessionRequest): TypedData {
       session: BigInt(r.session),
       priceInputPerMillion: BigInt(r.priceInputPerMillion),
       priceOutputPerMillion: BigInt(r.priceOutputPerMillion),
+      royaltyPerMillion: BigInt(r.royaltyPerMillion),
+      feeBps: BigInt(r.feeBps),
       spendingCap: BigInt(r.spendingCap),
       expiry: BigInt(r.expiry),
     },
@@ -256,6 +260,8 @@ export function voucherToWire(voucher: Voucher): VoucherWire {
     outputTokens: v.outputTokens.toString(),
     priceInputPerMillion: v.priceInputPerMillion.toString(),
     priceOutputPerMillion: v.priceOutputPerMillion.toString(),
+    royaltyPerMillion: v.royaltyPerMillion.toString(),
+    feeBps: v.feeBps.toString(),
     expiry: v.expiry.toString(),
   };
 }
@@ -278,6 +284,8 @@ export function voucherFromWire(wire: VoucherWire): Voucher {
     outputTokens: BigInt(w.outputTokens),
     priceInputPerMillion: BigInt(w.priceInputPerMillion),
     priceOutputPerMillion: BigInt(w.priceOutputPerMillion),
+    royaltyPerMillion: BigInt(w.royaltyPerMillion),
+    feeBps: BigInt(w.feeBps),
     expiry: BigInt(w.expiry),
   });
 }

@@ -21,8 +21,13 @@ export interface Fixture {
   as(signer: Signer): SoulmeshContracts;
   /** Mints tokens to `to`. */
   fund(to: string, amount: bigint): Promise<void>;
-  /** Funds `user` and deposits `amount` in escrow for it. */
+  /** Funds `user` and deposits `amount` in escrow for it (its free deposit, in no lane). */
   deposit(user: Wallet, amount: bigint): Promise<void>;
+  /**
+   * Funds `user`, deposits `amount` and commits it to its lane with `provider` (which must be registered),
+   * in one transaction: what a payer does before a provider serves it.
+   */
+  depositAndCommit(user: Wallet, provider: string, amount: bigint): Promise<void>;
   /** Mints a persona as `creator`; returns its id. */
   createPersona(
     creator: Wallet,
@@ -32,7 +37,10 @@ export interface Fixture {
   mintAgent(user: Wallet, personaId: bigint): Promise<bigint>;
   /** Registers `provider` with the minimum stake. */
   registerProvider(provider: Wallet, prices?: { input: bigint; output: bigint }): Promise<void>;
-  /** A voucher from `payer` to `provider`, with defaults, and the payer's signature. */
+  /**
+   * A voucher from `payer` to `provider`, with defaults (the royalty of 200,000 per million that
+   * `createPersona` gives by default and no fee), and the payer's signature.
+   */
   voucher(
     payer: Wallet,
     fields: Partial<Voucher> & Pick<Voucher, "provider" | "agentId">,
@@ -67,6 +75,12 @@ export async function deployFixture(chain: TestChain, parameters: Partial<Deploy
       const c = as(user);
       await (await c.token.approve(deployment.contracts.inferenceEscrow, amount)).wait();
       await (await c.inferenceEscrow.deposit(amount)).wait();
+    },
+    async depositAndCommit(user, provider, amount) {
+      await fixture.fund(user.address, amount);
+      const c = as(user);
+      await (await c.token.approve(deployment.contracts.inferenceEscrow, amount)).wait();
+      await (await c.inferenceEscrow.depositAndCommit(provider, amount)).wait();
     },
     async createPersona(creator, options = {}) {
       const c = as(creator);
@@ -117,6 +131,8 @@ export async function deployFixture(chain: TestChain, parameters: Partial<Deploy
         outputTokens: 500n,
         priceInputPerMillion: 500_000n,
         priceOutputPerMillion: 1_500_000n,
+        royaltyPerMillion: 200_000n,
+        feeBps: 0n,
         expiry: BigInt((await chain.now()) + 3600),
         ...fields,
       };
