@@ -121,7 +121,8 @@ async function main(): Promise<void> {
 
   const personaId = await f.createPersona(creator, { adapterSha256: ZeroHash, baseModelHash: file.sha256, royaltyPerMillion: 200_000n });
   const agentId = await f.mintAgent(payer, personaId);
-  await f.deposit(payer, 100n * USD);
+  // The provider is paid only from the payer's lane with it.
+  await f.depositAndCommit(payer, providerWallet.address, 100n * USD);
   const innerTokenizer = await loadLocalTokenizer(file.path, { modelSha256: file.sha256, llama });
   let tokenizeMs = 0;
   const tokenizer: LocalTokenizer = {

@@ -1,5 +1,5 @@
 import { join } from "node:path";
-import { Wallet, isAddress, parseUnits } from "ethers";
+import { Wallet, formatUnits, isAddress, parseUnits } from "ethers";
 import type { Command } from "commander";
 import { InvalidArgumentError } from "commander";
 import { DEFAULT_DEPLOY_PARAMETERS, deploySoulmesh } from "../../sdk/chain/deploy.js";
@@ -8,7 +8,14 @@ import { soulmeshHome, writeDeployment } from "../../sdk/chain/deployment.js";
 import { connectRpc } from "../../sdk/chain/rpc.js";
 import { SoulmeshError } from "../../sdk/errors.js";
 import { createOutput } from "../output.js";
+import { InvalidAmountError, money, parseAmountOrZero } from "./escrow.js";
 import { globalOptions } from "./options.js";
+
+/** The largest royalty per million tokens a voucher can carry (its `royaltyPerMillion` is a uint96). */
+export const MAX_VOUCHER_ROYALTY = (1n << 96n) - 1n;
+
+/** The token's decimals when Soulmesh deploys its own TestStablecoin (tUSD). */
+const TEST_STABLECOIN_DECIMALS = 6;
 
 /** A configuration variable the command needs is not set. */
 export class MissingConfigError extends SoulmeshError {
@@ -31,6 +38,24 @@ function parseNonNegativeInt(value: string): number {
   return Number(value);
 }
 
+/**
+ * Parses `--max-royalty`: the highest royalty per million tokens a persona may ask, a decimal amount of the
+ * token (0 forbids royalties), exactly: no rounding, at most the token's decimals.
+ *
+ * @example
+ * parseMaxRoyalty("1000", 6) // 1_000_000_000n
+ * parseMaxRoyalty("0.5", 6) // 500_000n
+ * @throws InvalidAmountError for junk, negatives, more decimals than the token has, or more than a voucher
+ * can carry (uint96 base units).
+ */
+export function parseMaxRoyalty(input: string, decimals: number): bigint {
+  const units = parseAmountOrZero(input, decimals);
+  if (units > MAX_VOUCHER_ROYALTY) {
+    throw new InvalidAmountError(input, `it is above the largest royalty a voucher can carry (${MAX_VOUCHER_ROYALTY} base units)`);
+  }
+  return units;
+}
+
 interface DeployCommandOptions {
   rpc?: string;
   token?: string;
@@ -38,6 +63,7 @@ interface DeployCommandOptions {
   owner?: string;
   feeBps: number;
   minStake: string;
+  maxRoyalty: string;
   voucherLifetime: number;
   withdrawalDelay: number;
   royaltyDelay: number;
@@ -56,6 +82,11 @@ export function registerDeploy(program: Command): void {
     .option("--owner <address>", "owns the escrow's fee and treasury settings (default: the deployer)", parseAddress)
     .option("--fee-bps <bps>", "protocol fee in basis points, at most 1000", parseNonNegativeInt, d.protocolFeeBps)
     .option("--min-stake <amount>", "provider minimum stake, in whole tokens", "100")
+    .option(
+      "--max-royalty <amount>",
+      "the highest royalty per million tokens a persona may ask, in tokens (e.g. 2.5; 0 forbids royalties)",
+      formatUnits(d.maxRoyaltyPerMillion, TEST_STABLECOIN_DECIMALS),
+    )
     .option("--voucher-lifetime <s>", "longest voucher lifetime, seconds", parseNonNegativeInt, d.maxVoucherLifetime)
     .option("--withdrawal-delay <s>", "deposit withdrawal delay, seconds", parseNonNegativeInt, d.withdrawalDelay)
     .option("--royalty-delay <s>", "royalty and fee change delay, seconds", parseNonNegativeInt, d.royaltyDelay)
@@ -70,6 +101,7 @@ lands in a file of the repository or in your shell history.
 Examples:
   $ export SOULMESH_DEPLOYER_KEY=0x…            # from your secret manager
   $ soulmesh deploy --rpc https://rpc.example.org --token 0xA0b8…eB48 --treasury 0x…
+  $ soulmesh deploy --rpc https://rpc.example.org --max-royalty 50   # personas ask at most 50 tokens per 1M tokens
   $ SOULMESH_RPC_URL=http://127.0.0.1:8545 soulmesh deploy --json`,
     )
     .action(async (opts: DeployCommandOptions, cmd: Command) => {
@@ -93,28 +125,31 @@ Examples:
       } catch {
         throw new MissingConfigError("a valid SOULMESH_DEPLOYER_KEY", "It must be a 32-byte hex private key (0x…).");
       }
+      // With the default token its decimals are known: a bad amount is refused before the RPC is reached.
+      if (!opts.token) parseMaxRoyalty(opts.maxRoyalty, TEST_STABLECOIN_DECIMALS);
       const provider = await connectRpc(opts.rpc);
-      const deployer = wallet.connect(provider);
-      const chainId = Number((await provider.getNetwork()).chainId);
-      out.progress(`deploying Soulmesh to chain ${chainId} at ${opts.rpc} from ${deployer.address}…`);
-      const parameters: DeployParameters = {
-        maxVoucherLifetime: opts.voucherLifetime,
-        withdrawalDelay: opts.withdrawalDelay,
-        royaltyDelay: opts.royaltyDelay,
-        unbondingDelay: opts.unbondingDelay,
-        minStake: parseUnits(opts.minStake, 6),
-        protocolFeeBps: opts.feeBps,
-        token: opts.token,
-        treasury: opts.treasury,
-        owner: opts.owner,
-      };
-      if (opts.token) {
-        // The stake is in whole tokens of the chosen token, whatever its decimals.
-        const { TestStablecoin__factory } = await import("../../sdk/chain/contracts.js");
-        const decimals = await TestStablecoin__factory.connect(opts.token, provider).decimals();
-        parameters.minStake = parseUnits(opts.minStake, Number(decimals));
-      }
       try {
+        const deployer = wallet.connect(provider);
+        const chainId = Number((await provider.getNetwork()).chainId);
+        let decimals = TEST_STABLECOIN_DECIMALS;
+        if (opts.token) {
+          // Stake and royalty cap are amounts of the chosen token, whatever its decimals.
+          const { TestStablecoin__factory } = await import("../../sdk/chain/contracts.js");
+          decimals = Number(await TestStablecoin__factory.connect(opts.token, provider).decimals());
+        }
+        const parameters: DeployParameters = {
+          maxVoucherLifetime: opts.voucherLifetime,
+          withdrawalDelay: opts.withdrawalDelay,
+          royaltyDelay: opts.royaltyDelay,
+          unbondingDelay: opts.unbondingDelay,
+          minStake: parseUnits(opts.minStake, decimals),
+          maxRoyaltyPerMillion: parseMaxRoyalty(opts.maxRoyalty, decimals),
+          protocolFeeBps: opts.feeBps,
+          token: opts.token,
+          treasury: opts.treasury,
+          owner: opts.owner,
+        };
+        out.progress(`deploying Soulmesh to chain ${chainId} at ${opts.rpc} from ${deployer.address}…`);
         const deployment = await deploySoulmesh({
           deployer,
           rpcUrl: opts.rpc,
@@ -123,11 +158,13 @@ Examples:
         });
         const path = opts.out ?? join(g.home ?? soulmeshHome(), "deployments", `${deployment.chainId}.json`);
         await writeDeployment(path, deployment);
+        const maxRoyalty = money(parameters.maxRoyaltyPerMillion, { decimals });
         out.result(
-          { ...deployment, path },
+          { ...deployment, path, maxRoyaltyPerMillion: maxRoyalty },
           [
             `Soulmesh deployed on chain ${deployment.chainId}:`,
             ...Object.entries(deployment.contracts).map(([n, a]) => `  ${n.padEnd(17)} ${a}`),
+            `Personas may ask a royalty of at most ${maxRoyalty.formatted} tokens per million tokens.`,
             `Deployment written to ${path}`,
           ].join("\n"),
         );

@@ -12,6 +12,8 @@ export interface ChainReader {
   token: TokenInfo;
   /** Seconds between scheduling a royalty change and its taking effect. */
   royaltyDelay: number;
+  /** The highest royalty per million tokens the persona registry accepts (fixed at deployment). */
+  maxRoyaltyPerMillion: bigint;
   close(): void;
 }
 
@@ -21,7 +23,8 @@ export function rpcUrl(): string {
 }
 
 /**
- * Connects read-only contract handles over /rpc and reads the token's symbol and decimals and the royalty delay.
+ * Connects read-only contract handles over /rpc and reads the token's symbol and decimals, the royalty delay and
+ * the royalty cap.
  *
  * @example
  * const reader = await openChainReader(config.deployment)
@@ -31,16 +34,18 @@ export async function openChainReader(deployment: Deployment): Promise<ChainRead
   const provider = new JsonRpcProvider(rpcUrl(), deployment.chainId, { staticNetwork: true, pollingInterval: 1000 });
   const contracts = connectContracts(deployment, provider);
   try {
-    const [symbol, decimals, delay] = await Promise.all([
+    const [symbol, decimals, delay, maxRoyalty] = await Promise.all([
       contracts.token.symbol(),
       contracts.token.decimals(),
       contracts.personaRegistry.royaltyDelay(),
+      contracts.personaRegistry.maxRoyaltyPerMillion(),
     ]);
     return {
       provider,
       contracts,
       token: { symbol, decimals: Number(decimals) },
       royaltyDelay: Number(delay),
+      maxRoyaltyPerMillion: maxRoyalty,
       close: () => provider.destroy(),
     };
   } catch (err) {

@@ -18,6 +18,25 @@ export class InvalidAmountInputError extends SoulmeshError {
   }
 }
 
+/**
+ * A royalty above the persona registry's `maxRoyaltyPerMillion()`: the registry would revert, so the page refuses
+ * it before anything is uploaded or sent.
+ */
+export class RoyaltyAboveMaxError extends SoulmeshError {
+  override readonly name = "RoyaltyAboveMaxError";
+  constructor(
+    readonly field: string,
+    readonly royaltyPerMillion: bigint,
+    readonly maxRoyaltyPerMillion: bigint,
+    readonly shown: { royalty: string; max: string },
+  ) {
+    super(
+      `${field}: ${shown.royalty} per 1M tokens is above the most this deployment allows, ${shown.max} per 1M tokens ` +
+        "(the persona registry's maxRoyaltyPerMillion). Ask for at most that. Nothing was sent.",
+    );
+  }
+}
+
 /** The base model field is neither a suggested model nor a SHA-256 hash. */
 export class InvalidBaseModelError extends SoulmeshError {
   override readonly name = "InvalidBaseModelError";

@@ -124,6 +124,7 @@ async function boot(): Promise<void> {
   const view = new ReportView(document.getElementById("overview")!, document.getElementById("personas")!, {
     token: reader.token,
     royaltyDelay: reader.royaltyDelay,
+    maxRoyaltyPerMillion: reader.maxRoyaltyPerMillion,
     registry: reader.contracts.personaRegistry,
     tracker,
     banner,
@@ -164,6 +165,7 @@ async function boot(): Promise<void> {
     config,
     token: reader.token,
     registry: reader.contracts.personaRegistry,
+    maxRoyaltyPerMillion: reader.maxRoyaltyPerMillion,
     tracker,
     banner,
     onPublished: () => loop.refresh(),

@@ -3,11 +3,11 @@ import type { PersonaRegistry } from "../../sdk/chain/contracts.js";
 import { findEvent } from "../../sdk/chain/receipt.js";
 import { preparePersona, toBase64, uploadAdapter } from "./api.js";
 import type { BaseModelSuggestion, DashboardConfig } from "./api-types.js";
-import { parseAmountInput } from "./amounts.js";
+import { parseAmountInput, parseRoyaltyInput } from "./amounts.js";
 import { el } from "./dom.js";
 import { InvalidBaseModelError, MissingCardError, MissingEventError, ReadOnlyViewError } from "./errors.js";
 import type { ErrorBanner, TxTracker } from "./feedback.js";
-import { formatBytes } from "./format.js";
+import { formatBytes, formatToken } from "./format.js";
 import type { TokenInfo } from "./format.js";
 
 /** What the publish form needs from the page. */
@@ -15,6 +15,8 @@ export interface PublishFormContext {
   config: DashboardConfig;
   token: TokenInfo;
   registry: PersonaRegistry;
+  /** The registry's `maxRoyaltyPerMillion()`: a higher royalty is refused before anything is uploaded. */
+  maxRoyaltyPerMillion: bigint;
   tracker: TxTracker;
   banner: ErrorBanner;
   /** Called with the new persona's id once it is minted. */
@@ -78,7 +80,14 @@ export function createPublishForm(section: HTMLElement, ctx: PublishFormContext)
     placeholder: config.baseModels[0]?.name ?? "0x… SHA-256 of the model file",
     "data-testid": "publish-base-model",
   });
-  const royalty = el("input", { id: "publish-royalty", type: "text", inputmode: "decimal", placeholder: "0.2", "data-testid": "publish-royalty" });
+  const royalty = el("input", {
+    id: "publish-royalty",
+    type: "text",
+    inputmode: "decimal",
+    placeholder: "0.2",
+    "data-testid": "publish-royalty",
+    "data-max-units": ctx.maxRoyaltyPerMillion.toString(),
+  });
   const price = el("input", { id: "publish-adoption-price", type: "text", inputmode: "decimal", placeholder: "0", value: "0", "data-testid": "publish-adoption-price" });
   const submit = el("button", { type: "submit", class: "primary", "data-testid": "publish-submit", text: "Publish persona" });
   const status = el("p", { class: "status", "data-testid": "publish-status", "aria-live": "polite" });
@@ -92,7 +101,7 @@ export function createPublishForm(section: HTMLElement, ctx: PublishFormContext)
       field("publish-card", "Character card (JSON or PNG)", card),
       field("publish-adapter", "LoRA adapter (.gguf, optional)", adapter),
       field("publish-base-model", "Base model", baseModel, "A suggested model, or the model file's SHA-256 (0x + 64 hex)."),
-      field("publish-royalty", `Royalty (${token.symbol} per 1M tokens)`, royalty),
+      field("publish-royalty", `Royalty (${token.symbol} per 1M tokens)`, royalty, `At most ${formatToken(ctx.maxRoyaltyPerMillion, token)}.`),
       field("publish-adoption-price", `Adoption price (${token.symbol})`, price),
     ),
     models,
@@ -130,7 +139,7 @@ export function createPublishForm(section: HTMLElement, ctx: PublishFormContext)
         const cardFile = card.files?.[0];
         if (!cardFile) throw new MissingCardError();
         const model = resolveBaseModel(baseModel.value, config.baseModels);
-        const royaltyUnits = parseAmountInput("Royalty", royalty.value, token.decimals);
+        const royaltyUnits = parseRoyaltyInput("Royalty", royalty.value, token, ctx.maxRoyaltyPerMillion);
         const priceUnits = parseAmountInput("Adoption price", price.value, token.decimals);
         const adapterFile = adapter.files?.[0];
         let adapterCid: string | undefined;

@@ -1,11 +1,11 @@
 import type { JsonRpcSigner } from "ethers";
 import type { PersonaRegistry } from "../../sdk/chain/contracts.js";
 import { findEvent } from "../../sdk/chain/receipt.js";
-import { parseAmountInput } from "./amounts.js";
+import { parseRoyaltyInput } from "./amounts.js";
 import { el } from "./dom.js";
 import { MissingEventError, ReadOnlyViewError } from "./errors.js";
 import type { ErrorBanner, TxTracker } from "./feedback.js";
-import { formatDuration, formatWhen } from "./format.js";
+import { formatDuration, formatToken, formatWhen } from "./format.js";
 import type { TokenInfo } from "./format.js";
 
 /** What a royalty form needs from the page. */
@@ -13,6 +13,8 @@ export interface RoyaltyFormContext {
   token: TokenInfo;
   /** Seconds from scheduling to effect (personaRegistry.royaltyDelay()). */
   royaltyDelay: number;
+  /** The registry's `maxRoyaltyPerMillion()`: a higher royalty is refused before sending. */
+  maxRoyaltyPerMillion: bigint;
   registry: PersonaRegistry;
   tracker: TxTracker;
   banner: ErrorBanner;
@@ -45,6 +47,8 @@ export function createRoyaltyForm(personaId: bigint, ctx: RoyaltyFormContext): R
     autocomplete: "off",
     placeholder: "0.2",
     "data-testid": "royalty-input",
+    "data-max-units": ctx.maxRoyaltyPerMillion.toString(),
+    title: `At most ${formatToken(ctx.maxRoyaltyPerMillion, ctx.token)} per 1M tokens`,
   });
   const submit = el("button", { type: "submit", "data-testid": "royalty-submit", text: "Schedule change" });
   const effect = el("p", { class: "muted", "data-testid": "royalty-effect", "aria-live": "polite" });
@@ -78,7 +82,7 @@ export function createRoyaltyForm(personaId: bigint, ctx: RoyaltyFormContext): R
       ctx.banner.clear();
       try {
         if (!signer) throw new ReadOnlyViewError();
-        const units = parseAmountInput("New royalty", input.value, ctx.token.decimals);
+        const units = parseRoyaltyInput("New royalty", input.value, ctx.token, ctx.maxRoyaltyPerMillion);
         sending = true;
         sync();
         const registry = ctx.registry.connect(signer);

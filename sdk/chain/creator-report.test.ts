@@ -17,7 +17,8 @@ import {
 } from "./creator-report.js";
 import type { CreatorReport, KeyValueStorage } from "./creator-report.js";
 import { utcDay } from "./usage.js";
-import { voucherCost } from "./voucher.js";
+import { signVoucher, voucherCost } from "./voucher.js";
+import type { Voucher } from "./voucher.js";
 
 let chain: TestChain;
 let f: Fixture;
@@ -39,19 +40,35 @@ interface Expected {
 const expected = new Map<string, Map<bigint, Expected>>();
 const agentsOf = new Map<bigint, bigint[]>();
 let session = 1n;
+const escrowRef = () => ({ chainId: f.deployment.chainId, address: f.deployment.contracts.inferenceEscrow });
 
-async function settle(user: Wallet, agentId: bigint, personaId: bigint, provider: Wallet, input: bigint, output: bigint): Promise<void> {
-  const { voucher, signature } = await f.voucher(user, {
+/** A voucher of a new session at the royalty and fee in force, signed by `user` for `provider`. */
+async function signedVoucher(user: Wallet, agentId: bigint, personaId: bigint, provider: Wallet, input: bigint, output: bigint) {
+  const [, royalty] = await f.contracts.personaRegistry.royaltyOf(personaId);
+  const [feeBps] = await f.contracts.inferenceEscrow.protocolFee();
+  return f.voucher(user, {
     provider: provider.address,
     agentId,
     session: session++,
     inputTokens: input,
     outputTokens: output,
+    royaltyPerMillion: royalty,
+    feeBps,
   });
-  const [holder, royalty] = await f.contracts.personaRegistry.royaltyOf(personaId);
-  const [feeBps] = await f.contracts.inferenceEscrow.protocolFee();
+}
+
+async function settle(user: Wallet, agentId: bigint, personaId: bigint, provider: Wallet, input: bigint, output: bigint): Promise<void> {
+  const { voucher, signature } = await signedVoucher(user, agentId, personaId, provider, input, output);
   await (await f.as(provider).inferenceEscrow.settle(voucher, signature)).wait();
-  const cost = voucherCost(voucher, { inputTokens: 0n, outputTokens: 0n }, royalty, feeBps);
+  await record(voucher, personaId);
+}
+
+/** Adds what `voucher` (of a new session, just settled) paid to the figures its persona's holder expects. */
+async function record(voucher: Voucher, personaId: bigint): Promise<void> {
+  const [holder] = await f.contracts.personaRegistry.royaltyOf(personaId);
+  const provider = { address: voucher.provider };
+  const [input, output] = [voucher.inputTokens, voucher.outputTokens];
+  const cost = voucherCost(voucher, { inputTokens: 0n, outputTokens: 0n });
   const perHolder = expected.get(holder) ?? new Map<bigint, Expected>();
   expected.set(holder, perHolder);
   const e = perHolder.get(personaId) ?? { revenue: 0n, inputTokens: 0n, outputTokens: 0n, byDay: new Map(), byProvider: new Map() };
@@ -123,7 +140,7 @@ beforeAll(async () => {
   p2 = await f.createPersona(creator, { royaltyPerMillion: 120_000n });
   p3 = await f.createPersona(other, { royaltyPerMillion: 50_000n });
   for (const p of providers) await f.registerProvider(p);
-  for (const u of users) await f.deposit(u, 50n * USD);
+  for (const u of users) for (const p of providers) await f.depositAndCommit(u, p.address, 25n * USD);
   const a1 = await adopt(users[0]!, p1);
   const a2 = await adopt(users[0]!, p2);
   const a3 = await adopt(users[1]!, p3);
@@ -210,6 +227,36 @@ describe("readCreatorReport", () => {
     expect(r2!.royaltyScheduled).toEqual({ value: 80_000n, effectiveAt: scheduledAt + f.deployment.parameters.royaltyDelay });
     const [, next, effectiveAt] = await f.contracts.personaRegistry.royaltyScheduleOf(p2);
     expect(r2!.royaltyScheduled).toEqual({ value: next, effectiveAt: Number(effectiveAt) });
+  });
+
+  it("counts only what settled: a batch's skipped entries (SettlementSkipped) add nothing", async () => {
+    const cache2 = createLogCache();
+    const before = await readCreatorReport({ contracts: read, creator: creator.address, fromBlock: f.deployment.startBlock, cache: cache2 });
+    const [a2] = agentsOf.get(p2)!;
+    const good = await signedVoucher(users[0]!, a2!, p2, providers[0]!, 6_000n, 700n);
+    const low = await signedVoucher(users[1]!, agentsOf.get(p2)![1]!, p2, providers[0]!, 9_000n, 900n);
+    const lowRoyalty = { ...low.voucher, royaltyPerMillion: low.voucher.royaltyPerMillion - 1n };
+    const otherProvider = await signedVoucher(users[1]!, agentsOf.get(p2)![1]!, p2, providers[1]!, 5_000n, 500n);
+    const batch = [
+      good,
+      good, // the same voucher again: Escrow__AlreadySettled
+      { voucher: lowRoyalty, signature: await signVoucher(users[1]!, lowRoyalty, escrowRef()) }, // Escrow__RoyaltyBelowRate
+      otherProvider, // another provider's voucher: Escrow__NotProviderOrSettler
+    ];
+    const receipt = await (await f.as(providers[0]!).inferenceEscrow.settleBatch(batch)).wait();
+    const escrow = f.contracts.inferenceEscrow;
+    const names = receipt!.logs.map((l) => escrow.interface.parseLog(l)?.name);
+    expect(names.filter((n) => n === "VoucherSettled")).toHaveLength(1);
+    expect(names.filter((n) => n === "SettlementSkipped")).toHaveLength(3);
+    await record(good.voucher, p2);
+
+    const after = await readCreatorReport({ contracts: read, creator: creator.address, fromBlock: f.deployment.startBlock, cache: cache2 });
+    checkAgainstExpected(after, creator.address);
+    const royalty = voucherCost(good.voucher, { inputTokens: 0n, outputTokens: 0n }).royaltyAmount;
+    expect(after.totals.revenue - before.totals.revenue).toBe(royalty);
+    expect(after.totals.inputTokens - before.totals.inputTokens).toBe(6_000n);
+    expect(after.earnings.pending - before.earnings.pending).toBe(royalty);
+    expect(after.earnings.pending).toBe(await escrow.earningsOf(creator.address));
   });
 
   it("persists to a storage, bigints included, and a new cache over it reads nothing already seen", async () => {

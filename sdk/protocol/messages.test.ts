@@ -47,6 +47,8 @@ function sessionRequest(overrides: Partial<SessionRequest> = {}): SessionRequest
     session: "1763888400000",
     priceInputPerMillion: "500000",
     priceOutputPerMillion: "1500000",
+    royaltyPerMillion: "200000",
+    feeBps: "250",
     spendingCap: "1000000000000000000",
     expiry: "2000000000",
     chainId: "31337",
@@ -152,6 +154,8 @@ describe("messages round trip through frames", () => {
       outputTokens: 3n,
       priceInputPerMillion: 500_000n,
       priceOutputPerMillion: 1_500_000n,
+      royaltyPerMillion: 200_000n,
+      feeBps: 250n,
       expiry: 2_000_000_000n,
     };
     const msg = { type: "voucher", voucher: voucherToWire(v), signature: await signVoucher(payer, v, escrow) };
@@ -159,6 +163,12 @@ describe("messages round trip through frames", () => {
     expect(decoded).toEqual(msg);
     expect(voucherFromWire(decoded.voucher)).toEqual(v);
     expect(verifyVoucher(voucherFromWire(decoded.voucher), escrow, decoded.signature)).toBe(true);
+    // The rates travel with the voucher and are signed: a voucher without them (an old client's) is refused,
+    // and one whose royalty was raised on the way no longer verifies.
+    const { royaltyPerMillion: _r, feeBps: _f, ...rateless } = msg.voucher;
+    expect(() => roundTrip({ ...msg, voucher: rateless }, VoucherMessageSchema)).toThrow(InvalidMessageError);
+    expect(() => roundTrip({ ...msg, voucher: { ...msg.voucher, feeBps: "65536" } }, VoucherMessageSchema)).toThrow(InvalidMessageError);
+    expect(verifyVoucher({ ...v, royaltyPerMillion: v.royaltyPerMillion + 1n }, escrow, msg.signature)).toBe(false);
     const ack = { type: "voucher.ack", session: "1763888400000", inputTokens: "120", outputTokens: "3" };
     expect(roundTrip(ack, VoucherResponseSchema)).toEqual(ack);
   });
@@ -175,6 +185,10 @@ describe("field validation", () => {
     ["leading zero", { ...sessionRequest(), session: "01" }],
     ["uint64 overflow", { ...sessionRequest(), session: "18446744073709551616" }],
     ["uint128 overflow", { ...sessionRequest(), priceInputPerMillion: (1n << 128n).toString() }],
+    ["royalty above uint96", { ...sessionRequest(), royaltyPerMillion: (1n << 96n).toString() }],
+    ["fee above uint16", { ...sessionRequest(), feeBps: "65536" }],
+    ["missing royalty", { ...sessionRequest(), royaltyPerMillion: undefined }],
+    ["missing fee", { ...sessionRequest(), feeBps: undefined }],
     ["number instead of string", { ...sessionRequest(), expiry: 2000000000 }],
     ["bad address", { ...sessionRequest(), payer: "0x1234" }],
     ["bad checksum", { ...sessionRequest(), payer: payer.address.slice(0, 2) + flipCase(payer.address.slice(2)) }],
@@ -233,6 +247,9 @@ describe("session request signatures", () => {
     const signature = await signSessionRequest(payer, req);
     expect(verifySessionRequest({ ...req, spendingCap: "1000000000000000001" }, signature)).toBe(false);
     expect(verifySessionRequest({ ...req, personaId: "4" }, signature)).toBe(false);
+    // Royalty and fee are signed: a provider cannot raise either under the payer's signature.
+    expect(verifySessionRequest({ ...req, royaltyPerMillion: "200001" }, signature)).toBe(false);
+    expect(verifySessionRequest({ ...req, feeBps: "251" }, signature)).toBe(false);
     expect(verifySessionRequest({ ...req, chainId: "1" }, signature)).toBe(false);
     expect(verifySessionRequest({ ...req, escrow: "0x" + "12".repeat(20) }, signature)).toBe(false);
     expect(verifySessionRequest(req, await provider.signMessage("x"))).toBe(false);

@@ -52,7 +52,7 @@ beforeAll(async () => {
   let session = 1n;
   for (let day = 0; day < 3; day++) {
     for (const [u, user] of users.entries()) {
-      await f.deposit(user, 20n * USD);
+      for (const provider of providers) await f.depositAndCommit(user, provider.address, 10n * USD);
       const personaId = personas[(u + day) % 2]!;
       const agentId = await f.mintAgent(user, personaId);
       const [, price] = await f.contracts.personaRegistry.adoptionTermsOf(personaId);
@@ -65,9 +65,11 @@ beforeAll(async () => {
           agentId,
           session: session++,
           ...tokens,
+          royaltyPerMillion: royalty,
+          feeBps: 500n,
         });
         await (await f.as(provider).inferenceEscrow.settle(voucher, signature)).wait();
-        const cost = voucherCost(voucher, { inputTokens: 0n, outputTokens: 0n }, royalty, 500n);
+        const cost = voucherCost(voucher, { inputTokens: 0n, outputTokens: 0n });
         const today = utcDay(await chain.now());
         const fields = { settlements: 1, ...tokens, ...cost };
         delete (fields as Partial<typeof cost>).total;

@@ -10,12 +10,13 @@ import { cp, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { getAddress, parseUnits, toBeHex } from "ethers";
+import { formatUnits, getAddress, parseUnits, toBeHex } from "ethers";
 import type { Browser, Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startDevnet } from "../../cli/devnet/devnet.js";
 import type { Devnet } from "../../cli/devnet/devnet.js";
 import { startDashboardServer } from "../../cli/dashboard/server.js";
+import { formatUnitsFixed } from "../../sdk/chain/units.js";
 import { readPersona } from "../../sdk/memory/persona/publish.js";
 import { createHeliaBlockStore } from "../../sdk/vault/block-store.js";
 import type { HeliaBlockStore } from "../../sdk/vault/block-store.js";
@@ -399,7 +400,7 @@ describe.skipIf(!chromiumPresent && !process.env.CI)(chromiumPresent ? "creator 
       },
     ));
 
-  it("refuses a bad card, a non-LoRA adapter and a bad royalty with clear errors, sending nothing", () =>
+  it("refuses a bad card, a non-LoRA adapter, a bad royalty and one above the registry's cap with clear errors, sending nothing", () =>
     withPage(
       browser,
       "bad-inputs",
@@ -461,6 +462,35 @@ describe.skipIf(!chromiumPresent && !process.env.CI)(chromiumPresent ? "creator 
             .filter({ hasText: /abc|not a (decimal|number|valid)|invalid/i })
             .first()
             .waitFor();
+
+          // A royalty above the registry's cap is refused on the page, before any upload or transaction, saying
+          // what the cap is (attack 11: the cap is what keeps a royalty from outgrowing what vouchers carry).
+          const max = await personaRegistry.maxRoyaltyPerMillion();
+          const maxText = formatUnitsFixed(max, DECIMALS);
+          const aboveMax = formatUnits(max + 1n, DECIMALS);
+          const uploads: string[] = [];
+          page.on("request", (req) => {
+            const path = new URL(req.url()).pathname;
+            if (req.method() === "POST" && path.startsWith("/api/")) uploads.push(path);
+          });
+          await connectAsCreator(page);
+          await page.getByTestId("publish-card").setInputFiles(goodCard);
+          await page.getByTestId("publish-adapter").setInputFiles(fx.adapters[0]!.path);
+          await page.getByTestId("publish-base-model").fill(fx.base.sha256);
+          await page.getByTestId("publish-royalty").fill(aboveMax);
+          await page.getByTestId("publish-adoption-price").fill("0");
+          await page.getByTestId("publish-submit").click();
+          await banner.and(page.locator('[data-error-name="RoyaltyAboveMaxError"]')).waitFor();
+          expect(await banner.textContent()).toContain(`${maxText} tUSD`);
+          await page.locator('[data-testid="publish-status"][data-state="failed"]').waitFor();
+          expect(await page.getByTestId("publish-royalty").getAttribute("data-max-units")).toBe(max.toString());
+
+          await connectAsCreator(page);
+          await card.getByTestId("royalty-input").fill(aboveMax);
+          await card.getByTestId("royalty-submit").click();
+          await banner.and(page.locator('[data-error-name="RoyaltyAboveMaxError"]')).waitFor();
+          expect(await banner.textContent()).toContain(`${maxText} tUSD`);
+          expect(uploads).toEqual([]);
 
           expect(sent()).toEqual([]);
           expect(await personaRegistry.totalPersonas()).toBe(total);

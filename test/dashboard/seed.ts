@@ -8,6 +8,7 @@ import type { TransactionReceipt } from "ethers";
 import { connectContracts } from "../../sdk/chain/contracts.js";
 import type { SoulmeshContracts } from "../../sdk/chain/contracts.js";
 import type { Deployment } from "../../sdk/chain/deployment.js";
+import { decodeRevert } from "../../sdk/chain/revert.js";
 import { signVoucher } from "../../sdk/chain/voucher.js";
 import type { Voucher } from "../../sdk/chain/voucher.js";
 import { publishPersona } from "../../sdk/memory/persona/publish.js";
@@ -85,7 +86,8 @@ export function rpcProvider(rpcUrl: string, chainId: number): JsonRpcProvider {
 }
 
 /**
- * Publishes three personas, registers two providers, adopts four agents and settles vouchers on two UTC days
+ * Publishes three personas, registers two providers, commits each payer's funds to a lane with each provider,
+ * adopts four agents and settles vouchers (as their providers) on two UTC days
  * (moving the chain's clock a day between them), then schedules a royalty change on p2.
  *
  * @example
@@ -154,10 +156,11 @@ export async function seedUsage(options: SeedOptions): Promise<Seeded> {
       await c.providerRegistry.register("12D3KooWDashboardPeer", ["/ip4/127.0.0.1/tcp/4001"], [options.baseModelHash], prices[i]!.input, prices[i]!.output, stake)
     ).wait();
   }
+  // Each payer commits funds to a lane with each provider: vouchers settle only from the lane with their provider.
   for (const u of [accounts.user, accounts.user2]) {
     const c = as(u);
     await (await c.token.approve(deployment.contracts.inferenceEscrow, 50n * USD)).wait();
-    await (await c.inferenceEscrow.deposit(50n * USD)).wait();
+    for (const p of [accounts.provider, accounts.provider2]) await (await c.inferenceEscrow.depositAndCommit(p.address, 25n * USD)).wait();
   }
 
   const adopt = async (user: Wallet, personaId: bigint): Promise<bigint> => {
@@ -173,9 +176,31 @@ export async function seedUsage(options: SeedOptions): Promise<Seeded> {
   const a3 = await adopt(accounts.user2, p3);
   const a4 = await adopt(accounts.user2, p1);
 
+  /**
+   * Settles `batch` as `settler` and checks that every voucher settled: settleBatch skips a failing entry
+   * (SettlementSkipped) instead of reverting, and a seed that silently skipped would make every figure wrong.
+   */
+  const settleAll = async (settler: Wallet, batch: { voucher: Voucher; signature: string }[]): Promise<TransactionReceipt> => {
+    const escrow = as(settler).inferenceEscrow;
+    const receipt = await (await escrow.settleBatch(batch)).wait();
+    if (!receipt || receipt.status !== 1) throw new Error("the settlement batch failed");
+    for (const log of receipt.logs) {
+      const parsed = escrow.interface.parseLog(log);
+      if (parsed?.name === "SettlementSkipped") {
+        const reason = decodeRevert({ data: parsed.args.reason as string });
+        throw new Error(`the seed's voucher of agent ${parsed.args.agentId} was skipped: ${reason?.reason ?? parsed.args.reason}`);
+      }
+    }
+    return receipt;
+  };
+
   let session = 1n;
+  const reader = connectContracts(deployment, provider);
   const voucher = async (payer: Wallet, agentId: bigint, providerIndex: number, input: bigint, output: bigint) => {
     const now = (await provider.getBlock("latest"))!.timestamp;
+    // A client signs the royalty and fee in force when its session opens.
+    const [, royaltyPerMillion] = await reader.personaRegistry.royaltyOf(await reader.agentRegistry.personaOf(agentId));
+    const [feeBps] = await reader.inferenceEscrow.protocolFee();
     const v: Voucher = {
       payer: payer.address,
       provider: [accounts.provider, accounts.provider2][providerIndex]!.address,
@@ -185,6 +210,8 @@ export async function seedUsage(options: SeedOptions): Promise<Seeded> {
       outputTokens: output,
       priceInputPerMillion: prices[providerIndex]!.input,
       priceOutputPerMillion: prices[providerIndex]!.output,
+      royaltyPerMillion,
+      feeBps,
       expiry: BigInt(now + 3600),
     };
     return { voucher: v, signature: await signVoucher(payer, v, escrowRef) };
@@ -198,8 +225,8 @@ export async function seedUsage(options: SeedOptions): Promise<Seeded> {
         await voucher(accounts.user2, a3, i, 900n * n, 400n * n),
         ...(i === 0 ? [await voucher(accounts.user2, a4, i, 5_000n * n + 1n, 2_000n)] : []),
       ];
-      // One transaction per provider and day: fewer blocks, same events as single settles.
-      await (await as(p).inferenceEscrow.settleBatch(batch)).wait();
+      // One transaction per provider and day, sent by that provider: fewer blocks, same events as single settles.
+      await settleAll(p, batch);
     }
     await provider.send("evm_increaseTime", [86_400]);
     await provider.send("evm_mine", []);
@@ -207,9 +234,7 @@ export async function seedUsage(options: SeedOptions): Promise<Seeded> {
   const settle = async (payer: Wallet, agentId: bigint, providerIndex: number, input: bigint, output: bigint): Promise<TransactionReceipt> => {
     const signed = await voucher(payer, agentId, providerIndex, input, output);
     const provider = [accounts.provider, accounts.provider2][providerIndex]!;
-    const receipt = await (await as(provider).inferenceEscrow.settleBatch([signed])).wait();
-    if (!receipt || receipt.status !== 1) throw new Error(`the settlement of agent ${agentId}'s voucher failed`);
-    return receipt;
+    return settleAll(provider, [signed]);
   };
   const scheduledRoyalty = 80_000n;
   await (await as(accounts.creator).personaRegistry.scheduleRoyalty(p2, scheduledRoyalty)).wait();

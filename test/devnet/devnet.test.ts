@@ -2,7 +2,7 @@ import { existsSync } from "node:fs";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Wallet } from "ethers";
+import { formatUnits, Wallet } from "ethers";
 import type { JsonRpcProvider } from "ethers";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { connectContracts } from "../../sdk/chain/contracts.js";
@@ -12,6 +12,9 @@ import { ChainMismatchError, ContractRevertError, RpcUnreachableError } from "..
 import { connectDeployment, connectRpc } from "../../sdk/chain/rpc.js";
 import { withRevertDecoding } from "../../sdk/chain/revert.js";
 import { DEV_FUNDING } from "../../cli/devnet/devnet.js";
+import { MAX_VOUCHER_ROYALTY, parseMaxRoyalty } from "../../cli/commands/deploy.js";
+import { InvalidAmountError } from "../../cli/commands/escrow.js";
+import { DEFAULT_DEPLOY_PARAMETERS } from "../../sdk/chain/deploy.js";
 import { runCli } from "../helpers/cli.js";
 import type { CliProcess } from "../helpers/cli.js";
 
@@ -46,6 +49,8 @@ describe("soulmesh devnet", () => {
     expect(written.rpcUrl).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
     expect(written.devAccounts).toHaveLength(10);
     expect(written.pid).toBe(devnet.child.pid);
+    // The royalty cap is the default one, recorded and in force.
+    expect(written.parameters.maxRoyaltyPerMillion).toBe(DEFAULT_DEPLOY_PARAMETERS.maxRoyaltyPerMillion.toString());
   });
 
   it("serves a chain another process can use with the deployment alone", async () => {
@@ -101,17 +106,20 @@ describe("soulmesh devnet", () => {
     const other = await mkdtemp(join(tmpdir(), "soulmesh-deploy-"));
     const key = printed.devAccounts![9]!.privateKey;
     const deploy = runCli(
-      ["deploy", "--rpc", printed.rpcUrl, "--token", printed.contracts.token, "--fee-bps", "100", "--json"],
+      ["deploy", "--rpc", printed.rpcUrl, "--token", printed.contracts.token, "--fee-bps", "100", "--max-royalty", "2.5", "--json"],
       { SOULMESH_HOME: other, SOULMESH_DEPLOYER_KEY: key },
     );
-    const result = await deploy.firstJson<Deployment & { path: string }>();
+    const result = await deploy.firstJson<Deployment & { path: string; maxRoyaltyPerMillion: { units: string; formatted: string } }>();
     expect(await deploy.exited()).toBe(0);
     expect(result.path).toBe(join(other, "deployments", "31337.json"));
     const written = await readDeployment(result.path);
     expect(written.contracts.token).toBe(printed.contracts.token);
     expect(written.contracts.inferenceEscrow).not.toBe(printed.contracts.inferenceEscrow);
     expect(written.parameters.protocolFeeBps).toBe(100);
+    expect(written.parameters.maxRoyaltyPerMillion).toBe("2500000");
+    expect(result.maxRoyaltyPerMillion).toEqual({ units: "2500000", formatted: "2.5" });
     const c = connectContracts(written, provider);
+    expect(await c.personaRegistry.maxRoyaltyPerMillion()).toBe(2_500_000n);
     const [, nextFee] = await c.inferenceEscrow.protocolFee();
     expect(nextFee).toBe(100n);
     expect(await c.inferenceEscrow.token()).toBe(printed.contracts.token);
@@ -128,6 +136,26 @@ describe("soulmesh devnet", () => {
     const badKey = runCli(["deploy", "--rpc", printed.rpcUrl], { SOULMESH_DEPLOYER_KEY: "0x1234" });
     expect(await badKey.exited()).toBe(1);
     expect(badKey.stderr()).toContain("32-byte hex private key");
+  });
+
+  it("parses --max-royalty exactly, in the token's decimals, and refuses a bad one before deploying anything", async () => {
+    expect(parseMaxRoyalty("1000", 6)).toBe(1_000_000_000n);
+    expect(parseMaxRoyalty("0.000001", 6)).toBe(1n);
+    expect(parseMaxRoyalty("0", 6)).toBe(0n);
+    expect(parseMaxRoyalty(".5", 18)).toBe(500_000_000_000_000_000n);
+    expect(parseMaxRoyalty(formatUnits(MAX_VOUCHER_ROYALTY, 6), 6)).toBe(MAX_VOUCHER_ROYALTY);
+    for (const bad of ["0.0000001", "-1", "1e3", "abc", "", formatUnits(MAX_VOUCHER_ROYALTY + 1n, 6)]) {
+      expect(() => parseMaxRoyalty(bad, 6), bad).toThrow(InvalidAmountError);
+    }
+    const other = await mkdtemp(join(tmpdir(), "soulmesh-deploy-"));
+    const key = printed.devAccounts![8]!.privateKey;
+    const nonce = await provider.getTransactionCount(new Wallet(key).address);
+    const run = runCli(["deploy", "--rpc", printed.rpcUrl, "--max-royalty", "0.0000001", "--json"], { SOULMESH_HOME: other, SOULMESH_DEPLOYER_KEY: key });
+    expect(await run.exited()).toBe(1);
+    expect(JSON.parse(run.stdout())).toMatchObject({ error: { name: "InvalidAmountError" } });
+    expect(await provider.getTransactionCount(new Wallet(key).address)).toBe(nonce);
+    expect(existsSync(join(other, "deployments"))).toBe(false);
+    await rm(other, { recursive: true, force: true });
   });
 
   it("stops cleanly on Ctrl-C and removes its deployment file", async () => {
