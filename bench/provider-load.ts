@@ -1,5 +1,5 @@
 /**
- * One provider under load: SESSIONS chats (default 32), each of its own payer (a fresh wallet with a deposit and
+ * One provider under load: SESSIONS chats (default 32), each of its own payer (a fresh wallet with a deposit committed to the provider's lane and
  * an agent) and its own client libp2p host, all taking TURNS turns (default 4) at once against one real provider
  * (node/provider startProvider: engine, libp2p, quote/session/inference/voucher protocols, voucher book,
  * settlement worker) on the tiny fixture model (test/fixtures/gguf tinyFixtures(), 0.46M parameters), over TCP
@@ -118,6 +118,8 @@ async function main(): Promise<void> {
       const wallet = new Wallet(Wallet.createRandom().privateKey, chain.provider);
       await chain.provider.send("hardhat_setBalance", [wallet.address, "0x8AC7230489E80000"]);
       await (await f.contracts.inferenceEscrow.depositFor(wallet.address, DEPOSIT)).wait();
+      // Only a lane with the provider backs its sessions: the payer commits its deposit to it.
+      await (await f.as(wallet).inferenceEscrow.commit(node.address, DEPOSIT)).wait();
       payers.push({ wallet, agentId: await f.mintAgent(wallet, personaId) });
     }
     const hosts: ClientHost[] = [];

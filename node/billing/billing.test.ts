@@ -49,8 +49,8 @@ beforeAll(async () => {
   agentA = await f.mintAgent(user1, personaId);
   agentB = await f.mintAgent(user2, personaId);
   await f.registerProvider(provider);
-  await f.deposit(user1, 100n * USD);
-  await f.deposit(user2, 100n * USD);
+  await f.depositAndCommit(user1, provider.address, 100n * USD);
+  await f.depositAndCommit(user2, provider.address, 100n * USD);
   escrowRef = {
     chainId: f.deployment.chainId,
     address: f.deployment.contracts.inferenceEscrow,
@@ -85,7 +85,7 @@ function newWorker(book: VoucherBook, policy: Partial<SettlementPolicy> = {}, e:
 
 async function sign(payer: Wallet, fields: Partial<Voucher> & Pick<Voucher, "agentId">) {
   clock = await chain.now();
-  return f.voucher(payer, { provider: provider.address, ...fields });
+  return f.voucher(payer, { provider: provider.address, royaltyPerMillion: ROYALTY, feeBps: FEE_BPS, ...fields });
 }
 
 async function accept(book: VoucherBook, payer: Wallet, fields: Partial<Voucher> & Pick<Voucher, "agentId">) {
@@ -104,13 +104,13 @@ async function balances() {
     provider: await escrow.earningsOf(provider.address),
     creator: await escrow.earningsOf(creator.address),
     treasury: await escrow.earningsOf(treasury.address),
-    user1: await escrow.depositOf(user1.address),
-    user2: await escrow.depositOf(user2.address),
+    user1: (await escrow.laneOf(user1.address, provider.address))[0],
+    user2: (await escrow.laneOf(user2.address, provider.address))[0],
   };
 }
 
-/** What the escrow pays for `v` after `settled`, with this deployment's royalty and fee. */
-const cost = (v: Voucher, settled: SettledTotals = ZERO) => voucherCost(v, settled, ROYALTY, FEE_BPS);
+/** What the escrow pays for `v` after `settled` (the voucher carries this deployment's royalty and fee). */
+const cost = (v: Voucher, settled: SettledTotals = ZERO) => voucherCost(v, settled);
 
 describe("VoucherBook and SettlementWorker on the escrow", () => {
   let book: VoucherBook;
@@ -170,7 +170,7 @@ describe("VoucherBook and SettlementWorker on the escrow", () => {
     expect(before.user1 - after.user1).toBe(sum("total", c.slice(0, 2)));
     expect(before.user2 - after.user2).toBe(sum("total", c.slice(2)));
     expect(confirmed[0]!.paid).toBe(sum("total"));
-    expect(await escrow.settledOf(user1.address, provider.address, agentA)).toEqual([2n, 2_345n, 1_111n]);
+    expect(await escrow.settledOf(user1.address, provider.address, agentA)).toEqual([2n, 2_345n, 1_111n, cost(a2.voucher).total]);
     expect(await book.latest()).toEqual([]);
     expect(await book.outstanding()).toEqual([]);
     settledKeys = report.settled;
@@ -389,6 +389,100 @@ describe("VoucherBook and SettlementWorker on the escrow", () => {
     await worker.stop();
   });
 
+  it("attack 4: an entry of a batch settled first by someone else is skipped; the rest settle, and only they are marked settled", async () => {
+    const x = await accept(book, user1, { agentId: agentA, session: 50n, inputTokens: 3_000n, outputTokens: 700n });
+    const y = await accept(book, user2, { agentId: agentB, session: 50n, inputTokens: 9_000n, outputTokens: 100n });
+    // Between the worker's previews and its batch, x is settled by another transaction (only the provider
+    // or its settler can now; a second settling process of the same provider does it here). The batch used
+    // to revert whole for it; now the escrow skips x with a SettlementSkipped log and settles y.
+    const raced = new Proxy(escrow, {
+      get(target, prop) {
+        if (prop === "settleBatch") {
+          return async (vouchers: { voucher: Voucher; signature: string }[]) => {
+            await (await target.settle(x.voucher, x.signature)).wait();
+            return target.settleBatch(vouchers);
+          };
+        }
+        return Reflect.get(target, prop, target) as unknown;
+      },
+    });
+    const before = await balances();
+    const worker = newWorker(book, {}, raced);
+    const confirmed = record(worker, "settlement:confirmed");
+    const dropped = record(worker, "settlement:dropped");
+    const report = await worker.settleNow();
+    expect(report.settled).toEqual([y.key]);
+    expect(confirmed).toHaveLength(1);
+    expect(confirmed[0]!.keys).toEqual([y.key]);
+    expect(confirmed[0]!.skipped).toEqual([{ key: x.key, reason: "Escrow__AlreadySettled" }]);
+    // What the receipt's logs say was paid: y alone (x was paid by the other transaction).
+    expect(confirmed[0]!.paid).toBe(cost(y.voucher).total);
+    expect(confirmed[0]!.providerAmount).toBe(cost(y.voucher).providerAmount);
+    expect(dropped).toEqual([{ key: x.key, reason: "Escrow__AlreadySettled", permanent: false }]);
+    // y is recorded as settled with what the chain paid; x is not recorded as settled by the skipped batch…
+    expect(await book.get(y.key)).toMatchObject({
+      settled: { inputTokens: 9_000n, outputTokens: 100n },
+      earned: { providerAmount: cost(y.voucher).providerAmount, total: cost(y.voucher).total },
+    });
+    expect((await book.get(x.key))!.settled).toMatchObject({ inputTokens: 0n, outputTokens: 0n });
+    // …but reconciled from the chain on the next pass, and nothing is paid twice.
+    const again = await newWorker(book).settleNow();
+    expect(again.txHashes).toEqual([]);
+    expect(again.reconciled).toEqual([x.key]);
+    expect(await book.latest()).toEqual([]);
+    const after = await balances();
+    expect(after.provider - before.provider).toBe(cost(x.voucher).providerAmount + cost(y.voucher).providerAmount);
+    expect(before.user1 - after.user1).toBe(cost(x.voucher).total);
+    expect(before.user2 - after.user2).toBe(cost(y.voucher).total);
+  });
+
+  it("attack 4: an entry whose lane ran short after its preview is skipped and kept for later, the others settle", async () => {
+    const agentE = await f.mintAgent(user2, personaId);
+    const lane = (await escrow.laneOf(user2.address, provider.address))[0];
+    // A voucher of user2 not in this book (another session the provider settles elsewhere) that, settled
+    // between preview and batch, leaves the lane short for z.
+    const z = await accept(book, user2, { agentId: agentE, session: 1n, inputTokens: 1_000_000n, outputTokens: 0n });
+    const w = await accept(book, user1, { agentId: agentA, session: 51n, inputTokens: 10n, outputTokens: 10n });
+    // Draw the lane down, with a voucher of another channel, to one unit less than z needs.
+    const agentF = await f.mintAgent(user2, personaId);
+    const costOf = (n: bigint) => cost({ ...z.voucher, agentId: agentF, inputTokens: n }).total;
+    const room = lane - cost(z.voucher).total;
+    let [lo, hi] = [1n, 1n << 46n]; // the fewest tokens costing more than `room`
+    while (lo < hi) {
+      const mid = (lo + hi) / 2n;
+      if (costOf(mid) > room) hi = mid;
+      else lo = mid + 1n;
+    }
+    const tokens = lo;
+    expect(costOf(tokens)).toBeLessThanOrEqual(lane);
+    const drainer = await f.voucher(user2, {
+      provider: provider.address, agentId: agentF, session: 1n, royaltyPerMillion: ROYALTY, feeBps: FEE_BPS,
+      inputTokens: tokens, outputTokens: 0n,
+    });
+    const raced = new Proxy(escrow, {
+      get(target, prop) {
+        if (prop === "settleBatch") {
+          return async (vouchers: { voucher: Voucher; signature: string }[]) => {
+            await (await target.settle(drainer.voucher, drainer.signature)).wait();
+            return target.settleBatch(vouchers);
+          };
+        }
+        return Reflect.get(target, prop, target) as unknown;
+      },
+    });
+    const worker = newWorker(book, {}, raced);
+    const confirmed = record(worker, "settlement:confirmed");
+    const report = await worker.settleNow();
+    expect(report.settled).toEqual([w.key]);
+    expect(confirmed[0]!.skipped).toEqual([{ key: z.key, reason: "Escrow__InsufficientLane" }]);
+    expect(report.skipped).toContain(z.key);
+    expect((await book.get(z.key))!.dropped).toBeUndefined();
+    expect((await book.latest()).map((e) => e.key)).toEqual([z.key]);
+    // The payer commits more: z settles on the next pass.
+    await f.depositAndCommit(user2, provider.address, 10n * USD);
+    expect((await newWorker(book).settleNow()).settled).toEqual([z.key]);
+  });
+
   it("retry a pass that failed on a transient RPC error", async () => {
     let failures = 2;
     const flaky = new Proxy(escrow, {
@@ -402,7 +496,7 @@ describe("VoucherBook and SettlementWorker on the escrow", () => {
         return Reflect.get(target, prop, target) as unknown;
       },
     });
-    const e = await accept(book, user1, { agentId: agentA, session: 40n });
+    const e = await accept(book, user1, { agentId: agentA, session: 60n });
     const worker = newWorker(book, {}, flaky);
     const failed = record(worker, "settlement:failed");
     const report = await worker.settleNow();

@@ -105,6 +105,21 @@ export class VoucherPriceMismatchError extends SoulmeshError {
   }
 }
 
+/**
+ * The voucher's royalty or fee differs from the session's agreed one (or from the session's earlier vouchers):
+ * the escrow charges exactly what a voucher carries, so a lower rate could fail to settle and a higher one would
+ * charge the payer more than it agreed.
+ */
+export class VoucherRateMismatchError extends SoulmeshError {
+  override readonly name = "VoucherRateMismatchError";
+  constructor(readonly rate: "royaltyPerMillion" | "feeBps", readonly expected: bigint, readonly actual: bigint) {
+    super(
+      `The voucher's ${rate} is ${actual}, but ${expected} was agreed for its session. The client must sign the ` +
+        `session's agreed royalty and fee.`
+    );
+  }
+}
+
 /** The book was used before `start()` or after `stop()`. */
 export class VoucherBookClosedError extends SoulmeshError {
   override readonly name = "VoucherBookClosedError";
@@ -132,6 +147,22 @@ export class SettlementFailedError extends SoulmeshError {
         }. They stay in the book and are retried on the next ` +
         `trigger; check the RPC endpoint and the provider's gas balance.`,
       { cause }
+    );
+  }
+}
+
+/**
+ * The escrow refused this node's settlement transaction's sender: it is neither the vouchers' provider nor a
+ * settler the provider authorised. The node's own misconfiguration, not the vouchers' fault: they stay in the
+ * book, untouched, until the key is fixed.
+ */
+export class SettlerNotAuthorisedError extends SoulmeshError {
+  override readonly name = "SettlerNotAuthorisedError";
+  constructor(readonly provider: string, readonly sender: string) {
+    super(
+      `The escrow refused to let ${sender} settle vouchers of provider ${provider} (Escrow__NotProviderOrSettler). ` +
+        `Settle with the provider's own key, or authorise this key with the escrow's setSettler(${sender}, true) ` +
+        `sent from the provider. The vouchers stay in the book.`
     );
   }
 }

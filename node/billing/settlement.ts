@@ -1,25 +1,24 @@
 /**
- * The settlement worker: turns the voucher book's latest vouchers into `settleBatch` transactions.
+ * The settlement worker: turns the voucher book's latest vouchers into `settleBatch` transactions, sent by
+ * the provider (only a voucher's provider, or a settler it authorised, may settle it).
  *
  * Why it cannot pay twice nor lose a voucher, across crashes:
  * - the escrow pays a session only the difference between a voucher's totals and the session's settled
- *   totals, so even a resubmitted voucher never pays twice; a resubmission would only revert the whole
- *   (all-or-nothing) batch, which is what the worker avoids;
+ *   totals, so even a resubmitted voucher never pays twice;
  * - before every pass it reconciles the book with the chain's `settledOf` for each channel: totals mined but
  *   not yet recorded (a crash between the mined transaction and `markSettled`) are recorded, not resent;
  * - a channel's sessions go in increasing order, all in one batch or the later ones held back with the
  *   earlier, so the chain moving past a session means that session settled in the same transaction;
- * - each voucher is previewed (`previewSettle`) and checked against its payer's deposit, so one bad voucher
- *   is dropped instead of reverting the batch.
- *
- * Caveat: anyone may submit a voucher, so a payer could settle a later session of its own channel first and
- * strand an earlier one; the book then records that session as settled at its totals (nothing more can be
- * collected) and the `settlement:reconciled` event says `superseded: true`.
+ * - each voucher is previewed (`previewSettle`) and budgeted against its payer's lane with this provider
+ *   (`laneOf`), which only this provider's settlements draw on;
+ * - `settleBatch` does not revert when an entry cannot settle: it skips it with a `SettlementSkipped` log. A
+ *   batch entry is recorded as settled only when the receipt holds its `VoucherSettled` log (whose amounts are
+ *   what the book records as earned); a skipped one is dropped when its reason is permanent, else tried again.
  */
 import { getAddress } from "ethers";
 import type { InferenceEscrow } from "../../sdk/chain/contracts.js";
 import { decodeRevert } from "../../sdk/chain/revert.js";
-import { SettlementFailedError, UnknownSessionError } from "./errors.js";
+import { SettlementFailedError, SettlerNotAuthorisedError, UnknownSessionError } from "./errors.js";
 import type { BookEntry, VoucherBook } from "./voucher-book.js";
 import { TypedEventTarget } from "../../sdk/events.js";
 import { sleep } from "../../sdk/time.js";
@@ -61,10 +60,15 @@ export interface SettlementSentDetail {
 }
 export interface SettlementConfirmedDetail {
   txHash: string;
+  /** The sessions the transaction settled: each has a VoucherSettled log in the receipt. */
   keys: string[];
+  /** Batch entries the escrow skipped (a SettlementSkipped log), by session key, with the escrow's error name. */
+  skipped: { key: string; reason: string }[];
   blockNumber: number;
-  /** Taken from deposits: provider, royalty and fee shares of every voucher. */
+  /** Taken from lanes, as the receipt's VoucherSettled logs say: provider, royalty and fee shares. */
   paid: bigint;
+  /** This provider's share of `paid`, as the logs say: what it actually earned. */
+  providerAmount: bigint;
 }
 export interface SettlementFailedDetail {
   keys: string[];
@@ -74,7 +78,7 @@ export interface SettlementFailedDetail {
 }
 export interface SettlementDroppedDetail {
   key: string;
-  /** The escrow's revert name, or "expiring" / "deposit". */
+  /** The escrow's revert name, or "expiring" / "lane". */
   reason: string;
   /** Permanent drops leave the book's `latest()`; others are tried again on the next pass. */
   permanent: boolean;
@@ -104,13 +108,19 @@ export interface SettlementReport {
   skipped: string[];
 }
 
-// Reverts after which the voucher can never settle.
+// Reverts after which the voucher can never settle. Not here, on purpose: InsufficientLane (the payer may
+// commit more), ExpiryTooFar (time passes), RoyaltyBelowRate / FeeBelowRate (a rate may come down again
+// before the voucher expires; it is dropped as expired otherwise), AlreadySettled (reconciled from settledOf
+// on the next pass) and NotProviderOrSettler: that is this node's own misconfiguration (its settlement key is
+// neither the provider nor an authorised settler), not the voucher's fault; dropping would throw away every
+// voucher it holds, so the pass fails loudly instead and the vouchers wait for the key to be fixed.
 const PERMANENT = new Set([
   "Escrow__VoucherExpired",
   "Escrow__SessionSuperseded",
   "Escrow__CumulativeBelowSettled",
   "Escrow__EmptyVoucher",
   "Escrow__InvalidSignature",
+  "Escrow__VoucherTooLarge",
 ]);
 
 // ---------------------------------------------------------------------------------------------------------
@@ -251,14 +261,18 @@ export class SettlementWorker extends TypedEventTarget<SettlementWorkerEvents> {
         return report;
       } catch (error) {
         const revert = decodeRevert(error);
-        const willRetry = !revert && !signal.aborted && attempt < this.#retry.attempts;
+        const willRetry =
+          !revert && !(error instanceof SettlerNotAuthorisedError) && !signal.aborted && attempt < this.#retry.attempts;
         this.#emit("settlement:failed", {
           keys: report.skipped,
           error: revert ?? error,
           attempt,
           willRetry,
         });
-        if (!willRetry) throw new SettlementFailedError(report.skipped, attempt, revert ?? error);
+        if (!willRetry) {
+          if (error instanceof SettlerNotAuthorisedError) throw error;
+          throw new SettlementFailedError(report.skipped, attempt, revert ?? error);
+        }
         await sleep(this.#retry.baseDelayMs * 2 ** (attempt - 1), signal);
       }
     }
@@ -278,7 +292,7 @@ export class SettlementWorker extends TypedEventTarget<SettlementWorkerEvents> {
 
     for (const [channel, queue] of queues) {
       const head = queue[0]!.voucher;
-      const [chainSession, chainInput, chainOutput] = await this.escrow.settledOf(
+      const [chainSession, chainInput, chainOutput, chainPaid] = await this.escrow.settledOf(
         head.payer,
         head.provider,
         head.agentId
@@ -292,7 +306,7 @@ export class SettlementWorker extends TypedEventTarget<SettlementWorkerEvents> {
         }
         if (v.session === chainSession) {
           if (chainInput > e.settled.inputTokens || chainOutput > e.settled.outputTokens) {
-            e.settled = await this.#reconcile(e, chainInput, chainOutput, false, signal, report);
+            e.settled = await this.#reconcile(e, chainInput, chainOutput, false, signal, report, chainPaid);
           }
           if (e.settled.inputTokens >= v.inputTokens && e.settled.outputTokens >= v.outputTokens) continue;
         }
@@ -308,10 +322,10 @@ export class SettlementWorker extends TypedEventTarget<SettlementWorkerEvents> {
 
     const ordered = expiryOrder(queues);
     const blocked = new Set<string>(); // channels with a session held back: their later sessions wait too
+    const lanes = new Map<string, bigint>(); // what each payer's lane has left after this pass's batches
     for (let i = 0; i < ordered.length; ) {
       const batch: BookEntry[] = [];
       let paid = 0n;
-      const deposits = new Map<string, bigint>();
       while (batch.length < this.policy.maxBatch && i < ordered.length) {
         const e = ordered[i++]!;
         if (blocked.has(e.channel)) {
@@ -323,14 +337,16 @@ export class SettlementWorker extends TypedEventTarget<SettlementWorkerEvents> {
           if (!resolvedByPreview(e, report)) blocked.add(e.channel);
           continue;
         }
+        // Each payer's lane with this provider is read once a pass and drawn down by the batch as planned.
         const payer = getAddress(e.voucher.payer);
-        const available = deposits.get(payer) ?? (await this.escrow.depositOf(payer));
+        const available = lanes.get(payer) ?? (await this.escrow.laneOf(payer, e.voucher.provider))[0];
         if (total > available) {
+          lanes.set(payer, available);
           blocked.add(e.channel);
-          await this.#drop(e, "deposit", false, signal, report);
+          await this.#drop(e, "lane", false, signal, report);
           continue;
         }
-        deposits.set(payer, available - total);
+        lanes.set(payer, available - total);
         paid += total;
         batch.push(e);
       }
@@ -356,7 +372,8 @@ export class SettlementWorker extends TypedEventTarget<SettlementWorkerEvents> {
     }
   }
 
-  async #send(batch: BookEntry[], paid: bigint, trigger: SettlementTrigger, report: SettlementReport): Promise<void> {
+  async #send(batch: BookEntry[], planned: bigint, trigger: SettlementTrigger, report: SettlementReport): Promise<void> {
+    void planned; // what previews said; the receipt's logs are what counts
     const keys = batch.map((e) => e.key);
     report.skipped.push(...keys); // until confirmed: what a failure leaves outstanding
     const tx = await this.escrow.settleBatch(batch.map((e) => ({ voucher: e.voucher, signature: e.signature })));
@@ -364,20 +381,81 @@ export class SettlementWorker extends TypedEventTarget<SettlementWorkerEvents> {
     this.#emit("settlement:sent", { txHash: tx.hash, keys, trigger });
     // Not abortable from here: once sent, the transaction's outcome must be recorded.
     const receipt = await tx.wait();
-    for (const e of batch) {
-      await this.book.markSettled(e.key, {
-        inputTokens: e.voucher.inputTokens,
-        outputTokens: e.voucher.outputTokens,
-      });
-    }
+    const outcome = this.#outcome(receipt?.logs ?? []);
+    const settled: string[] = [];
+    const skipped: { key: string; reason: string }[] = [];
+    let paid = 0n;
+    let providerAmount = 0n;
+    let unauthorised = false;
     report.skipped = report.skipped.filter((k) => !keys.includes(k));
-    report.settled.push(...keys);
+    for (const e of batch) {
+      const id = outcomeId(e.voucher);
+      const earned = outcome.settled.get(id);
+      if (earned !== undefined) {
+        await this.book.markSettled(
+          e.key,
+          { inputTokens: e.voucher.inputTokens, outputTokens: e.voucher.outputTokens },
+          { earned: { providerAmount: earned.providerAmount, total: earned.total } }
+        );
+        settled.push(e.key);
+        paid += earned.total;
+        providerAmount += earned.providerAmount;
+        continue;
+      }
+      // Skipped by the escrow (or, which cannot happen, in neither log): never recorded as settled. The next
+      // pass reconciles it from settledOf if the chain did move.
+      const reason = outcome.skipped.get(id) ?? "unknown";
+      skipped.push({ key: e.key, reason });
+      if (reason === "Escrow__NotProviderOrSettler") unauthorised = true;
+      // Once mined, the outcome is recorded even while the worker stops.
+      await this.#drop(e, reason, PERMANENT.has(reason), new AbortController().signal, report);
+    }
+    report.settled.push(...settled);
     this.#emit("settlement:confirmed", {
       txHash: tx.hash,
-      keys,
+      keys: settled,
+      skipped,
       blockNumber: receipt?.blockNumber ?? 0,
       paid,
+      providerAmount,
     });
+    if (unauthorised) throw new SettlerNotAuthorisedError(batch[0]!.voucher.provider, await this.#sender());
+  }
+
+  /** The escrow's VoucherSettled and SettlementSkipped logs of a receipt, by voucher session. */
+  #outcome(logs: readonly { address: string; topics: readonly string[]; data: string }[]): {
+    settled: Map<string, { providerAmount: bigint; total: bigint }>;
+    skipped: Map<string, string>;
+  } {
+    const escrowAddress = getAddress(this.escrow.target as string);
+    const settled = new Map<string, { providerAmount: bigint; total: bigint }>();
+    const skipped = new Map<string, string>();
+    for (const log of logs) {
+      if (getAddress(log.address) !== escrowAddress) continue;
+      const parsed = this.escrow.interface.parseLog({ topics: [...log.topics], data: log.data });
+      if (parsed?.name === "VoucherSettled") {
+        const a = parsed.args;
+        const id = outcomeId({ payer: a.payer as string, provider: a.provider as string, agentId: a.agentId as bigint, session: a.session as bigint });
+        const providerAmount = a.providerAmount as bigint;
+        settled.set(id, { providerAmount, total: providerAmount + (a.royaltyAmount as bigint) + (a.feeAmount as bigint) });
+      } else if (parsed?.name === "SettlementSkipped") {
+        const a = parsed.args;
+        const id = outcomeId({ payer: a.payer as string, provider: a.provider as string, agentId: a.agentId as bigint, session: a.session as bigint });
+        let reason = "unknown";
+        try {
+          reason = this.escrow.interface.parseError(a.reason as string)?.name ?? reason;
+        } catch {
+          // Not one of the escrow's errors (cannot happen with this escrow): kept as "unknown", retried.
+        }
+        skipped.set(id, reason);
+      }
+    }
+    return { settled, skipped };
+  }
+
+  async #sender(): Promise<string> {
+    const runner = this.escrow.runner as { getAddress?: () => Promise<string> } | null;
+    return runner?.getAddress ? runner.getAddress() : "unknown";
   }
 
   async #reconcile(
@@ -386,9 +464,11 @@ export class SettlementWorker extends TypedEventTarget<SettlementWorkerEvents> {
     outputTokens: bigint,
     superseded: boolean,
     signal: AbortSignal,
-    report: SettlementReport
+    report: SettlementReport,
+    paid?: bigint
   ): Promise<BookEntry["settled"]> {
-    const updated = await this.book.markSettled(e.key, { inputTokens, outputTokens }, { signal });
+    const totals = paid === undefined ? { inputTokens, outputTokens } : { inputTokens, outputTokens, paid };
+    const updated = await this.book.markSettled(e.key, totals, { signal });
     report.reconciled.push(e.key);
     this.#emit("settlement:reconciled", {
       key: e.key,
@@ -418,6 +498,11 @@ export class SettlementWorker extends TypedEventTarget<SettlementWorkerEvents> {
   #emit<K extends keyof SettlementWorkerEvents>(type: K, detail: SettlementWorkerEvents[K]["detail"]): void {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
+}
+
+/** Names a voucher's session in a receipt's logs. */
+function outcomeId(v: { payer: string; provider: string; agentId: bigint; session: bigint }): string {
+  return `${getAddress(v.payer)}|${getAddress(v.provider)}|${v.agentId}|${v.session}`;
 }
 
 // A session found settled, or given up for good, holds nothing back; one skipped for now must hold back the

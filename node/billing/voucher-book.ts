@@ -11,13 +11,19 @@
  *
  * Durability: every write is one LevelDB batch with `{ sync: true }`: a resolved `accept` or `markSettled`
  * survives a crash of the process or the OS.
+ *
+ * What a payer owes: the escrow takes a voucher's full cost (provider, royalty and fee, `voucherCost(...).total`)
+ * from the payer's lane with this provider, so that is what {@link VoucherBook.outstanding} reports, next to the
+ * provider's share. The unsettled entries are also indexed in memory by payer (built at `start()` from the
+ * folder, kept up to date by every write), so that what one payer owes is read in the time of that payer's
+ * entries: a session open or a voucher never scans the whole book.
  */
 import { mkdir } from "node:fs/promises";
 import { AbiCoder, getAddress, keccak256 } from "ethers";
 import { Level } from "level";
 import { InvalidVoucherError } from "../../sdk/chain/errors.js";
 import { validateVoucher, verifyVoucher, voucherCost } from "../../sdk/chain/voucher.js";
-import type { EscrowRef, SettledTotals, Voucher } from "../../sdk/chain/voucher.js";
+import type { EscrowRef, SettledTotals, Voucher, VoucherRates } from "../../sdk/chain/voucher.js";
 import {
   UnknownSessionError,
   VoucherBookClosedError,
@@ -25,6 +31,7 @@ import {
   VoucherExpiredError,
   VoucherExpiryTooFarError,
   VoucherPriceMismatchError,
+  VoucherRateMismatchError,
   VoucherReplayError,
   VoucherSessionSupersededError,
   VoucherSignatureError,
@@ -50,7 +57,7 @@ export interface VoucherBookOptions {
   escrow: EscrowRef;
   /** This node's (the provider's) address: vouchers must pay it. */
   provider: string;
-  /** Prices every voucher must carry; `accept`'s own `prices` option overrides them. */
+  /** Prices every voucher must carry; `accept`'s own `prices` or `rates` option overrides them. */
   prices?: AgreedPrices;
   /** Unix seconds now; defaults to the wall clock. */
   now?: () => number;
@@ -71,8 +78,13 @@ export interface BookEntry {
   channel: string;
   voucher: Voucher;
   signature: string;
-  /** Totals already settled on chain for this session. */
+  /** Totals already settled on chain for this session (and, once known, what the session has taken: `paid`). */
   settled: SettledTotals;
+  /**
+   * What the chain paid for this session, as the VoucherSettled logs of this node's confirmed settlements say:
+   * the provider's share and the whole (provider, royalty and fee). Zero until a settlement is confirmed.
+   */
+  earned: { providerAmount: bigint; total: bigint };
   expiry: bigint;
   /** Why the voucher can never settle, when the worker gave up on it (expired, superseded, …). */
   dropped?: string;
@@ -87,8 +99,23 @@ export interface ChannelOutstanding {
   sessions: number;
   inputTokens: bigint;
   outputTokens: bigint;
-  /** The provider's share of the unsettled tokens at the signed prices (royalty and fee come on top). */
+  /** What settling the channel's unsettled vouchers takes from the payer's lane: provider, royalty and fee. */
+  amount: bigint;
+  /** The provider's share of `amount`, at the signed prices. */
   providerAmount: bigint;
+}
+
+/** What one payer owes this provider, not settled yet (see {@link VoucherBook.outstandingOf}). */
+export interface PayerOutstanding {
+  payer: string;
+  /** Sessions with something unsettled. */
+  sessions: number;
+  /** What settling them takes from the payer's lane: provider, royalty and fee. */
+  amount: bigint;
+  /** The provider's share of `amount`. */
+  providerAmount: bigint;
+  /** The book's latest voucher of each of those sessions, by session key. */
+  vouched: ReadonlyMap<string, Voucher>;
 }
 
 export interface AcceptOptions {
@@ -97,6 +124,12 @@ export interface AcceptOptions {
   domain?: EscrowRef;
   /** Prices agreed for this session; overrides the book's. */
   prices?: AgreedPrices;
+  /**
+   * Every rate agreed for this session (the session request's prices, royalty and fee); overrides `prices`.
+   * A voucher at any other rate is refused: the escrow charges what the voucher says, so a voucher below the
+   * agreed royalty or fee could fail to settle, and one above would charge the payer more than agreed.
+   */
+  rates?: VoucherRates;
 }
 
 export interface VoucherAcceptedDetail {
@@ -108,9 +141,11 @@ export interface VoucherBookEvents {
 }
 
 interface StoredSession {
+  // royaltyPerMillion and feeBps are absent from entries written before vouchers carried them (read as 0).
   voucher: Record<keyof Voucher, string>;
   signature: string;
-  settled: { inputTokens: string; outputTokens: string };
+  settled: { inputTokens: string; outputTokens: string; paid?: string };
+  earned?: { providerAmount: string; total: string };
   dropped?: string;
 }
 
@@ -166,6 +201,8 @@ function decodeVoucher(s: StoredSession["voucher"]): Voucher {
     outputTokens: BigInt(s.outputTokens),
     priceInputPerMillion: BigInt(s.priceInputPerMillion),
     priceOutputPerMillion: BigInt(s.priceOutputPerMillion),
+    royaltyPerMillion: BigInt(s.royaltyPerMillion ?? "0"),
+    feeBps: BigInt(s.feeBps ?? "0"),
     expiry: BigInt(s.expiry),
   };
 }
@@ -180,6 +217,11 @@ function toEntry(channel: string, s: StoredSession): BookEntry {
     settled: {
       inputTokens: BigInt(s.settled.inputTokens),
       outputTokens: BigInt(s.settled.outputTokens),
+      ...(s.settled.paid === undefined ? {} : { paid: BigInt(s.settled.paid) }),
+    },
+    earned: {
+      providerAmount: BigInt(s.earned?.providerAmount ?? "0"),
+      total: BigInt(s.earned?.total ?? "0"),
     },
     expiry: voucher.expiry,
     ...(s.dropped === undefined ? {} : { dropped: s.dropped }),
@@ -204,8 +246,8 @@ export function isUnsettled(e: BookEntry): boolean {
  * for another chain or escrow (VoucherWrongDomainError when the client names its domain, else they fail as
  * forged), another provider (VoucherWrongProviderError), expired or soon expiring ones (VoucherExpiredError),
  * replays (VoucherReplayError), lower totals (VoucherCumulativeDecreasedError), sessions below the channel's
- * latest (VoucherSessionSupersededError) and other prices than agreed (VoucherPriceMismatchError). A refused
- * voucher changes nothing in the book.
+ * latest (VoucherSessionSupersededError), other prices than agreed (VoucherPriceMismatchError) and another
+ * royalty or fee than agreed (VoucherRateMismatchError). A refused voucher changes nothing in the book.
  *
  * @example
  * const book = new VoucherBook({ dir: join(home, "vouchers"), escrow: { chainId, address }, provider: wallet.address })
@@ -223,6 +265,8 @@ export class VoucherBook extends TypedEventTarget<VoucherBookEvents> {
   readonly #minRemaining: bigint;
   readonly #maxLifetime: bigint | undefined;
   #db: Level<string, string> | undefined;
+  // The unsettled entries by payer, then session key: what outstandingOf() reads instead of the folder.
+  readonly #unsettled = new Map<string, Map<string, BookEntry>>();
   // Accepts and marks are read-modify-write: run them one at a time so two vouchers of a session can't race.
   #queue: Promise<unknown> = Promise.resolve();
 
@@ -247,6 +291,16 @@ export class VoucherBook extends TypedEventTarget<VoucherBookEvents> {
     await mkdir(this.dir, { recursive: true, mode: 0o700 });
     const db = new Level<string, string>(this.dir, { valueEncoding: "utf8" });
     await db.open();
+    this.#unsettled.clear();
+    try {
+      for await (const [dbKey, value] of db.iterator({ gte: "s!", lt: 's"' })) {
+        options.signal?.throwIfAborted();
+        this.#index(toEntry(dbKey.slice(2, 68), JSON.parse(value) as StoredSession));
+      }
+    } catch (err) {
+      await db.close();
+      throw err;
+    }
     this.#db = db;
   }
 
@@ -256,6 +310,7 @@ export class VoucherBook extends TypedEventTarget<VoucherBookEvents> {
     if (!db) return;
     await this.#queue.catch(() => {});
     this.#db = undefined;
+    this.#unsettled.clear();
     await db.close();
   }
 
@@ -285,13 +340,15 @@ export class VoucherBook extends TypedEventTarget<VoucherBookEvents> {
       if (this.#maxLifetime !== undefined && v.expiry > now + this.#maxLifetime) {
         throw new VoucherExpiryTooFarError(v.expiry, now + this.#maxLifetime);
       }
-      const prices = options.prices ?? this.#prices;
+      const rates = options.rates;
+      const prices = rates ? { input: rates.priceInputPerMillion, output: rates.priceOutputPerMillion } : (options.prices ?? this.#prices);
       if (prices && (v.priceInputPerMillion !== prices.input || v.priceOutputPerMillion !== prices.output)) {
         throw new VoucherPriceMismatchError(prices, {
           input: v.priceInputPerMillion,
           output: v.priceOutputPerMillion,
         });
       }
+      if (rates) checkRates(rates, v);
       if (v.inputTokens === 0n && v.outputTokens === 0n) {
         throw new InvalidVoucherError(["a voucher must carry some tokens"]);
       }
@@ -327,6 +384,7 @@ export class VoucherBook extends TypedEventTarget<VoucherBookEvents> {
             { input: v.priceInputPerMillion, output: v.priceOutputPerMillion }
           );
         }
+        checkRates(p, v);
         settled = previous.settled;
       }
 
@@ -334,6 +392,7 @@ export class VoucherBook extends TypedEventTarget<VoucherBookEvents> {
         voucher: encodeVoucher(v),
         signature,
         settled,
+        ...(previous?.earned === undefined ? {} : { earned: previous.earned }),
       };
       const ops: { type: "put"; key: string; value: string }[] = [
         {
@@ -353,6 +412,7 @@ export class VoucherBook extends TypedEventTarget<VoucherBookEvents> {
       }
       await db.batch(ops, { sync: true });
       const entry = toEntry(channel, stored);
+      this.#index(entry);
       this.dispatchEvent(new CustomEvent("voucher:accepted", { detail: { entry } }));
       return entry;
     });
@@ -396,19 +456,34 @@ export class VoucherBook extends TypedEventTarget<VoucherBookEvents> {
 
   /**
    * Records that the session is settled on chain up to `cumulative` (never lowering what was recorded), so
-   * that neither this process nor a restarted one submits those totals again.
+   * that neither this process nor a restarted one submits those totals again. `cumulative.paid` is the
+   * chain's `settledOf(...).paid` when known. `options.earned` adds what a confirmed settlement's
+   * VoucherSettled log says the chain paid for the session (the earnings metric counts only that).
    *
    * @example
    * await book.markSettled(entry.key, { inputTokens: entry.voucher.inputTokens, outputTokens: entry.voucher.outputTokens })
    */
-  markSettled(key: string, cumulative: SettledTotals, options: { signal?: AbortSignal } = {}): Promise<BookEntry> {
+  markSettled(
+    key: string,
+    cumulative: SettledTotals,
+    options: { signal?: AbortSignal; earned?: { providerAmount: bigint; total: bigint } } = {}
+  ): Promise<BookEntry> {
     return this.#update(key, options.signal, (s) => {
       const input = BigInt(s.settled.inputTokens);
       const output = BigInt(s.settled.outputTokens);
+      const paid = s.settled.paid === undefined ? undefined : BigInt(s.settled.paid);
+      const newPaid = cumulative.paid === undefined ? paid : paid === undefined || cumulative.paid > paid ? cumulative.paid : paid;
       s.settled = {
         inputTokens: (cumulative.inputTokens > input ? cumulative.inputTokens : input).toString(),
         outputTokens: (cumulative.outputTokens > output ? cumulative.outputTokens : output).toString(),
+        ...(newPaid === undefined ? {} : { paid: newPaid.toString() }),
       };
+      if (options.earned) {
+        s.earned = {
+          providerAmount: (BigInt(s.earned?.providerAmount ?? "0") + options.earned.providerAmount).toString(),
+          total: (BigInt(s.earned?.total ?? "0") + options.earned.total).toString(),
+        };
+      }
     });
   }
 
@@ -426,14 +501,21 @@ export class VoucherBook extends TypedEventTarget<VoucherBookEvents> {
   }
 
   /**
-   * What each channel owes beyond what was settled, for the amount trigger and the dashboard.
+   * What each channel owes beyond what was settled, for the amount trigger and the dashboard: `amount` is what
+   * settling it takes from the payer's lane (provider, royalty and fee), `providerAmount` this provider's share.
+   * Read from the in-memory index, not the folder.
    *
    * @example
    * const total = (await book.outstanding()).reduce((sum, c) => sum + c.providerAmount, 0n)
    */
   async outstanding(options: { signal?: AbortSignal } = {}): Promise<ChannelOutstanding[]> {
+    options.signal?.throwIfAborted();
+    this.#open();
     const byChannel = new Map<string, ChannelOutstanding>();
-    for (const e of await this.latest(options)) {
+    const entries = [...this.#unsettled.values()].flatMap((m) => [...m.values()]);
+    // latest()'s order: by channel, then session.
+    entries.sort((a, b) => (a.channel < b.channel ? -1 : a.channel > b.channel ? 1 : a.voucher.session < b.voucher.session ? -1 : 1));
+    for (const e of entries) {
       let c = byChannel.get(e.channel);
       if (!c) {
         c = {
@@ -443,16 +525,54 @@ export class VoucherBook extends TypedEventTarget<VoucherBookEvents> {
           sessions: 0,
           inputTokens: 0n,
           outputTokens: 0n,
+          amount: 0n,
           providerAmount: 0n,
         };
         byChannel.set(e.channel, c);
       }
+      const cost = voucherCost(e.voucher, e.settled);
       c.sessions++;
       c.inputTokens += e.voucher.inputTokens - e.settled.inputTokens;
       c.outputTokens += e.voucher.outputTokens - e.settled.outputTokens;
-      c.providerAmount += voucherCost(e.voucher, e.settled, 0n, 0n).providerAmount;
+      c.amount += cost.total;
+      c.providerAmount += cost.providerAmount;
     }
     return [...byChannel.values()];
+  }
+
+  /**
+   * What `payer` owes this provider unsettled, in the time of that payer's own entries (an in-memory index):
+   * what a session open reserves against the payer's lane.
+   *
+   * @example
+   * const { amount } = book.outstandingOf(payer)
+   * if (lane.amount < amount + cap) refuse()
+   */
+  outstandingOf(payer: string): PayerOutstanding {
+    this.#open();
+    const address = getAddress(payer);
+    const out = { payer: address, sessions: 0, amount: 0n, providerAmount: 0n, vouched: new Map<string, Voucher>() };
+    for (const e of this.#unsettled.get(address)?.values() ?? []) {
+      const cost = voucherCost(e.voucher, e.settled);
+      out.sessions++;
+      out.amount += cost.total;
+      out.providerAmount += cost.providerAmount;
+      out.vouched.set(e.key, e.voucher);
+    }
+    return out;
+  }
+
+  /** Keeps the payer index in step with an entry just read or written. */
+  #index(e: BookEntry): void {
+    const payer = getAddress(e.voucher.payer);
+    let entries = this.#unsettled.get(payer);
+    if (isUnsettled(e)) {
+      if (!entries) this.#unsettled.set(payer, (entries = new Map()));
+      entries.set(e.key, e);
+    } else if (entries) {
+      entries.delete(e.key);
+      if (entries.size === 0) this.#unsettled.delete(payer);
+    }
   }
 
   #open(): Level<string, string> {
@@ -468,7 +588,9 @@ export class VoucherBook extends TypedEventTarget<VoucherBookEvents> {
       if (!stored) throw new UnknownSessionError(key);
       change(stored);
       await db.put(dbKey, JSON.stringify(stored), { sync: true });
-      return toEntry(channel, stored);
+      const entry = toEntry(channel, stored);
+      this.#index(entry);
+      return entry;
     });
   }
 
@@ -480,6 +602,14 @@ export class VoucherBook extends TypedEventTarget<VoucherBookEvents> {
     this.#queue = run.catch(() => {});
     return run;
   }
+}
+
+/** The voucher's royalty and fee must be `agreed`'s: the escrow charges exactly what the voucher carries. */
+function checkRates(agreed: Pick<VoucherRates, "royaltyPerMillion" | "feeBps">, v: Voucher): void {
+  if (v.royaltyPerMillion !== agreed.royaltyPerMillion) {
+    throw new VoucherRateMismatchError("royaltyPerMillion", agreed.royaltyPerMillion, v.royaltyPerMillion);
+  }
+  if (v.feeBps !== agreed.feeBps) throw new VoucherRateMismatchError("feeBps", agreed.feeBps, v.feeBps);
 }
 
 async function getJson<T>(db: Level<string, string>, key: string): Promise<T | undefined> {

@@ -319,6 +319,7 @@ export class InferenceEngine extends EventTarget {
     this.#ensureRunning();
     const session = this.#session(sessionId);
     const checked = checkRequest(session.model.model, this.contextSize, options);
+    options.admit?.(checked.tokens.length);
     const signal = options.signal;
     return this.#queue.run(
       () =>

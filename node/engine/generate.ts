@@ -61,6 +61,11 @@ export interface GenerateOptions {
   onChunk?: (chunk: GenerationChunk) => void;
   /** Aborting ends the generation early with stopReason "aborted"; what was generated is kept and counted. */
   signal?: AbortSignal;
+  /**
+   * Called with the prompt's token count once it is tokenized, before the turn is queued or anything is
+   * evaluated; an error it throws refuses the turn (the provider checks a turn's worst-case cost with it).
+   */
+  admit?: (promptTokens: number) => void;
 }
 
 /** What a generation produced. */

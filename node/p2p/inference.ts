@@ -1,11 +1,13 @@
 /**
  * The inference protocol (/soulmesh/inference/1.0.0), provider side: one turn of an open session, streamed
  * as InferenceChunk frames and closed by InferenceDone with the wire usage and a receipt signed by the
- * provider. A turn is served only when the session's previous turn is paid for by a voucher, and only when
- * its worst case (every token asked for) stays within the session's spending cap; the most a client can
- * take without paying is one turn.
+ * provider. A turn is served only when the session's previous turn is paid for by a voucher, when no other
+ * session of the same payer has a turn served and not paid for, and only when its worst case (the whole prompt
+ * billed and every token asked for, at the session's full price: provider, royalty and fee) stays within the
+ * session's spending cap; the most a payer can take without paying is one turn, across all its sessions.
  */
 import type { Signer } from "ethers";
+import { sessionCost } from "../../sdk/chain/voucher.js";
 import {
   InvalidRequestError,
   ProviderBusyError as EngineBusyError,
@@ -87,7 +89,7 @@ export function inferenceHandler(
     const now = await ctx.clock.now({ signal });
     if (ctx.table.get(request.sessionId) !== session) throw new SessionNotFoundError(`Session ${request.sessionId} was closed.`);
     // Checked and claimed with no await in between: two requests for one session cannot both pass.
-    admit(session, request, now);
+    admit(session, request, now, ctx.table);
     const turn = session.nextTurn++;
 
     const chunks: string[] = [];
@@ -101,6 +103,8 @@ export function inferenceHandler(
       maxTokens: request.maxTokens,
       stop: request.stop,
       signal: turnSignal,
+      // Once the prompt is tokenized, before anything is evaluated: the worst case with its real input.
+      admit: (promptTokens) => checkWorstCase(session, request.maxTokens, BigInt(promptTokens)),
       onChunk: ({ text }) => {
         firstChunkAt ??= performance.now();
         chunks.push(text);
@@ -125,7 +129,9 @@ export function inferenceHandler(
         session.busy = false;
         // Refused at admission, before anything ran: the turn number is given back, so that busy means the
         // same to a client whichever queue was full, and it can send the same turn again on this session.
-        if (err instanceof EngineBusyError && session.nextTurn === turn + 1) session.nextTurn = turn;
+        if ((err instanceof EngineBusyError || err instanceof InsufficientEscrowError) && session.nextTurn === turn + 1) {
+          session.nextTurn = turn;
+        }
         throw wireError(err, session);
       },
     );
@@ -172,7 +178,7 @@ export function inferenceHandler(
 }
 
 /** The checks of a turn, in the wire's order; on success the session is marked busy. */
-function admit(session: ProviderSession, request: InferenceRequest, now: number): void {
+function admit(session: ProviderSession, request: InferenceRequest, now: number, table: SessionTable): void {
   if (BigInt(now) >= session.expiry - BigInt(TURN_EXPIRY_MARGIN_SECONDS)) {
     throw new SessionExpiredError(
       `Session ${session.sessionId} expires at ${session.expiry}; no turn starts within ${TURN_EXPIRY_MARGIN_SECONDS} s of it. Open a new session.`,
@@ -202,17 +208,40 @@ function admit(session: ProviderSession, request: InferenceRequest, now: number)
         `${session.nextTurn - 1} first.`,
     );
   }
-  const worst =
-    (session.served.inputTokens * session.prices.input +
-      (session.served.outputTokens + BigInt(request.maxTokens)) * session.prices.output) /
-    1_000_000n;
-  if (worst > session.spendingCap) {
-    throw new InsufficientEscrowError(
-      `A turn of ${request.maxTokens} tokens could bring session ${session.sessionId} to ${worst}, above its spending cap ` +
-        `${session.spendingCap}. Ask for fewer tokens or open a new session.`,
+  // Without the prompt's tokens yet (the engine counts them next): already over the cap is refused here.
+  checkWorstCase(session, request.maxTokens, 0n);
+  // One unpaid turn per payer, not per session: else each of its sessions would be a free turn. A turn still
+  // running counts: it will be unpaid when it ends.
+  const owing = table.ofPayer(session.payer).find((other) => other !== session && (other.unpaid || other.busy));
+  if (owing !== undefined) {
+    throw new PaymentRequiredError(
+      `Session ${owing.sessionId} of the same payer has ${owing.busy ? "a turn running" : "served a turn"} that no ` +
+        `voucher covers yet: send its voucher before a turn of session ${session.sessionId}.`,
     );
   }
   session.busy = true;
+}
+
+/**
+ * Refuses a turn whose worst case, at the session's full rates (provider, royalty and fee, as the escrow will
+ * charge them), would take the session above its spending cap: everything served so far, the prompt's
+ * `promptTokens` all billed, and every output token asked for.
+ */
+function checkWorstCase(session: ProviderSession, maxTokens: number, promptTokens: bigint): void {
+  const worst = sessionCost(
+    {
+      inputTokens: session.served.inputTokens + promptTokens,
+      outputTokens: session.served.outputTokens + BigInt(maxTokens),
+    },
+    session.rates,
+  );
+  if (worst > session.spendingCap) {
+    throw new InsufficientEscrowError(
+      `A turn of up to ${maxTokens} tokens${promptTokens > 0n ? ` on a prompt of ${promptTokens}` : ""} could bring session ` +
+        `${session.sessionId} to ${worst} (provider, royalty and fee), above its spending cap ${session.spendingCap}. ` +
+        `Ask for fewer tokens, send a shorter prompt or open a new session.`,
+    );
+  }
 }
 
 function enginePrompt(prompt: Prompt): EnginePrompt {

@@ -26,6 +26,7 @@ import {
   InvalidSignatureError,
   PaymentRequiredError,
   PROTOCOL_IDS,
+  ProviderBusyError,
   SessionExpiredError,
   SessionNotFoundError,
   SessionResponseSchema,
@@ -67,10 +68,10 @@ const MAX_TOKENS = 8;
 
 let chain: TestChain;
 let f: ChainFixture;
-let providerWallet: Wallet, payer: Wallet, honestPayer: Wallet, creator: Wallet, stranger: Wallet;
+let providerWallet: Wallet, payer: Wallet, honestPayer: Wallet, creator: Wallet, stranger: Wallet, latePayer: Wallet;
 let escrow: EscrowRef;
 let lifetime: bigint;
-let persona: bigint, agent: bigint, honestAgent: bigint;
+let persona: bigint, agent: bigint, honestAgent: bigint, lateAgent: bigint;
 
 let fx: TinyFixtures;
 let tiny: TinyEngine;
@@ -88,7 +89,7 @@ let protocols: ProviderProtocols;
 
 beforeAll(async () => {
   chain = await createTestChain();
-  [, providerWallet, payer, honestPayer, creator, stranger] = chain.wallets as [Wallet, Wallet, Wallet, Wallet, Wallet, Wallet];
+  [, providerWallet, payer, honestPayer, creator, stranger, latePayer] = chain.wallets as [Wallet, Wallet, Wallet, Wallet, Wallet, Wallet, Wallet];
   f = await deployFixture(chain);
   escrow = { chainId: f.deployment.chainId, address: f.deployment.contracts.inferenceEscrow };
   lifetime = BigInt(f.deployment.parameters.maxVoucherLifetime);
@@ -96,8 +97,11 @@ beforeAll(async () => {
   persona = await f.createPersona(creator, { adapterSha256: NO_ADAPTER, baseModelHash: fx.base.sha256 });
   agent = await f.mintAgent(payer, persona);
   honestAgent = await f.mintAgent(honestPayer, persona);
-  await f.deposit(payer, 100n * USD);
-  await f.deposit(honestPayer, 100n * USD);
+  lateAgent = await f.mintAgent(latePayer, persona);
+  await f.registerProvider(providerWallet);
+  await f.depositAndCommit(payer, providerWallet.address, 100n * USD);
+  await f.depositAndCommit(honestPayer, providerWallet.address, 100n * USD);
+  await f.depositAndCommit(latePayer, providerWallet.address, 100n * USD);
 
   root = await mkdtemp(join(tmpdir(), "soulmesh-paid-fuzz-"));
   tiny = await startTinyEngine(root, fx);
@@ -150,7 +154,7 @@ function sessionRequest(fields: Partial<SessionRequest> = {}, who: Wallet = paye
     {
       payer: who.address,
       provider: providerWallet.address,
-      agentId: who === honestPayer ? honestAgent : agent,
+      agentId: who === honestPayer ? honestAgent : who === latePayer ? lateAgent : agent,
       personaId: persona,
       prices: PRICES,
       spendingCap: 10n * USD,
@@ -195,6 +199,8 @@ function voucherOf(request: SessionRequest, totals: { inputTokens: bigint; outpu
     session: BigInt(request.session),
     priceInputPerMillion: BigInt(request.priceInputPerMillion),
     priceOutputPerMillion: BigInt(request.priceOutputPerMillion),
+    royaltyPerMillion: BigInt(request.royaltyPerMillion),
+    feeBps: BigInt(request.feeBps),
     expiry: BigInt(request.expiry),
     ...totals,
     ...fields,
@@ -483,10 +489,11 @@ describe("paid protocols under attack", () => {
     const unpaidServed = served(unpaid.sessionId);
     expect(unpaidServed.outputTokens).toBe(BigInt(MAX_TOKENS));
 
-    // A session with a small cap (30 units: 20 output tokens), and two that will be near their expiry.
+    // A session with a small cap (30 units: less than 21 output tokens cost), and two that will be near their
+    // expiry. lateVouchers is a second payer's: a payer has at most one unpaid turn and four sessions open.
     const capped = await openSession(attackerHost, { spendingCap: "30" });
     const now = await chain.now();
-    const lateVouchers = await openSession(attackerHost, { expiry: String(now + 100) });
+    const lateVouchers = await openSession(attackerHost, { expiry: String(now + 100) }, latePayer);
     const lateTurns = await openSession(attackerHost, { expiry: String(now + 80) });
     const late = await turn(attackerHost, inference(lateVouchers.sessionId, 0));
     await chain.increaseTime(50);
@@ -581,13 +588,24 @@ describe("paid protocols under attack", () => {
     attack("voucher: beyond the escrow's lifetime", InvalidMessageError, vouch(unpaidV({ expiry: chainNow + lifetime + 600n })));
     attack("voucher: the session's own expiry, now too near to settle", SessionExpiredError, async () => {
       const totals = served(lateVouchers.sessionId);
-      return vouch(voucherOf(lateVouchers.request, totals))();
+      return vouch(voucherOf(lateVouchers.request, totals), latePayer)();
     });
     attack("voucher: above the served input", InvalidMessageError, vouch(unpaidV({ inputTokens: unpaidServed.inputTokens + 1n })));
     attack("voucher: above the served output", InvalidMessageError, vouch(unpaidV({ outputTokens: unpaidServed.outputTokens + 1n })));
     attack("voucher: paying ahead on the victim", InvalidMessageError, vouch(victimV({ outputTokens: victimServed.outputTokens + BigInt(MAX_TOKENS) })));
     attack("voucher: a higher price", InvalidMessageError, vouch(unpaidV({ priceOutputPerMillion: PRICES.output + 1n })));
     attack("voucher: a lower price", InvalidMessageError, vouch(unpaidV({ priceInputPerMillion: PRICES.input - 1n })));
+    attack("voucher: a lower royalty than the session's", InvalidMessageError, vouch(unpaidV({ royaltyPerMillion: 0n })));
+    attack("voucher: another fee than the session's", InvalidMessageError, vouch(unpaidV({ feeBps: 1n })));
+    attack("open: a royalty below the persona's", InvalidMessageError, () =>
+      openAs({ payer: latePayer.address, agentId: lateAgent.toString(), royaltyPerMillion: "0" }, latePayer),
+    );
+    attack("open: a fifth session of the payer", ProviderBusyError, async () => {
+      const answer = await openAs({ spendingCap: "1" });
+      // Answered, not thrown: the payer can act on it (close a session).
+      if (answer.type === "session.rejected" && answer.code === "ProviderBusyError") throw new ProviderBusyError(answer.message);
+      return answer;
+    });
     attack("voucher: no tokens", InvalidMessageError, vouch(voucherOf(capped.request, { inputTokens: 0n, outputTokens: 0n })));
     attack("voucher: an unknown session number", SessionNotFoundError, vouch(unpaidV({ session: BigInt(unpaid.request.session) + 1_000_000n })));
     attack("voucher: another agent", SessionNotFoundError, vouch(unpaidV({ agentId: honestAgent })));
@@ -604,6 +622,7 @@ describe("paid protocols under attack", () => {
     attack("inference: another model", InvalidMessageError, infer(inference(victim.sessionId, 2, sea, { model: keccak256(toUtf8Bytes("other")) })));
     attack("inference: past the spending cap", InsufficientEscrowError, infer(inference(capped.sessionId, 0, sea, { maxTokens: 21 })));
     attack("inference: within 30 s of expiry", SessionExpiredError, infer(inference(lateTurns.sessionId, 0)));
+    attack("inference: another session of the payer while one turn is unpaid", PaymentRequiredError, infer(inference(victim.sessionId, 2)));
 
     const attackCodes = new Map<string, number>();
     const attackFailures: string[] = [];
@@ -687,15 +706,20 @@ describe("paid protocols under attack", () => {
     expect(info(victim.sessionId)).toMatchObject({ nextTurn: 2, served: victimServed, vouched: victimServed, busy: false });
     expect(info(unpaid.sessionId)).toMatchObject({ nextTurn: 1, served: unpaidServed, vouched: { inputTokens: 0n, outputTokens: 0n } });
 
-    // The node still serves: a fresh session opens and takes a paid turn, and the victim its next turn.
+    // The node still serves: a fresh session opens and takes a paid turn, and the victim its next turn once
+    // the payer's unpaid turn on another session is paid for.
     const fresh = await openSession(honestHost, {}, honestPayer);
     const freshTurn = await turn(honestHost, inference(fresh.sessionId, 0));
     expect(freshTurn.done.usage.outputTokens).toBe(MAX_TOKENS);
     expect((await pay(honestHost, fresh.request, freshTurn.done, honestPayer)).ack).toMatchObject({ outputTokens: String(MAX_TOKENS) });
+    expect(await rejection(turn(attackerHost, inference(victim.sessionId, 2)))).toBeInstanceOf(PaymentRequiredError);
+    await requestProtocol(attackerHost.libp2p, tcp(), "voucher", await voucherMessage(voucherOf(unpaid.request, unpaidServed)));
     expect((await turn(attackerHost, inference(victim.sessionId, 2))).done.receipt.turn).toBe(2);
   }, 120_000);
 
   it("serves a payer that stops paying no more: every later turn is PaymentRequiredError, the loss one turn", async () => {
+    // The last test's sessions end: a payer holds four at most.
+    for (const s of protocols.sessions()) await protocols.close(s.sessionId);
     const session = await openSession(attackerHost);
     const first = await turn(attackerHost, inference(session.sessionId, 0, sea, { maxTokens: MAX_TOKENS }));
     const after = served(session.sessionId);

@@ -8,10 +8,10 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Stream } from "@libp2p/interface";
-import { hexlify, keccak256, toUtf8Bytes, type Wallet } from "ethers";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { hexlify, keccak256, toUtf8Bytes, Wallet } from "ethers";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { connectContracts } from "../../sdk/chain/contracts.js";
-import { signVoucher, type Voucher } from "../../sdk/chain/voucher.js";
+import { sessionCost, signVoucher, type Voucher } from "../../sdk/chain/voucher.js";
 import {
   decodeFrames,
   encodeVarint,
@@ -71,7 +71,10 @@ const ADAPTER_CID = "bafyPersonaAdapter";
 
 let chain: TestChain;
 let f: ChainFixture;
-let providerWallet: Wallet, payer: Wallet, poorPayer: Wallet, creator: Wallet, stranger: Wallet;
+let providerWallet: Wallet, payer: Wallet, poorPayer: Wallet, creator: Wallet, stranger: Wallet, deployer: Wallet;
+/** Payers of the attack tests, each with its own lane; otherProvider is a second registered provider. */
+let greedy: Wallet, dust: Wallet, leaving: Wallet, otherProvider: Wallet;
+let agentGreedy: bigint, agentDust: bigint, agentLeaving: bigint;
 let escrow: { chainId: number; address: string };
 let personaAdapter: bigint, personaPlain: bigint, personaForeign: bigint, personaUnpublished: bigint;
 let agentAdapter: bigint, agentPlain: bigint, agentForeign: bigint, agentUnpublished: bigint, agentPoor: bigint;
@@ -95,7 +98,9 @@ const failures: ProviderProtocolEvents["request:failed"]["detail"][] = [];
 
 beforeAll(async () => {
   chain = await createTestChain();
-  [, providerWallet, payer, poorPayer, creator, stranger] = chain.wallets as [Wallet, Wallet, Wallet, Wallet, Wallet, Wallet];
+  [deployer, providerWallet, payer, poorPayer, creator, stranger, greedy, dust, leaving, otherProvider] = chain.wallets as [
+    Wallet, Wallet, Wallet, Wallet, Wallet, Wallet, Wallet, Wallet, Wallet, Wallet,
+  ];
   f = await deployFixture(chain);
   escrow = { chainId: f.deployment.chainId, address: f.deployment.contracts.inferenceEscrow };
   fx = await tinyFixtures();
@@ -109,8 +114,14 @@ beforeAll(async () => {
   agentForeign = await f.mintAgent(payer, personaForeign);
   agentUnpublished = await f.mintAgent(payer, personaUnpublished);
   agentPoor = await f.mintAgent(poorPayer, personaPlain);
-  await f.deposit(payer, 100n * USD);
-  await f.deposit(poorPayer, 1n * USD);
+  agentGreedy = await f.mintAgent(greedy, personaPlain);
+  agentDust = await f.mintAgent(dust, personaPlain);
+  agentLeaving = await f.mintAgent(leaving, personaPlain);
+  // Payers commit their funds to this provider's lane: only that is what its vouchers draw on.
+  await f.registerProvider(providerWallet);
+  await f.registerProvider(otherProvider);
+  await f.depositAndCommit(payer, providerWallet.address, 100n * USD);
+  await f.depositAndCommit(poorPayer, providerWallet.address, 1n * USD);
 
   root = await mkdtemp(join(tmpdir(), "soulmesh-provider-protocols-"));
   tiny = await startTinyEngine(root, fx, { [ADAPTER_CID]: fx.adapters[0]!.path });
@@ -171,11 +182,20 @@ async function openMessage(
   options: { signer?: Wallet; adapterCid?: string; stateKey?: string } = {},
 ): Promise<SessionOpen> {
   const request = await buildSessionRequest(requestDefaults(), fields);
-  const signer = options.signer ?? (request.payer === poorPayer.address ? poorPayer : payer);
+  const signer = options.signer ?? signerOf(request.payer);
   return signedSessionOpen(request, signer, options);
 }
 
 const open = (message: SessionOpen) => requestProtocol(client.libp2p, target(), "session", message);
+
+/** The wallet of a payer of this file. */
+const signerOf = (address: string): Wallet => [payer, poorPayer, greedy, dust, leaving].find((w) => w.address === address) ?? payer;
+
+// Sessions stay open until they expire; each test starts with none, as the per-payer limits would otherwise
+// carry one test's sessions and unpaid turns into the next.
+afterEach(async () => {
+  for (const s of protocols.sessions()) await protocols.close(s.sessionId);
+});
 
 /** Opens a session and returns its id and request. */
 async function openSession(fields: Partial<SessionRequest> = {}, options: { adapterCid?: string } = {}) {
@@ -208,11 +228,13 @@ async function voucherFor(request: SessionRequest, totals: { inputTokens: bigint
     session: BigInt(request.session),
     priceInputPerMillion: BigInt(request.priceInputPerMillion),
     priceOutputPerMillion: BigInt(request.priceOutputPerMillion),
+    royaltyPerMillion: BigInt(request.royaltyPerMillion),
+    feeBps: BigInt(request.feeBps),
     expiry: BigInt(request.expiry),
     ...totals,
     ...fields,
   };
-  return { voucher, signature: await signVoucher(payer, voucher, escrow) };
+  return { voucher, signature: await signVoucher(signerOf(voucher.payer), voucher, escrow) };
 }
 
 /** Pays a turn as a client does: a voucher for the receipt's cumulative totals. */
@@ -221,6 +243,9 @@ async function pay(request: SessionRequest, done: InferenceDone) {
   const { voucher, signature } = await voucherFor(request, totals);
   return requestProtocol(client.libp2p, target(), "voucher", { type: "voucher", voucher: wire(voucher), signature });
 }
+
+/** The session's prompt of `prompt` in tokens, as the engine counts it. */
+const promptTokens = (prompt: Prompt) => BigInt(tokenizePrompt(base.model, prompt.kind === "chat" ? { chat: prompt.messages } : { text: prompt.text }).tokens.length);
 
 const wire = voucherToWire;
 
@@ -366,6 +391,7 @@ describe("session open", () => {
       ["an expiry too far", openMessage({ expiry: String(BigInt(now) + lifetime + 600n) }), InvalidMessageError],
       ["an input price too low", openMessage({ priceInputPerMillion: String(PRICES.input - 1n) }), InvalidMessageError],
       ["an output price too low", openMessage({ priceOutputPerMillion: String(PRICES.output - 1n) }), InvalidMessageError],
+      ["a royalty below the persona's", openMessage({ royaltyPerMillion: "199999" }), InvalidMessageError],
     ];
     for (const [what, message, type] of cases) {
       const err = await rejection(open(await message));
@@ -399,19 +425,22 @@ describe("session open", () => {
     );
   });
 
-  it("counts what the payer already owes this provider unsettled against its deposit", async () => {
-    // A voucher of an earlier session of the poor payer: 1M input tokens at 0.5 USD per million.
+  it("counts what the payer already owes this provider unsettled, at its full cost, against its lane", async () => {
+    // A voucher of an earlier session of the poor payer: 1M input tokens at 0.5 USD per million, and the
+    // persona's royalty of 0.2 USD per million on top: the lane loses 0.7 USD when it settles (this test
+    // counted the provider's 0.5 USD only before the escrow charged royalty and fee from the same lane).
     const earlier: Voucher = {
       payer: poorPayer.address, provider: providerWallet.address, agentId: agentPoor, session: 1n,
       inputTokens: 1_000_000n, outputTokens: 0n, priceInputPerMillion: PRICES.input, priceOutputPerMillion: PRICES.output,
-      expiry: BigInt((await chain.now()) + 3600),
+      royaltyPerMillion: 200_000n, feeBps: 0n, expiry: BigInt((await chain.now()) + 3600),
     };
     chainClock = await chain.now();
     await book.accept(earlier, await signVoucher(poorPayer, earlier, escrow));
     const poor = { payer: poorPayer.address, agentId: agentPoor.toString() };
-    // 1 USD deposited − 0.5 USD owed leaves 0.5 USD: a cap one unit above is refused, the exact amount is not.
-    expect(await open(await openMessage({ ...poor, spendingCap: String(USD / 2n + 1n) }))).toMatchObject({ type: "session.rejected", code: "InsufficientEscrowError" });
-    expect(await open(await openMessage({ ...poor, spendingCap: String(USD / 2n) }))).toMatchObject({ type: "session.accepted" });
+    // 1 USD committed − 0.7 USD owed leaves 0.3 USD: a cap one unit above is refused, the exact amount is not.
+    const left = USD - (7n * USD) / 10n;
+    expect(await open(await openMessage({ ...poor, spendingCap: String(left + 1n) }))).toMatchObject({ type: "session.rejected", code: "InsufficientEscrowError" });
+    expect(await open(await openMessage({ ...poor, spendingCap: String(left) }))).toMatchObject({ type: "session.accepted" });
   });
 });
 
@@ -463,18 +492,22 @@ describe("inference and vouchers", () => {
   });
 
   it("refuses wrong turns, unknown sessions, other models or adapters, and turns past the cap", async () => {
-    const { sessionId } = await openSession({ spendingCap: "30" });
+    // The cap is what a turn of 20 output tokens on this prompt costs in full (provider, royalty and fee).
+    const rates = { priceInputPerMillion: PRICES.input, priceOutputPerMillion: PRICES.output, royaltyPerMillion: 200_000n, feeBps: 0n };
+    const cap = sessionCost({ inputTokens: promptTokens(sea), outputTokens: 20n }, rates);
+    expect(sessionCost({ inputTokens: promptTokens(sea), outputTokens: 21n }, rates)).toBeGreaterThan(cap);
+    const { sessionId } = await openSession({ spendingCap: cap.toString() });
     const cases: [string, InferenceRequestInput, new (message: string) => Error][] = [
       ["a turn ahead", inference(sessionId, 1, sea), UnexpectedMessageError],
       ["an unknown session", inference(hexlify(randomBytes(32)), 0, sea), SessionNotFoundError],
       ["another model", inference(sessionId, 0, sea, { model: fx.adapters[2]!.sha256 }), InvalidMessageError],
       ["an adapter the session lacks", inference(sessionId, 0, sea, { adapters: [fx.adapters[0]!.sha256] }), InvalidMessageError],
-      // 21 output tokens at 1.5 units each would be 31 units: above the cap of 30.
+      // 21 output tokens would cost more than the cap.
       ["a turn past the cap", inference(sessionId, 0, sea, { maxTokens: 21 }), InsufficientEscrowError],
     ];
     for (const [what, request, type] of cases) expect(await rejection(turn(request)), what).toBeInstanceOf(type);
     expect(info(sessionId)).toMatchObject({ nextTurn: 0, served: { inputTokens: 0n, outputTokens: 0n } });
-    // Exactly at the cap is served: 20 tokens cost 30 units.
+    // Exactly at the cap is served: 20 tokens cost the cap.
     expect((await turn(inference(sessionId, 0, sea, { maxTokens: 20 }))).done.usage.outputTokens).toBe(20);
     expect(info(sessionId)).toMatchObject({ nextTurn: 1, served: { outputTokens: 20n } });
   });
@@ -545,9 +578,10 @@ describe("inference and vouchers", () => {
     const host = await net.host();
     const busyNode = await serve(host, single);
     try {
+      // Two payers: one payer's second session would wait for its first turn's voucher (PaymentRequiredError).
       const opened = [];
-      for (let i = 0; i < 2; i++) {
-        const answer = await requestProtocol(client.libp2p, target(host), "session", await openMessage());
+      for (const fields of [{}, { payer: poorPayer.address, agentId: agentPoor.toString(), spendingCap: String(USD / 10n) }]) {
+        const answer = await requestProtocol(client.libp2p, target(host), "session", await openMessage(fields));
         opened.push((answer as { sessionId: string }).sessionId);
       }
       const [a, b] = opened as [string, string];
@@ -674,5 +708,143 @@ describe("session lifetime", () => {
     expect(idle.has(long.sessionId)).toBe(true);
     expect(idle.size).toBe(open);
     expect(protocols.sessions()).toEqual([]);
+  });
+});
+
+describe("attacks on the provider's money", () => {
+  /** A session request of `who` on the plain persona, its own agent. */
+  const asPayer = (who: Wallet, agentId: bigint, fields: Partial<SessionRequest> = {}) =>
+    openMessage({ payer: who.address, agentId: agentId.toString(), ...fields });
+
+  it("attack 3: sessions of one payer cannot each reserve the whole lane; free deposits and other providers' lanes do not count", async () => {
+    const lane = 2n * USD;
+    await f.depositAndCommit(greedy, providerWallet.address, lane);
+    // Money the payer holds elsewhere: its free deposit, and a lane with another provider.
+    await f.deposit(greedy, 50n * USD);
+    await f.depositAndCommit(greedy, otherProvider.address, 50n * USD);
+    const first = await open(await asPayer(greedy, agentGreedy, { spendingCap: lane.toString() }));
+    expect(first).toMatchObject({ type: "session.accepted" });
+    // A second session, capped at the whole lane again, would let the two spend it twice.
+    const second = await open(await asPayer(greedy, agentGreedy, { spendingCap: lane.toString() }));
+    expect(second).toMatchObject({ type: "session.rejected", code: "InsufficientEscrowError" });
+    expect((second as { message: string }).message).toMatch(/commit/i);
+    expect(await open(await asPayer(greedy, agentGreedy, { spendingCap: "1" }))).toMatchObject({ type: "session.rejected", code: "InsufficientEscrowError" });
+    // Closed, the first session's cap is free again.
+    await protocols.close((first as { sessionId: string }).sessionId);
+    expect(await open(await asPayer(greedy, agentGreedy, { spendingCap: lane.toString() }))).toMatchObject({ type: "session.accepted" });
+  });
+
+  it("attack 3: a payer keeps at most 4 sessions open here", async () => {
+    for (let i = 0; i < 4; i++) expect(await open(await openMessage({ spendingCap: String(USD) }))).toMatchObject({ type: "session.accepted" });
+    expect(await open(await openMessage({ spendingCap: String(USD) }))).toMatchObject({ type: "session.rejected", code: "ProviderBusyError", retryable: true });
+  });
+
+  it("attack 3: one unpaid turn per payer, across all its sessions", async () => {
+    const a = await openSession();
+    const b = await openSession();
+    // A turn still running on a counts already: it will be unpaid when it ends.
+    const running = streamProtocol(client.libp2p, target(), "inference", inference(a.sessionId, 0, longText, { maxTokens: 200 }));
+    expect((await running.next()).value).toMatchObject({ type: "inference.chunk" });
+    expect(await rejection(turn(inference(b.sessionId, 0, sea)))).toBeInstanceOf(PaymentRequiredError);
+    let first: { done: InferenceDone } | undefined;
+    for await (const m of running) if (m.type === "inference.done") first = { done: m };
+    // a's turn is served and not paid: b gets no free turn meanwhile.
+    expect(await rejection(turn(inference(b.sessionId, 0, sea)))).toBeInstanceOf(PaymentRequiredError);
+    expect(info(b.sessionId)).toMatchObject({ nextTurn: 0, busy: false, served: { inputTokens: 0n, outputTokens: 0n } });
+    await pay(a.request, first!.done);
+    expect((await turn(inference(b.sessionId, 0, sea))).done.receipt.turn).toBe(0);
+  });
+
+  it("attack 3: a dust lane gets no free turn: a turn's worst case at the full price must fit the cap", async () => {
+    const rates = { priceInputPerMillion: PRICES.input, priceOutputPerMillion: PRICES.output, royaltyPerMillion: 200_000n, feeBps: 0n };
+    // The provider's price of 8 output tokens alone fits; with the prompt's input and the royalty it does not.
+    const providerOnly = (8n * PRICES.output) / 1_000_000n;
+    const full = sessionCost({ inputTokens: promptTokens(sea), outputTokens: 8n }, rates);
+    expect(full).toBeGreaterThan(providerOnly);
+    await f.depositAndCommit(dust, providerWallet.address, full - 1n);
+    const { sessionId } = await openSession({ payer: dust.address, agentId: agentDust.toString(), spendingCap: String(full - 1n) });
+    expect(await rejection(turn(inference(sessionId, 0, sea)))).toBeInstanceOf(InsufficientEscrowError);
+    expect(info(sessionId)).toMatchObject({ nextTurn: 0, busy: false, served: { inputTokens: 0n, outputTokens: 0n } });
+    // An empty lane opens nothing at all.
+    expect(await open(await openMessage({ payer: stranger.address, agentId: agentDust.toString(), spendingCap: "0" }, { signer: stranger }))).toMatchObject({
+      type: "session.rejected",
+      code: "InsufficientEscrowError",
+    });
+  });
+
+  it("attack 6: an open from an unfunded key costs one chain read and no scan of the book, before anything else", async () => {
+    const reads: string[] = [];
+    const counted = Object.fromEntries(
+      Object.entries(view).map(([name, fn]) => [name, (...args: unknown[]) => (reads.push(name), (fn as (...a: unknown[]) => unknown)(...args))]),
+    ) as unknown as ProviderChainView;
+    const host = await net.host();
+    const node = await serveProviderProtocols({ libp2p: host.libp2p, engine, book, chain: counted, signer: providerWallet, escrow, prices: () => PRICES });
+    const scans: string[] = [];
+    const outstanding = book.outstanding.bind(book);
+    const entries = book.entries.bind(book);
+    book.outstanding = (o) => (scans.push("outstanding"), outstanding(o));
+    book.entries = (o) => (scans.push("entries"), entries(o));
+    try {
+      const nobody = Wallet.createRandom();
+      const message = await signedSessionOpen(await buildSessionRequest({ ...requestDefaults(), payer: nobody.address }), nobody);
+      reads.length = 0;
+      const answer = await requestProtocol(client.libp2p, target(host), "session", message);
+      expect(answer).toMatchObject({ type: "session.rejected", code: "InsufficientEscrowError" });
+      // The chain clock and the escrow's immutable lifetime are cached; the lane is the one read.
+      expect(reads.filter((r) => r !== "now" && r !== "maxVoucherLifetime")).toEqual(["laneOf"]);
+      expect(scans).toEqual([]);
+      // The same key again within a second: answered from the cached read.
+      reads.length = 0;
+      await requestProtocol(client.libp2p, target(host), "session", await signedSessionOpen(await buildSessionRequest({ ...requestDefaults(), payer: nobody.address }), nobody));
+      expect(reads.filter((r) => r === "laneOf")).toEqual([]);
+    } finally {
+      book.outstanding = outstanding;
+      book.entries = entries;
+      await node.stop();
+    }
+  });
+
+  it("refuses vouchers at another royalty or fee than the session's, and vouchers above the cap", async () => {
+    const { sessionId, request } = await openSession();
+    const { done } = await turn(inference(sessionId, 0, sea));
+    const totals = { inputTokens: BigInt(done.receipt.cumulativeInputTokens), outputTokens: BigInt(done.receipt.cumulativeOutputTokens) };
+    const send = async (v: { voucher: Voucher; signature: string }) =>
+      rejection(requestProtocol(client.libp2p, target(), "voucher", { type: "voucher", voucher: wire(v.voucher), signature: v.signature }));
+    expect(await send(await voucherFor(request, totals, { royaltyPerMillion: 199_999n }))).toBeInstanceOf(InvalidMessageError);
+    expect(await send(await voucherFor(request, totals, { royaltyPerMillion: 200_001n }))).toBeInstanceOf(InvalidMessageError);
+    expect(await send(await voucherFor(request, totals, { feeBps: 1n }))).toBeInstanceOf(InvalidMessageError);
+    expect(info(sessionId)!.vouched).toEqual({ inputTokens: 0n, outputTokens: 0n });
+    expect(await send(await voucherFor(request, totals))).toBeUndefined();
+  });
+});
+
+describe("rates and lane releases that would leave before a session's vouchers settle", () => {
+  it("refuses a pending royalty or fee rise, or a lane release, that takes effect before the session expires", async () => {
+    const delay = BigInt(f.deployment.parameters.withdrawalDelay);
+    await f.depositAndCommit(leaving, providerWallet.address, 5n * USD);
+    await (await f.as(leaving).inferenceEscrow.requestRelease(providerWallet.address)).wait();
+    await (await f.as(creator).personaRegistry.scheduleRoyalty(personaPlain, 300_000n)).wait();
+    await (await f.as(deployer).inferenceEscrow.scheduleProtocolFee(100n)).wait();
+    const mine = (fields: Partial<SessionRequest> = {}) => asLeaving(fields);
+    const asLeaving = (fields: Partial<SessionRequest>) => openMessage({ payer: leaving.address, agentId: agentLeaving.toString(), spendingCap: String(USD), ...fields });
+    // Every change is two days away, a session one hour: accepted at today's rates.
+    expect(await open(await mine())).toMatchObject({ type: "session.accepted" });
+    for (const s of protocols.sessions()) await protocols.close(s.sessionId);
+
+    // Half an hour before the changes: a session of an hour would outlive them.
+    await chain.increaseTime(Number(delay) - 1800);
+    chainClock = await chain.now();
+    const release = await open(await mine({ royaltyPerMillion: "300000", feeBps: "100" }));
+    expect(release).toMatchObject({ type: "session.rejected", code: "InsufficientEscrowError" });
+    expect((release as { message: string }).message).toMatch(/release/i);
+    await (await f.as(leaving).inferenceEscrow.cancelRelease(providerWallet.address)).wait();
+    await new Promise((r) => setTimeout(r, 1_100)); // the node reuses a payer's lane reading for a second
+    const rejected = async (fields: Partial<SessionRequest>) => rejection(open(await mine(fields)));
+    expect(await rejected({ feeBps: "100" })).toBeInstanceOf(InvalidMessageError); // royalty 0.2 < 0.3 to come
+    expect(await rejected({ royaltyPerMillion: "300000" })).toBeInstanceOf(InvalidMessageError); // fee 0 < 1% to come
+    expect(await open(await mine({ royaltyPerMillion: "300000", feeBps: "100" }))).toMatchObject({ type: "session.accepted" });
+    // A session that ends before the changes keeps today's rates.
+    const now = await chain.now();
+    expect(await open(await mine({ expiry: String(now + 1000) }))).toMatchObject({ type: "session.accepted" });
   });
 });

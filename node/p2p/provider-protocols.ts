@@ -48,7 +48,7 @@ export interface ProviderProtocolsOptions {
 
 export interface ProviderProtocolEvents {
   "session:opened": CustomEvent<{ sessionId: string; payer: string; agentId: bigint; personaId: bigint }>;
-  "session:closed": CustomEvent<{ sessionId: string; sessionKey: string; reason: "expired" | "idle" | "stopped" }>;
+  "session:closed": CustomEvent<{ sessionId: string; sessionKey: string; reason: SessionCloseReason }>;
   /** A turn the provider counted; `usage` is the wire's (inputTokens counts the whole prompt, cached part included). */
   "turn:served": CustomEvent<{ sessionId: string } & Omit<ServedTurn, "session">>;
   "request:failed": CustomEvent<{ protocol: "session" | "inference" | "voucher"; error: unknown }>;
@@ -56,6 +56,9 @@ export interface ProviderProtocolEvents {
 }
 
 type PaidProtocol = "session" | "inference" | "voucher";
+
+/** Why a session closed: its expiry came, the engine dropped it idle, the node stopped, or close() was called. */
+export type SessionCloseReason = "expired" | "idle" | "stopped" | "closed";
 
 /**
  * The session, inference and voucher protocols being served, with their open sessions. Created by
@@ -119,6 +122,18 @@ export class ProviderProtocols extends TypedEventTarget<ProviderProtocolEvents> 
   }
 
   /**
+   * Closes one open session now (its turn running, if any, finishes first), as when its payer is done with
+   * it: it then no longer counts against the payer's open sessions and lane. False when it was not open.
+   *
+   * @example
+   * await protocols.close(sessionId)
+   */
+  async close(sessionId: string): Promise<boolean> {
+    const session = this.#table.get(sessionId);
+    return session === undefined ? false : this.#close(session, "closed");
+  }
+
+  /**
    * Unregisters the three protocols and aborts running turns; resolves once they have ended, their generated
    * tokens counted as served. Every open session is then reported closed with reason "stopped" (so that its
    * voucher gets settled) but left open in the engine: the engine's own stop() saves its state, which a
@@ -161,7 +176,7 @@ export class ProviderProtocols extends TypedEventTarget<ProviderProtocolEvents> 
     }
   }
 
-  async #close(session: ProviderSession, reason: "expired"): Promise<boolean> {
+  async #close(session: ProviderSession, reason: "expired" | "closed"): Promise<boolean> {
     if (!this.#table.delete(session)) return false;
     try {
       await this.#engine.closeSession(session.sessionId);
@@ -178,7 +193,7 @@ export class ProviderProtocols extends TypedEventTarget<ProviderProtocolEvents> 
     return true;
   }
 
-  #closed(session: ProviderSession, reason: "expired" | "idle" | "stopped"): void {
+  #closed(session: ProviderSession, reason: SessionCloseReason): void {
     this.dispatchEvent(
       new CustomEvent("session:closed", { detail: { sessionId: session.sessionId, sessionKey: session.sessionKey, reason } }),
     );

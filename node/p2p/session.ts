@@ -1,12 +1,20 @@
 /**
  * The session protocol (/soulmesh/session/1.0.0), provider side: a payer's signed SessionRequest is checked
- * against this node (provider, chain, escrow, prices), the clock, the agent and persona on chain and the
- * payer's escrow, then the engine session opens under the request's EIP-712 digest as its id.
+ * against this node (provider, chain, escrow, prices), the clock, the payer's lane with this provider, the
+ * agent and persona on chain and the royalty and fee it signs, then the engine session opens under the
+ * request's EIP-712 digest as its id.
+ *
+ * The money rule: what this node may still be owed by a payer never exceeds the payer's lane with it. A new
+ * session's spending cap must fit in the lane beside what the payer owes unsettled (full cost) and what its
+ * other open sessions may still run up (cap minus vouched), so that one lane cannot back two sessions' caps;
+ * a payer keeps at most MAX_SESSIONS_PER_PAYER sessions open; and a lane being released before the session's
+ * vouchers could settle backs nothing. The signature is checked first and the lane is the one chain read
+ * before any other work, so a key with nothing committed here costs one cached read.
  *
  * Refusals come two ways, as the wire defines them: a request this node could never accept as written
- * (another provider or escrow, a forged signature, an expiry out of range, prices below ours) is thrown as a
- * ProtocolError; a refusal the payer can act on without changing the request's terms (pick another persona
- * or provider, top up the escrow) is answered as SessionRejected.
+ * (another provider or escrow, a forged signature, an expiry out of range, prices, royalty or fee below what
+ * applies) is thrown as a ProtocolError; a refusal the payer can act on without changing the request's terms
+ * (pick another persona or provider, commit more to the lane, close a session) is answered as SessionRejected.
  */
 import { randomBytes } from "node:crypto";
 import { getAddress, getBytes } from "ethers";
@@ -27,16 +35,43 @@ import {
   InvalidSignatureError,
   PersonaUnavailableError,
   ProtocolError,
+  ProviderBusyError,
   SessionExpiredError,
   verifySessionRequest,
   type SessionAccepted,
   type SessionOpen,
   type SessionRejected,
 } from "../../sdk/protocol/index.js";
-import { NO_ADAPTER, ProviderSession, type ChainClock, type ProviderChainView, type SessionTable } from "./sessions.js";
+import {
+  abortable,
+  NO_ADAPTER,
+  ProviderSession,
+  type ChainClock,
+  type Lane,
+  type ProviderChainView,
+  type RateSchedule,
+  type SessionTable,
+} from "./sessions.js";
 
 /** Seconds a new session must still have before its expiry: less is not worth a turn. */
 export const MIN_SESSION_SECONDS = 60;
+
+/**
+ * Open sessions one payer may hold here. Each reserves its cap against the payer's lane and may carry one
+ * served, unpaid turn; a bound keeps one payer from holding many engine sessions (and their KV state) open.
+ * Four covers a chat, its memory-maintenance calls and a second device.
+ */
+export const MAX_SESSIONS_PER_PAYER = 4;
+
+/**
+ * A lane whose release completes within this many seconds after a session's expiry cannot back the session:
+ * the provider settles at session close or on its timer, which must still find the funds there.
+ */
+export const LANE_RELEASE_MARGIN_SECONDS = 600;
+
+/** How long a lane reading serves other opens of the same payer, and how many payers are remembered. */
+const LANE_CACHE_MS = 1_000;
+const LANE_CACHE_ENTRIES = 10_000;
 
 /** What the session protocol needs of the provider. */
 export interface SessionOpenContext {
@@ -72,6 +107,9 @@ export function sessionOpener(
   // Opens in flight by session id: a client retrying a slow open (an adapter download) joins the first.
   const pending = new Map<string, Promise<SessionAccepted | SessionRejected>>();
 
+  const lanes = new LaneReader(ctx.chain, ctx.provider);
+  const reservations = new Reservations();
+
   return async (open, signal) => {
     checkAddressing(open, ctx);
     const sessionId = hashSessionRequest(open.request).toLowerCase();
@@ -79,7 +117,7 @@ export function sessionOpener(
     if (ctx.table.get(sessionId) !== undefined) return accepted;
     const running = pending.get(sessionId);
     if (running !== undefined) return running;
-    const attempt = openChecked(open, sessionId, ctx, signal)
+    const attempt = openChecked(open, sessionId, ctx, lanes, reservations, signal)
       .then(() => accepted)
       .catch((err: unknown): SessionRejected => {
         if (!(err instanceof Refusal)) throw err;
@@ -108,30 +146,26 @@ function checkAddressing(open: SessionOpen, ctx: SessionOpenContext): void {
   }
 }
 
-async function openChecked(open: SessionOpen, sessionId: string, ctx: SessionOpenContext, signal: AbortSignal): Promise<void> {
+async function openChecked(
+  open: SessionOpen,
+  sessionId: string,
+  ctx: SessionOpenContext,
+  lanes: LaneReader,
+  reservations: Reservations,
+  signal: AbortSignal,
+): Promise<void> {
   const { request } = open;
   const payer = getAddress(request.payer);
   const agentId = BigInt(request.agentId);
   const personaId = BigInt(request.personaId);
   const sessionKey = sessionKeyOf({ payer, provider: ctx.provider, agentId, session: BigInt(request.session) });
-
-  // Every read at once: the checks below then run in the wire's order on values already here.
   const read = <T>(p: Promise<T>): Promise<T> => p.catch((err: unknown) => {
     signal.throwIfAborted();
     throw new InternalError("The provider could not read the chain; retry later.", { cause: err });
   });
-  const [now, lifetime, agentPersona, persona, deposit, outstanding, previous] = await Promise.all([
-    read(ctx.chain.now({ signal })),
-    read(ctx.chain.maxVoucherLifetime({ signal })),
-    read(ctx.chain.agentPersonaOf(agentId, { signal })),
-    read(ctx.chain.personaOf(personaId, { signal })),
-    read(ctx.chain.depositOf(payer, { signal })),
-    read(ctx.book.outstanding({ signal })),
-    read(ctx.book.get(sessionKey, { signal })),
-  ]);
-  ctx.clock.record(now);
 
-  // 2. expiry
+  // 2. expiry, on the cached chain clock and the escrow's immutable voucher lifetime
+  const [now, lifetime] = await Promise.all([read(ctx.clock.now({ signal })), read(ctx.chain.maxVoucherLifetime({ signal }))]);
   const expiry = BigInt(request.expiry);
   if (expiry <= BigInt(now + MIN_SESSION_SECONDS)) {
     throw new SessionExpiredError(
@@ -156,27 +190,24 @@ async function openChecked(open: SessionOpen, sessionId: string, ctx: SessionOpe
     );
   }
 
-  // 4. agent and persona
-  if (agentPersona === undefined) throw new Refusal(new PersonaUnavailableError(`Agent ${agentId} does not exist on chain.`));
-  if (agentPersona !== personaId) {
-    throw new Refusal(new PersonaUnavailableError(`Agent ${agentId} was minted from persona ${agentPersona}, not ${personaId}.`));
-  }
-  if (persona === undefined) throw new Refusal(new PersonaUnavailableError(`Persona ${personaId} does not exist on chain.`));
-  const adapter = persona.adapterSha256 === NO_ADAPTER ? undefined : persona.adapterSha256;
-  if (adapter !== undefined && open.adapterCid === undefined) {
-    throw new Refusal(
-      new PersonaUnavailableError(`Persona ${personaId} has a LoRA adapter but the request carries no adapter CID to fetch it from.`),
-    );
-  }
-
-  // 5. escrow: what the payer has left once what it already owes this provider is settled.
-  const owed = outstanding.filter((c) => getAddress(c.payer) === payer).reduce((sum, c) => sum + c.providerAmount, 0n);
+  // 4. the payer's lane with this provider: the one chain read before anything else, so that a key with no
+  // money here costs this node one cached read and nothing more.
+  const lane = await read(lanes.read(payer, signal));
   const cap = BigInt(request.spendingCap);
-  if (deposit - owed < cap) {
+  if (lane.amount === 0n || cap === 0n) {
     throw new Refusal(
       new InsufficientEscrowError(
-        `The payer's escrow holds ${deposit}, of which ${owed} is owed to this provider unsettled; the spending cap ${cap} ` +
-          `needs more. Deposit more or lower the cap.`,
+        `The payer has committed nothing to this provider (${ctx.provider})${cap === 0n ? ", and the spending cap is zero" : ""}. ` +
+          `Commit funds to this provider's lane (the escrow's commit or depositAndCommit) and open with a positive cap.`,
+      ),
+    );
+  }
+  if (lane.releaseAt !== 0n && lane.releaseAt <= expiry + BigInt(LANE_RELEASE_MARGIN_SECONDS)) {
+    throw new Refusal(
+      new InsufficientEscrowError(
+        `The payer's lane with this provider is being released at ${lane.releaseAt}, before this session's vouchers ` +
+          `(expiring at ${expiry}) could all be settled. Cancel the release (or commit again), or open a session that ` +
+          `expires more than ${LANE_RELEASE_MARGIN_SECONDS} s before the release.`,
       ),
     );
   }
@@ -186,6 +217,76 @@ async function openChecked(open: SessionOpen, sessionId: string, ctx: SessionOpe
         `session with nextSessionNumber.`,
     );
   }
+  // Checked and reserved with no await in between: two opens of one payer cannot both take the same funds.
+  const open_ = ctx.table.ofPayer(payer);
+  const opening = reservations.get(payer) ?? [];
+  if (open_.length + opening.length >= MAX_SESSIONS_PER_PAYER) {
+    throw new Refusal(
+      new ProviderBusyError(
+        `The payer has ${open_.length + opening.length} sessions open or opening here, the most one payer may: ` +
+          `${MAX_SESSIONS_PER_PAYER}. Close one (or let it expire) first.`,
+      ),
+    );
+  }
+  const owed = ctx.book.outstandingOf(payer).amount;
+  const reserved = open_.reduce((sum, s) => sum + s.unvouchedCap, 0n) + opening.reduce((sum, c) => sum + c, 0n);
+  if (owed + reserved + cap > lane.amount) {
+    const free = lane.amount > owed + reserved ? lane.amount - owed - reserved : 0n;
+    throw new Refusal(
+      new InsufficientEscrowError(
+        `The payer's lane with this provider holds ${lane.amount}: ${owed} is owed unsettled and ${reserved} is reserved ` +
+          `by its other open sessions, which leaves ${free} for a spending cap of ${cap}. Commit more to this provider ` +
+          `(${ctx.provider}), lower the cap, or close other sessions first.`,
+      ),
+    );
+  }
+  const reservation = reservations.reserve(payer, cap);
+  try {
+    await openReserved(open, sessionId, sessionKey, { payer, agentId, personaId, expiry }, ctx, read, signal);
+  } finally {
+    reservation.release();
+  }
+}
+
+/** Steps 5 on: the persona and the rates, then the engine, for a request whose funds are reserved. */
+async function openReserved(
+  open: SessionOpen,
+  sessionId: string,
+  sessionKey: string,
+  ids: { payer: string; agentId: bigint; personaId: bigint; expiry: bigint },
+  ctx: SessionOpenContext,
+  read: <T>(p: Promise<T>) => Promise<T>,
+  signal: AbortSignal,
+): Promise<void> {
+  const { request } = open;
+  const { agentId, personaId, expiry } = ids;
+  const [agentPersona, persona, royalty, fee, previous] = await Promise.all([
+    read(ctx.chain.agentPersonaOf(agentId, { signal })),
+    read(ctx.chain.personaOf(personaId, { signal })),
+    read(ctx.chain.royaltyScheduleOf(personaId, { signal })),
+    read(ctx.chain.protocolFee({ signal })),
+    read(ctx.book.get(sessionKey, { signal })),
+  ]);
+
+  // 5. agent and persona
+  if (agentPersona === undefined) throw new Refusal(new PersonaUnavailableError(`Agent ${agentId} does not exist on chain.`));
+  if (agentPersona !== personaId) {
+    throw new Refusal(new PersonaUnavailableError(`Agent ${agentId} was minted from persona ${agentPersona}, not ${personaId}.`));
+  }
+  if (persona === undefined || royalty === undefined) {
+    throw new Refusal(new PersonaUnavailableError(`Persona ${personaId} does not exist on chain.`));
+  }
+  const adapter = persona.adapterSha256 === NO_ADAPTER ? undefined : persona.adapterSha256;
+  if (adapter !== undefined && open.adapterCid === undefined) {
+    throw new Refusal(
+      new PersonaUnavailableError(`Persona ${personaId} has a LoRA adapter but the request carries no adapter CID to fetch it from.`),
+    );
+  }
+
+  // 6. royalty and fee: the escrow refuses a voucher below the rate in force when it settles, so the signed
+  // rates must cover the rate in force now and any rise that takes effect while the session's vouchers live.
+  checkRate("royalty", `persona ${personaId}'s royalty per million tokens`, BigInt(request.royaltyPerMillion), royalty, expiry);
+  checkRate("fee", "the protocol fee in basis points", BigInt(request.feeBps), fee, expiry);
 
   // The model is checked by the engine, after the escrow: a payer without funds cannot make this node
   // download adapters.
@@ -217,6 +318,73 @@ async function openChecked(open: SessionOpen, sessionId: string, ctx: SessionOpe
   const session = new ProviderSession(sessionId, sessionKey, request, persona.baseModelHash, adapter === undefined ? [] : [adapter], start);
   ctx.table.add(session);
   ctx.onOpened(session);
+}
+
+/** The signed rate must be at least the one in force, and at least any rise that takes effect by `expiry`. */
+function checkRate(name: string, what: string, signed: bigint, schedule: RateSchedule, expiry: bigint): void {
+  if (signed < schedule.current) {
+    throw new InvalidMessageError(
+      `The session request signs ${name} ${signed}, below ${what} in force: ${schedule.current}. Sign at least that.`,
+    );
+  }
+  if (schedule.effectiveAt !== 0n && schedule.effectiveAt <= expiry && schedule.next > signed) {
+    throw new InvalidMessageError(
+      `The session request signs ${name} ${signed}, but ${what} rises to ${schedule.next} at ${schedule.effectiveAt}, ` +
+        `before the session expires at ${expiry}. Sign ${schedule.next}, or open a session that expires before the rise.`,
+    );
+  }
+}
+
+/**
+ * One chain read of a payer's lane, shared: concurrent opens of one payer wait for the same call, and a reading
+ * younger than LANE_CACHE_MS is reused, so that replayed opens of one key cost one read a second.
+ */
+class LaneReader {
+  readonly #cache = new Map<string, { at: number; lane: Promise<Lane> }>();
+  constructor(
+    readonly chain: ProviderChainView,
+    readonly provider: string,
+  ) {}
+
+  read(payer: string, signal: AbortSignal): Promise<Lane> {
+    const hit = this.#cache.get(payer);
+    if (hit !== undefined && Date.now() - hit.at < LANE_CACHE_MS) return abortable(hit.lane, signal);
+    if (this.#cache.size >= LANE_CACHE_ENTRIES) this.#sweep();
+    const lane = this.chain.laneOf(payer, this.provider);
+    const entry = { at: Date.now(), lane };
+    this.#cache.set(payer, entry);
+    // A failed read is not kept: the next open reads again.
+    lane.catch(() => this.#cache.get(payer) === entry && this.#cache.delete(payer));
+    return abortable(lane, signal);
+  }
+
+  #sweep(): void {
+    const now = Date.now();
+    for (const [payer, entry] of this.#cache) if (now - entry.at >= LANE_CACHE_MS) this.#cache.delete(payer);
+    // Still full of fresh readings (a flood of new keys): forget them all rather than grow.
+    if (this.#cache.size >= LANE_CACHE_ENTRIES) this.#cache.clear();
+  }
+}
+
+/** Spending caps of the opens still running (past the lane check, before the table), by payer. */
+class Reservations {
+  readonly #byPayer = new Map<string, bigint[]>();
+
+  get(payer: string): readonly bigint[] | undefined {
+    return this.#byPayer.get(payer);
+  }
+
+  reserve(payer: string, cap: bigint): { release(): void } {
+    const caps = this.#byPayer.get(payer) ?? [];
+    caps.push(cap);
+    this.#byPayer.set(payer, caps);
+    return {
+      release: () => {
+        caps.splice(caps.indexOf(cap), 1);
+        if (caps.length === 0 && this.#byPayer.get(payer) === caps) this.#byPayer.delete(payer);
+      },
+    };
+  }
 }
 
 function engineRefusal(err: unknown, personaId: bigint, model: string): unknown {

@@ -6,14 +6,37 @@
 import { getAddress } from "ethers";
 import type { SoulmeshContracts } from "../../sdk/chain/contracts.js";
 import { decodeRevert } from "../../sdk/chain/revert.js";
+import { sessionCost, type VoucherRates } from "../../sdk/chain/voucher.js";
 import type { SessionRequest } from "../../sdk/protocol/index.js";
 
 // ------------------------------------------------------------------------------------------------ chain view
 
+/** A payer's lane with one provider (the escrow's `laneOf`). */
+export interface Lane {
+  amount: bigint;
+  /** When a requested release can complete; 0n when none is pending. */
+  releaseAt: bigint;
+}
+
+/**
+ * A rate whose changes take effect after a delay (a persona's royalty, the protocol fee): the rate in force,
+ * the one scheduled to replace it (equal to `current` when none is pending) and when (0n when none is).
+ */
+export interface RateSchedule {
+  current: bigint;
+  next: bigint;
+  effectiveAt: bigint;
+}
+
 export interface ProviderChainView {
   /** Unix seconds, chain time (latest block). */
   now(options?: { signal?: AbortSignal }): Promise<number>;
-  depositOf(payer: string, options?: { signal?: AbortSignal }): Promise<bigint>;
+  /** The payer's lane with `provider`: what only that provider's vouchers draw on, and its pending release. */
+  laneOf(payer: string, provider: string, options?: { signal?: AbortSignal }): Promise<Lane>;
+  /** A persona's royalty schedule (per million tokens), or undefined when the persona does not exist. */
+  royaltyScheduleOf(personaId: bigint, options?: { signal?: AbortSignal }): Promise<RateSchedule | undefined>;
+  /** The escrow's protocol fee schedule, in basis points. */
+  protocolFee(options?: { signal?: AbortSignal }): Promise<RateSchedule>;
   /** The persona an agent was minted from, or undefined when the agent does not exist. */
   agentPersonaOf(agentId: bigint, options?: { signal?: AbortSignal }): Promise<bigint | undefined>;
   /** A persona's on-chain record, or undefined when it does not exist. adapterSha256 is 0x00…00 for none. */
@@ -56,7 +79,22 @@ export function chainViewOf(contracts: SoulmeshContracts): ProviderChainView {
       if (block === null) throw new Error("The RPC endpoint returned no latest block.");
       return block.timestamp;
     },
-    depositOf: (payer, options = {}) => abortable(inferenceEscrow.depositOf(payer), options.signal),
+    async laneOf(payer, provider, options = {}) {
+      const [amount, releaseAt] = await abortable(inferenceEscrow.laneOf(payer, provider), options.signal);
+      return { amount, releaseAt };
+    },
+    // Schedules are read on every open, never cached: a change scheduled a moment ago must be seen.
+    async royaltyScheduleOf(personaId, options = {}) {
+      const schedule = await abortable(
+        unlessReverted(personaRegistry.royaltyScheduleOf(personaId), "Persona__UnknownPersona"),
+        options.signal,
+      );
+      return schedule === undefined ? undefined : { current: schedule[0], next: schedule[1], effectiveAt: schedule[2] };
+    },
+    async protocolFee(options = {}) {
+      const [current, next, effectiveAt] = await abortable(inferenceEscrow.protocolFee(), options.signal);
+      return { current, next, effectiveAt };
+    },
     agentPersonaOf: (agentId, options = {}) =>
       abortable(unlessReverted(agentRegistry.personaOf(agentId), "Agent__UnknownAgent"), options.signal),
     async personaOf(personaId, options = {}) {
@@ -156,6 +194,8 @@ export interface ProviderSessionInfo {
   modelSha256: string;
   adapterSha256s: string[];
   prices: { input: bigint; output: bigint };
+  /** Every rate of the session: its vouchers must carry exactly these. */
+  rates: VoucherRates;
   spendingCap: bigint;
   expiry: bigint;
   nextTurn: number;
@@ -183,6 +223,7 @@ export class ProviderSession {
   readonly personaId: bigint;
   readonly session: bigint;
   readonly prices: { input: bigint; output: bigint };
+  readonly rates: VoucherRates;
   readonly spendingCap: bigint;
   readonly expiry: bigint;
   readonly openedAt = Date.now();
@@ -206,6 +247,12 @@ export class ProviderSession {
     this.personaId = BigInt(request.personaId);
     this.session = BigInt(request.session);
     this.prices = { input: BigInt(request.priceInputPerMillion), output: BigInt(request.priceOutputPerMillion) };
+    this.rates = {
+      priceInputPerMillion: this.prices.input,
+      priceOutputPerMillion: this.prices.output,
+      royaltyPerMillion: BigInt(request.royaltyPerMillion),
+      feeBps: BigInt(request.feeBps),
+    };
     this.spendingCap = BigInt(request.spendingCap);
     this.expiry = BigInt(request.expiry);
     this.served = { ...start };
@@ -215,6 +262,16 @@ export class ProviderSession {
   /** Whether a turn was served that no voucher covers yet. */
   get unpaid(): boolean {
     return this.served.inputTokens > this.vouched.inputTokens || this.served.outputTokens > this.vouched.outputTokens;
+  }
+
+  /**
+   * What of the spending cap the payer may still run up in this session beyond its vouchers: the cap minus the
+   * full cost (provider, royalty and fee) of the totals vouched so far. A session open reserves it against the
+   * payer's lane.
+   */
+  get unvouchedCap(): bigint {
+    const vouched = sessionCost(this.vouched, this.rates);
+    return vouched >= this.spendingCap ? 0n : this.spendingCap - vouched;
   }
 
   info(): ProviderSessionInfo {
@@ -228,6 +285,7 @@ export class ProviderSession {
       modelSha256: this.modelSha256,
       adapterSha256s: [...this.adapterSha256s],
       prices: { ...this.prices },
+      rates: { ...this.rates },
       spendingCap: this.spendingCap,
       expiry: this.expiry,
       nextTurn: this.nextTurn,
@@ -239,10 +297,11 @@ export class ProviderSession {
   }
 }
 
-/** The open sessions, by session id and by the book's session key (vouchers name the latter). */
+/** The open sessions, by session id, by the book's session key (vouchers name the latter) and by payer. */
 export class SessionTable {
   readonly #byId = new Map<string, ProviderSession>();
   readonly #byKey = new Map<string, ProviderSession>();
+  readonly #byPayer = new Map<string, Set<ProviderSession>>();
 
   get size(): number {
     return this.#byId.size;
@@ -256,9 +315,17 @@ export class SessionTable {
     return this.#byKey.get(sessionKey);
   }
 
+  /** The payer's open sessions (checksummed address). */
+  ofPayer(payer: string): ProviderSession[] {
+    return [...(this.#byPayer.get(payer) ?? [])];
+  }
+
   add(session: ProviderSession): void {
     this.#byId.set(session.sessionId.toLowerCase(), session);
     this.#byKey.set(session.sessionKey, session);
+    let sessions = this.#byPayer.get(session.payer);
+    if (sessions === undefined) this.#byPayer.set(session.payer, (sessions = new Set()));
+    sessions.add(session);
   }
 
   /** Removes the session; false when it was not (or no longer) in the table. */
@@ -266,6 +333,9 @@ export class SessionTable {
     if (this.#byId.get(session.sessionId.toLowerCase()) !== session) return false;
     this.#byId.delete(session.sessionId.toLowerCase());
     this.#byKey.delete(session.sessionKey);
+    const sessions = this.#byPayer.get(session.payer);
+    sessions?.delete(session);
+    if (sessions?.size === 0) this.#byPayer.delete(session.payer);
     return true;
   }
 

@@ -73,6 +73,9 @@ export interface SessionRequestDefaults {
   agentId: bigint;
   personaId: bigint;
   prices: { input: bigint; output: bigint };
+  /** The royalty and fee the request signs; default 200,000 per million (createPersona's default) and 0. */
+  royaltyPerMillion?: bigint;
+  feeBps?: bigint;
   spendingCap: bigint;
   escrow: EscrowRef;
   /** The chain's time, in seconds: the request expires `ttlSeconds` after it. */
@@ -101,6 +104,8 @@ export async function buildSessionRequest(
     session: (++sessionNumber).toString(),
     priceInputPerMillion: defaults.prices.input.toString(),
     priceOutputPerMillion: defaults.prices.output.toString(),
+    royaltyPerMillion: (defaults.royaltyPerMillion ?? 200_000n).toString(),
+    feeBps: (defaults.feeBps ?? 0n).toString(),
     spendingCap: defaults.spendingCap.toString(),
     expiry: ((await defaults.now()) + defaults.ttlSeconds).toString(),
     chainId: defaults.escrow.chainId.toString(),

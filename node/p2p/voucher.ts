@@ -1,11 +1,13 @@
 /**
  * The voucher protocol (/soulmesh/voucher/1.0.0), provider side: the payer's signed cumulative voucher for
  * an open session. It must pay for no more than the session has served (a client never pays ahead, so a
- * voucher can never stand for tokens still to come) at exactly the session's prices; the voucher book then
- * checks the signature, domain and expiry and keeps it for settlement, and the session counts it as paid.
+ * voucher can never stand for tokens still to come), at exactly the session's rates (prices, royalty and fee:
+ * the escrow charges what the voucher carries), and its full cumulative cost must stay within the session's
+ * spending cap, which its open reserved against the payer's lane; the voucher book then checks the signature,
+ * domain and expiry and keeps it for settlement, and the session counts it as paid.
  */
 import { InvalidVoucherError } from "../../sdk/chain/errors.js";
-import type { Voucher } from "../../sdk/chain/voucher.js";
+import { sessionCost, type Voucher } from "../../sdk/chain/voucher.js";
 import {
   InternalError,
   InvalidMessageError,
@@ -22,6 +24,7 @@ import {
   VoucherExpiredError,
   VoucherExpiryTooFarError,
   VoucherPriceMismatchError,
+  VoucherRateMismatchError,
   VoucherReplayError,
   VoucherSessionSupersededError,
   VoucherSignatureError,
@@ -72,6 +75,19 @@ export function voucherHandler(ctx: VoucherContext): (message: VoucherMessage, s
           `session was opened at ${session.prices.input}/${session.prices.output}.`,
       );
     }
+    if (voucher.royaltyPerMillion !== session.rates.royaltyPerMillion || voucher.feeBps !== session.rates.feeBps) {
+      throw new InvalidMessageError(
+        `The voucher carries royalty ${voucher.royaltyPerMillion} per million tokens and fee ${voucher.feeBps} bps; the ` +
+          `session was opened at ${session.rates.royaltyPerMillion} and ${session.rates.feeBps}.`,
+      );
+    }
+    const cost = sessionCost(voucher, session.rates);
+    if (cost > session.spendingCap) {
+      throw new InvalidMessageError(
+        `The voucher's totals cost ${cost} in all (provider, royalty and fee), above session ${session.sessionId}'s ` +
+          `spending cap ${session.spendingCap}: only the cap is reserved against the payer's lane.`,
+      );
+    }
     // The book keeps only a session's latest voucher: one expiring sooner than the session would leave the
     // whole session unsettleable once it lapses (and one later than the escrow's lifetime could not settle
     // before the payer withdraws), while the credit rule counts it as paid. Vouchers carry the request's expiry.
@@ -82,7 +98,7 @@ export function voucherHandler(ctx: VoucherContext): (message: VoucherMessage, s
       );
     }
     try {
-      await ctx.book.accept(voucher, message.signature, { prices: session.prices, signal });
+      await ctx.book.accept(voucher, message.signature, { rates: session.rates, signal });
     } catch (err) {
       signal.throwIfAborted();
       // The same voucher sent again (its ack was lost on the way back) is acknowledged again, not refused:
@@ -131,6 +147,7 @@ function wireError(err: unknown): ProtocolError {
     err instanceof VoucherCumulativeDecreasedError ||
     err instanceof VoucherSessionSupersededError ||
     err instanceof VoucherPriceMismatchError ||
+    err instanceof VoucherRateMismatchError ||
     err instanceof InvalidVoucherError
   ) {
     return new InvalidMessageError(err.message);

@@ -8,13 +8,19 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Wallet } from "ethers";
+import { voucherCost } from "../../sdk/chain/voucher.js";
+import { createTestChain } from "../../test/helpers/chain.js";
+import { deployFixture, USD } from "../../test/helpers/soulmesh.js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { InferenceEscrow } from "../../sdk/chain/contracts.js";
 import { signVoucher, type Voucher } from "../../sdk/chain/voucher.js";
 import { InsufficientEscrowError } from "../../sdk/protocol/index.js";
 import { parseExposition, sample } from "../../test/provider/prom.js";
 import { SettlementWorker } from "../billing/settlement.js";
-import { VoucherBook } from "../billing/voucher-book.js";
+import { sessionKeyOf as sessionKey, VoucherBook } from "../billing/voucher-book.js";
+import { decodeRevert } from "../../sdk/chain/revert.js";
+
+const decodeRevertName = (e: unknown) => decodeRevert(e)?.reason;
 import type { ProviderProtocols } from "../p2p/provider-protocols.js";
 import { MetricsPortError } from "./errors.js";
 import { failureCode, ProviderMetrics, serveProviderHttp } from "./metrics.js";
@@ -57,6 +63,8 @@ async function voucher(session: bigint, inputTokens: bigint, outputTokens: bigin
     outputTokens,
     priceInputPerMillion: 500_000n,
     priceOutputPerMillion: 1_500_000n,
+    royaltyPerMillion: 0n,
+    feeBps: 0n,
     expiry: BigInt(Math.floor(Date.now() / 1000) + 3600),
   };
   return { v, sig: await signVoucher(payer, v, escrow) };
@@ -128,11 +136,14 @@ describe("ProviderMetrics", () => {
     expect(sample(s, "soulmesh_earnings_unsettled_units")).toBe(500_000 + 3_000_000);
     expect(sample(s, "soulmesh_earnings_settled_units")).toBe(0);
 
-    // Half of it settles on chain: the book records it, the worker reports the transaction.
-    await book.markSettled(entry.key, { inputTokens: 1_000_000n, outputTokens: 0n });
+    // Half of it settles on chain: the book records it with what the receipt's log says was paid (the worker
+    // does this), and the worker reports the transaction.
+    await book.markSettled(entry.key, { inputTokens: 1_000_000n, outputTokens: 0n }, { earned: { providerAmount: 500_000n, total: 625_000n } });
     worker.dispatchEvent(new CustomEvent("settlement:sent", { detail: { txHash: "0xaa", keys: [entry.key], trigger: "close" } }));
     worker.dispatchEvent(
-      new CustomEvent("settlement:confirmed", { detail: { txHash: "0xaa", keys: [entry.key], blockNumber: 9, paid: 625_000n } }),
+      new CustomEvent("settlement:confirmed", {
+        detail: { txHash: "0xaa", keys: [entry.key], skipped: [], blockNumber: 9, paid: 625_000n, providerAmount: 500_000n },
+      }),
     );
     worker.dispatchEvent(new CustomEvent("settlement:failed", { detail: { keys: [], error: new Error("rpc down"), attempt: 1, willRetry: true } }));
     worker.dispatchEvent(new CustomEvent("settlement:dropped", { detail: { key: entry.key, reason: "Escrow__VoucherExpired", permanent: true } }));
@@ -152,7 +163,7 @@ describe("ProviderMetrics", () => {
     expect(sample(s, "soulmesh_open_sessions")).toBe(0);
     expect(sample(s, "soulmesh_output_tokens_per_second")).toBe(0); // the turns left the window
     expect(sample(s, "soulmesh_output_tokens_total")).toBe(60);
-    expect(metrics.settlement).toMatchObject({ sent: 1, confirmed: 1, failures: 1, dropped: 1, paid: 625_000n, lastTxHash: "0xaa", lastError: "rpc down" });
+    expect(metrics.settlement).toMatchObject({ sent: 1, confirmed: 1, failures: 1, dropped: 1, paid: 625_000n, earned: 500_000n, lastTxHash: "0xaa", lastError: "rpc down" });
 
     // Unbound: events no longer count.
     metrics.close();
@@ -234,4 +245,65 @@ describe("serveProviderHttp", () => {
     expect(await res.text()).toContain("book closed");
     await http.close();
   });
+});
+
+describe("earnings on the escrow", () => {
+  it("attack 1: a payer's own settle() of a later session reverts; the provider's voucher is paid in full and the metric is what the chain paid", async () => {
+    const chain = await createTestChain();
+    const folder = await mkdtemp(join(tmpdir(), "soulmesh-metrics-chain-"));
+    try {
+      const [, prov, user, creator] = chain.wallets as [Wallet, Wallet, Wallet, Wallet];
+      const f = await deployFixture(chain, { protocolFeeBps: 250 });
+      await chain.increaseTime(2 * 24 * 3600 + 1); // the fee takes effect after its delay
+      const persona = await f.createPersona(creator, { royaltyPerMillion: 200_000n });
+      const agent = await f.mintAgent(user, persona);
+      await f.registerProvider(prov);
+      await f.depositAndCommit(user, prov.address, 10n * USD);
+      const escrowRef = { chainId: f.deployment.chainId, address: f.deployment.contracts.inferenceEscrow };
+      const now = await chain.now();
+      const realBook = new VoucherBook({ dir: join(folder, "real"), escrow: escrowRef, provider: prov.address, now: () => now });
+      await realBook.start();
+      const escrow = f.as(prov).inferenceEscrow;
+      const metrics = new ProviderMetrics({ processMetrics: false });
+      const worker = new SettlementWorker({
+        book: realBook,
+        escrow,
+        policy: { intervalMs: 0, amountThreshold: 0n, maxBatch: 10 },
+        now: () => chain.now(),
+      });
+      metrics.bindBook(realBook);
+      metrics.bindWorker(worker);
+      try {
+        // The provider served and accepted session 5's voucher.
+        const served = await f.voucher(user, { provider: prov.address, agentId: agent, session: 5n, inputTokens: 40_000n, outputTokens: 9_000n, feeBps: 250n });
+        await realBook.accept(served.voucher, served.signature, { rates: served.voucher });
+        // The payer signs a later session at price zero and tries to settle it itself, to void session 5.
+        const voiding = await f.voucher(user, {
+          provider: prov.address, agentId: agent, session: (1n << 64n) - 1n, inputTokens: 1n, outputTokens: 0n,
+          priceInputPerMillion: 0n, priceOutputPerMillion: 0n, feeBps: 250n,
+        });
+        const attempt = await f.as(user).inferenceEscrow.settle(voiding.voucher, voiding.signature).then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+        expect(decodeRevertName(attempt)).toBe("Escrow__NotProviderOrSettler");
+        const before = await escrow.earningsOf(prov.address);
+        const report = await worker.settleNow();
+        expect(report.settled).toEqual([sessionKey(served.voucher)]);
+        const paidToProvider = (await escrow.earningsOf(prov.address)) - before;
+        expect(paidToProvider).toBe(voucherCost(served.voucher, { inputTokens: 0n, outputTokens: 0n }).providerAmount);
+        expect(paidToProvider).toBeGreaterThan(0n);
+        const s = parseExposition(await metrics.exposition());
+        expect(sample(s, "soulmesh_earnings_settled_units")).toBe(Number(paidToProvider));
+        expect(sample(s, "soulmesh_settlement_paid_units_total")).toBe(Number(voucherCost(served.voucher, { inputTokens: 0n, outputTokens: 0n }).total));
+        expect(metrics.settlement.earned).toBe(paidToProvider);
+      } finally {
+        metrics.close();
+        await realBook.stop();
+      }
+    } finally {
+      await chain.close();
+      await rm(folder, { recursive: true, force: true });
+    }
+  }, 60_000);
 });

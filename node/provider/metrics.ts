@@ -14,7 +14,6 @@ import type { SettlementWorker } from "../billing/settlement.js";
 import type { InferenceEngine } from "../engine/index.js";
 import type { ProviderProtocols } from "../p2p/provider-protocols.js";
 import { errorToWire } from "../../sdk/protocol/index.js";
-import { voucherCost } from "../../sdk/chain/voucher.js";
 import { MetricsPortError } from "./errors.js";
 
 export interface ProviderMetricsOptions {
@@ -32,8 +31,10 @@ export interface SettlementSummary {
   confirmed: number;
   failures: number;
   dropped: number;
-  /** Token units taken from deposits by confirmed settlements (provider, royalty and fee shares). */
+  /** Token units taken from lanes by confirmed settlements, as their VoucherSettled logs say (all shares). */
   paid: bigint;
+  /** This provider's share of `paid`, as the logs say: what it earned. */
+  earned: bigint;
   lastTxHash: string | undefined;
   lastConfirmedAt: number | undefined;
   lastError: string | undefined;
@@ -53,10 +54,15 @@ export function failureCode(error: unknown): string {
   return errorToWire(error).code;
 }
 
-/** The provider's share of what is settled of a book entry, at the voucher's prices. */
+/**
+ * What the chain paid this provider for a book entry's session: the provider shares of the VoucherSettled logs
+ * of this node's confirmed settlements, never what the book expected them to pay.
+ *
+ * @example
+ * const earned = (await book.entries()).reduce((sum, e) => sum + settledProviderAmount(e), 0n)
+ */
 export function settledProviderAmount(e: BookEntry): bigint {
-  const settled = { ...e.voucher, inputTokens: e.settled.inputTokens, outputTokens: e.settled.outputTokens };
-  return voucherCost(settled, { inputTokens: 0n, outputTokens: 0n }, 0n, 0n).providerAmount;
+  return e.earned.providerAmount;
 }
 
 /**
@@ -81,6 +87,7 @@ export class ProviderMetrics {
     failures: 0,
     dropped: 0,
     paid: 0n,
+    earned: 0n,
     lastTxHash: undefined,
     lastConfirmedAt: undefined,
     lastError: undefined,
@@ -224,7 +231,7 @@ export class ProviderMetrics {
     });
     new Gauge({
       name: "soulmesh_earnings_settled_units",
-      help: "The provider's share of everything settled on chain from this node's book, in token units.",
+      help: "The provider's share of everything this node's settlements were paid, as their VoucherSettled logs say, in token units.",
       registers,
       async collect() {
         const book = self.#book;
@@ -259,7 +266,7 @@ export class ProviderMetrics {
     });
     this.settlementPaid = new Counter({
       name: "soulmesh_settlement_paid_units_total",
-      help: "Token units taken from deposits by confirmed settlements (provider, royalty and fee shares).",
+      help: "Token units taken from lanes by confirmed settlements, as their VoucherSettled logs say (provider, royalty and fee shares).",
       registers,
     });
     this.droppedVouchers = new Counter({
@@ -343,11 +350,13 @@ export class ProviderMetrics {
       this.settlement.lastTxHash = (e as CustomEvent<{ txHash: string }>).detail.txHash;
     });
     this.#on(worker, "settlement:confirmed", (e) => {
-      const { paid } = (e as CustomEvent<{ paid: bigint }>).detail;
+      // What the receipt's VoucherSettled logs say was paid, not what the batch was planned to pay.
+      const { paid, providerAmount } = (e as CustomEvent<{ paid: bigint; providerAmount?: bigint }>).detail;
       this.settlementTransactions.inc({ state: "confirmed" });
       this.settlementPaid.inc(toNumber(paid));
       this.settlement.confirmed++;
       this.settlement.paid += paid;
+      this.settlement.earned += providerAmount ?? 0n;
       this.settlement.lastConfirmedAt = this.#now();
       this.#pollNow?.();
     });

@@ -39,6 +39,8 @@ let f: Fixture;
 let fx: TinyFixtures;
 let root: string;
 let providerWallet: Wallet, payer: Wallet, creator: Wallet;
+/** createPersona's default royalty per million tokens; the deployment's fee is 0. */
+const ROYALTY = 200_000n;
 let agentId: bigint, personaId: bigint;
 let client: ProviderHost;
 const nodes: ProviderNode[] = [];
@@ -97,6 +99,9 @@ const tcp = (node: ProviderNode) => multiaddr(node.multiaddrs.find((m) => !m.inc
 
 /** Opens session `session` on `node`, runs one 8-token turn and pays it with a voucher, as a client does. */
 async function paidTurn(node: ProviderNode, session: bigint, expiry: number) {
+  // Only the payer's lane with this provider backs a session: commit part of the deposit to it once.
+  const asPayer = f.as(payer).inferenceEscrow;
+  if ((await asPayer.laneOf(payer.address, node.address))[0] === 0n) await (await asPayer.commit(node.address, 20n * USD)).wait();
   const request: SessionRequest = {
     payer: payer.address,
     provider: node.address,
@@ -105,6 +110,8 @@ async function paidTurn(node: ProviderNode, session: bigint, expiry: number) {
     session: session.toString(),
     priceInputPerMillion: PRICES.input.toString(),
     priceOutputPerMillion: PRICES.output.toString(),
+    royaltyPerMillion: ROYALTY.toString(),
+    feeBps: "0",
     spendingCap: (5n * USD).toString(),
     expiry: expiry.toString(),
     chainId: f.deployment.chainId.toString(),
@@ -143,6 +150,8 @@ async function paidTurn(node: ProviderNode, session: bigint, expiry: number) {
     outputTokens: BigInt(done!.receipt.cumulativeOutputTokens),
     priceInputPerMillion: PRICES.input,
     priceOutputPerMillion: PRICES.output,
+    royaltyPerMillion: ROYALTY,
+    feeBps: 0n,
     expiry: BigInt(expiry),
   };
   const escrow = { chainId: f.deployment.chainId, address: f.deployment.contracts.inferenceEscrow };
@@ -157,6 +166,8 @@ async function paidTurn(node: ProviderNode, session: bigint, expiry: number) {
       outputTokens: voucher.outputTokens.toString(),
       priceInputPerMillion: voucher.priceInputPerMillion.toString(),
       priceOutputPerMillion: voucher.priceOutputPerMillion.toString(),
+      royaltyPerMillion: voucher.royaltyPerMillion.toString(),
+      feeBps: voucher.feeBps.toString(),
       expiry: voucher.expiry.toString(),
     },
     signature: await signVoucher(payer, voucher, escrow),
