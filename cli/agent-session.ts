@@ -11,7 +11,8 @@ import { getAddress } from "ethers";
 import type { Wallet } from "ethers";
 import { ContractRevertError } from "../sdk/chain/errors.js";
 import { withRevertDecoding } from "../sdk/chain/revert.js";
-import { EscrowTooLowError, NoProviderError, SpendingCapReachedError } from "../sdk/client/errors.js";
+import { EscrowTooLowError, LaneReleasingError, NoProviderError, SpendingCapReachedError } from "../sdk/client/errors.js";
+import type { FundsShortfall } from "../sdk/client/errors.js";
 import { createClientHost } from "../sdk/client/host.js";
 import type { ClientHost } from "../sdk/client/host.js";
 import { openAgent } from "../sdk/client/agent/agent.js";
@@ -24,16 +25,19 @@ import type { Embedder } from "../sdk/memory/retrieval/embedder.js";
 import { loadWordVectorEmbedder } from "../sdk/memory/retrieval/word-vectors.js";
 import type { WordVectorProgress } from "../sdk/memory/retrieval/word-vectors.js";
 import { BlockNotFoundError, BlockStoreLockedError, KuboUnreachableError } from "../sdk/vault/block-store-errors.js";
-import { tokenInfo } from "./commands/escrow.js";
+import { readLanes, tokenInfo } from "./commands/escrow.js";
 import type { TokenInfo } from "./commands/escrow.js";
 import type { CommandContext } from "./context.js";
 import type { LocalIpfs } from "./ipfs/local-ipfs.js";
 import { formatUnitsFixed } from "../sdk/chain/units.js";
 
-/** The share of the escrow deposit a chat may spend when no cap is given. */
+/**
+ * The share of the account's escrow funds (free deposit and lanes) a chat may spend when no cap is given: the
+ * rest leaves room for the agent's maintenance chat and for a second provider when the first fails.
+ */
 export const DEFAULT_CAP_PERCENT = 90n;
 
-/** The account has nothing in escrow, so no turn can be paid for. */
+/** The account has nothing in escrow (free deposit or lanes) nor in its wallet, so no turn can be paid for. */
 export class NoDepositError extends SoulmeshError {
   override readonly name = "NoDepositError";
   constructor(readonly account: string) {
@@ -110,13 +114,18 @@ export class PersonaUnreadableError extends SoulmeshError {
   }
 }
 
-/** The deposit, less what providers are still owed, does not cover the chat's spending cap. */
+/** The account's funds (its lane with the provider, free deposit and wallet) cannot pay the next turn. */
 export class DepositTooLowError extends EscrowTooLowError {
-  constructor(payer: string, spendingCap: bigint) {
-    super(payer, spendingCap);
+  constructor(payer: string, spendingCap: bigint, shortfall?: FundsShortfall) {
+    super(payer, spendingCap, shortfall);
     this.message =
-      `The escrow deposit of ${payer}, less what providers are still owed for earlier chats, does not cover this chat's ` +
-      `spending cap of ${spendingCap} token units: deposit more with \`soulmesh deposit 10\`, or chat with a lower --max-spend.`;
+      shortfall === undefined
+        ? `The escrow funds of ${payer}, less what providers are still owed for earlier chats, do not cover this chat's ` +
+          `spending cap of ${spendingCap} token units at any provider: deposit more with \`soulmesh deposit 10\`, or chat with a lower --max-spend.`
+        : `The funds of ${payer} cannot pay the next reply at provider ${shortfall.provider}: it may cost up to ` +
+          `${shortfall.needed} token units (provider, royalty and fee), and the lane with that provider holds ${shortfall.lane} ` +
+          `beyond what it is still owed, the free deposit ${shortfall.deposit}, the wallet ${shortfall.wallet}. Deposit more with ` +
+          "`soulmesh deposit 10` (see `soulmesh balance`), or ask for a shorter reply with --max-tokens.";
   }
 }
 
@@ -125,20 +134,33 @@ export class ChatCapReachedError extends SpendingCapReachedError {
   constructor(spent: bigint, cap: bigint, needed: bigint) {
     super(spent, cap, needed);
     this.message =
-      `This chat has spent ${spent} of its cap of ${cap} token units and the next reply may cost up to ${needed}: ` +
-      "start the chat again with a higher --max-spend, or ask for a shorter reply with --max-tokens.";
+      `This chat has spent ${spent} of its cap of ${cap} token units (provider, royalty and fee) and the next reply may ` +
+      `cost up to ${needed}: start the chat again with a higher --max-spend, or ask for a shorter reply with --max-tokens.`;
+  }
+}
+
+/** The lane with the provider is being released (`withdraw request --all`): chats do not undo it. */
+export class LaneBeingReleasedError extends LaneReleasingError {
+  constructor(provider: string, releaseAt: bigint) {
+    super(provider, releaseAt);
+    this.message =
+      `Your lane with provider ${provider} is being released (\`soulmesh withdraw request --all\`; ready at ` +
+      `${new Date(Number(releaseAt) * 1000).toISOString()}): run \`soulmesh withdraw cancel\` to chat with it again, ` +
+      "or `soulmesh withdraw complete` once it is ready and deposit again.";
   }
 }
 
 /**
- * The CLI's wording of an error a turn may end with (deposit too low, cap reached), else the error itself.
+ * The CLI's wording of an error a turn may end with (funds too low, cap reached, lane released), else the
+ * error itself.
  *
  * @example
  * catch (err) { throw explainTurnError(err) }
  */
 export function explainTurnError(err: unknown): unknown {
-  if (err instanceof EscrowTooLowError && !(err instanceof DepositTooLowError)) return new DepositTooLowError(err.payer, err.spendingCap);
+  if (err instanceof EscrowTooLowError && !(err instanceof DepositTooLowError)) return new DepositTooLowError(err.payer, err.spendingCap, err.shortfall);
   if (err instanceof SpendingCapReachedError && !(err instanceof ChatCapReachedError)) return new ChatCapReachedError(err.spent, err.cap, err.needed);
+  if (err instanceof LaneReleasingError && !(err instanceof LaneBeingReleasedError)) return new LaneBeingReleasedError(err.provider, err.releaseAt);
   return err;
 }
 
@@ -149,7 +171,11 @@ export interface OpenCliAgentOptions {
    * message. `false` for the memory commands: no provider, no host, no deposit needed.
    */
   connect?: boolean;
-  /** The most this process's turns may cost (provider share), in token units; default 90% of the account's deposit. */
+  /**
+   * The most this process's turns may cost, full price (provider, royalty and fee), in token units; default 90%
+   * of the account's escrow funds (free deposit and lanes) at start. Each session is bounded by the funds read
+   * live too.
+   */
   spendingCap?: bigint;
   /** Reply length when a send does not say (default the SDK's, 256). */
   maxTokens?: number;
@@ -223,23 +249,31 @@ export async function openCliAgent(ctx: CommandContext, agentId: bigint, options
   const account = getAddress(signer.address);
   await checkOwner(contracts.agentRegistry, agentId, account);
 
-  const [token, deposit] = await Promise.all([tokenInfo(contracts), contracts.inferenceEscrow.depositOf(account)]);
+  // Without a chat no turn is paid, and any positive cap will do (the memory commands): no funds to read.
+  const [token, deposit, lanes] = await Promise.all([
+    tokenInfo(contracts),
+    connect ? contracts.inferenceEscrow.depositOf(account) : 0n,
+    connect ? readLanes(contracts, account) : [],
+  ]);
+  // Lanes being released are on their way out: chats do not draw on them.
+  const committed = lanes.filter((l) => l.releaseAt === 0).reduce((sum, l) => sum + l.amount, 0n);
+  if (connect && deposit + committed === 0n) {
+    // With --max-spend the client can still commit from the wallet, with a permit, at a provider's first use.
+    if (options.spendingCap === undefined || (await contracts.token.balanceOf(account)) === 0n) throw new NoDepositError(account);
+  }
   let spendingCap = options.spendingCap;
-  if (connect && deposit === 0n) throw new NoDepositError(account);
   if (spendingCap === undefined) {
-    // Providers open a session only if the deposit, less what it still owes them in vouchers not yet
-    // settled, covers the cap: the whole deposit would be refused as soon as one earlier chat is unsettled.
-    // Without a chat no turn is paid, and any positive cap will do (the memory commands).
-    spendingCap = deposit > 0n ? (deposit * DEFAULT_CAP_PERCENT) / 100n || deposit : 1n;
+    // The cap is a ceiling: every session is also bounded by the lane and free deposit read when it opens
+    // (so a withdrawal lowers what a running chat may spend, and never stops it for good).
+    const funds = deposit + committed;
+    spendingCap = funds > 0n ? (funds * DEFAULT_CAP_PERCENT) / 100n || funds : 1n;
     if (connect) {
       onProgress?.(
-        `spending cap: ${formatUnitsFixed(spendingCap, token.decimals)} ${token.symbol}, ${DEFAULT_CAP_PERCENT}% of your escrow deposit ` +
-          "(the rest covers what providers may still be owed; set a cap with --max-spend)",
+        `spending cap: ${formatUnitsFixed(spendingCap, token.decimals)} ${token.symbol}, ${DEFAULT_CAP_PERCENT}% of your escrow funds ` +
+          "(provider, royalty and fee; the rest leaves room for memory upkeep and a second provider; set a cap with --max-spend)",
       );
     }
   }
-
-  if (connect && spendingCap > deposit) throw new DepositTooLowError(account, spendingCap);
 
   const ipfs = await openIpfs(ctx);
   let host: ClientHost | undefined;
@@ -290,6 +324,12 @@ export async function openCliAgent(ctx: CommandContext, agentId: bigint, options
     });
     const opened = agent;
     const openedHost = host;
+    opened.addEventListener("lane:committed", (e) =>
+      onProgress?.(
+        `committed ${formatUnitsFixed(e.detail.amount, token.decimals)} ${token.symbol} to provider ${e.detail.provider} ` +
+          `(${e.detail.method === "permit" ? "from your wallet, " : ""}one transaction at its first use: ${e.detail.txHash})`,
+      ),
+    );
     let closing: Promise<{ published: HeadPublished | undefined }> | undefined;
     return {
       agent: opened,

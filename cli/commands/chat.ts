@@ -70,7 +70,7 @@ export class InvalidChatArgumentError extends SoulmeshError {
 
 const SLASH_HELP = [
   "/help     this list",
-  "/cost     what this chat has spent, and the cap",
+  "/cost     what this chat has spent (provider, royalty and fee), and the cap",
   "/memory   what the agent remembers about you (profile and notebook)",
   "/tokens N longest reply from now on, in tokens",
   "/exit     end the chat (also Ctrl-D, or Ctrl-C at an empty prompt)",
@@ -272,7 +272,7 @@ async function chatLoop(session: CliAgent, hooks: LoopHooks): Promise<ChatSummar
       if (command === "/exit" || command === "/quit") break;
       if (command === "/help") say(`${SLASH_HELP}\n`);
       else if (command === "/cost") {
-        say(`spent ${showMoney(agent.spent, token)} of a cap of ${showMoney(session.spendingCap, token)} in ${turns} turns\n`);
+        say(`spent ${showMoney(agent.spent, token)} of a cap of ${showMoney(session.spendingCap, token)} in ${turns} turns (provider, royalty and fee)\n`);
       } else if (command === "/memory") say(`${rememberedAbout(session, speaker)}\n`);
       else if (command === "/tokens") {
         const n = Number(message.split(/\s+/)[1]);
@@ -416,7 +416,7 @@ export function registerChat(program: Command): void {
     .argument("<agent>", "the agent's id (see `soulmesh agent list`)", parseAgentId)
     .option("-m, --message <text>", "send one message, print the reply and exit")
     .option("--max-tokens <n>", `longest reply, in tokens (default ${DEFAULT_MAX_TOKENS})`, parsePositiveInt)
-    .option("--max-spend <amount>", "the most this chat may spend, in tokens such as 0.5 (default: 90% of your escrow deposit)")
+    .option("--max-spend <amount>", "the most this chat may spend, provider, royalty and fee together, in tokens such as 0.5 (default: 90% of your escrow funds)")
     .option("--as <name>", "speak as another user of a shared agent (default: you, the owner)")
     .option("--confidential", "say it in confidence: the agent never repeats it to anyone else", false)
     .addHelpText(

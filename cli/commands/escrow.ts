@@ -1,3 +1,9 @@
+/**
+ * The escrow commands: `deposit`, `withdraw request|complete|cancel`, `balance` and `earnings`. A payer's money
+ * in escrow is its free deposit plus its lanes, one per provider it chatted with (the client commits to a lane
+ * at the first use of a provider; only that provider's vouchers draw on it). Withdrawing takes both out: the
+ * free deposit by a withdrawal, each lane by a release, each after the escrow's delay.
+ */
 import type { Command } from "commander";
 import { InvalidArgumentError } from "commander";
 import { getAddress, isAddress } from "ethers";
@@ -61,24 +67,39 @@ export class NoGasError extends SoulmeshError {
   }
 }
 
-/** A withdrawal asks for more than the deposit holds. */
+/** A withdrawal asks for more than the free deposit holds. */
 export class InsufficientDepositError extends SoulmeshError {
   override readonly name = "InsufficientDepositError";
   constructor(
     readonly requested: bigint,
     readonly deposit: bigint,
     token: TokenInfo,
+    /** What the account's lanes with providers hold (not part of the free deposit). */
+    readonly committed: bigint = 0n,
   ) {
     super(
-      deposit === 0n
+      deposit === 0n && committed === 0n
         ? "Nothing is deposited in escrow for this account, so there is nothing to withdraw. Deposit with `soulmesh deposit AMOUNT`."
-        : `The escrow holds ${formatUnitsFixed(deposit, token.decimals)} ${token.symbol} for this account; you asked to ` +
-            `withdraw ${formatUnitsFixed(requested, token.decimals)}. Withdraw at most that, or use --all.`,
+        : `The escrow's free deposit holds ${formatUnitsFixed(deposit, token.decimals)} ${token.symbol} for this account` +
+            (committed > 0n ? ` (and its lanes with providers ${formatUnitsFixed(committed, token.decimals)} more)` : "") +
+            `; you asked to withdraw ${formatUnitsFixed(requested, token.decimals)}. Withdraw at most the free deposit, ` +
+            "or use --all to take out everything, lanes included.",
     );
   }
 }
 
-/** `withdraw complete` before the withdrawal delay has passed. */
+/** `withdraw complete` or `withdraw cancel` with nothing pending. */
+export class NothingPendingError extends SoulmeshError {
+  override readonly name = "NothingPendingError";
+  constructor(readonly action: "complete" | "cancel") {
+    super(
+      `There is no pending withdrawal nor lane release to ${action}: start one with \`soulmesh withdraw request --all\` ` +
+        "(see what the escrow holds with `soulmesh balance`).",
+    );
+  }
+}
+
+/** `withdraw complete` before the withdrawal delay (of the withdrawal or of every lane release) has passed. */
 export class WithdrawalNotReadyError extends SoulmeshError {
   override readonly name = "WithdrawalNotReadyError";
   constructor(
@@ -205,12 +226,25 @@ export async function tokenInfo(contracts: SoulmeshContracts): Promise<TokenInfo
   return { address, symbol, decimals: Number(decimals) };
 }
 
+/** A payer's lane with one provider: funds only that provider's vouchers draw on. */
+export interface LaneBalance {
+  provider: string;
+  amount: bigint;
+  /** When a requested release can complete (chain time, Unix seconds); 0 when none is pending. */
+  releaseAt: number;
+}
+
 /** An account's money: in its wallet and in escrow. */
 export interface Funds {
   /** Native coin, in wei. */
   native: bigint;
   tokens: bigint;
+  /** The free deposit: in no lane. */
   deposit: bigint;
+  /** Every non-empty lane, by provider. */
+  lanes: LaneBalance[];
+  /** What the lanes hold together. */
+  committed: bigint;
   /** Zero amount and time when none is pending. */
   pending: { amount: bigint; availableAt: number };
   earnings: bigint;
@@ -219,7 +253,28 @@ export interface Funds {
 }
 
 /**
- * Reads an account's balances, deposit, pending withdrawal and earnings.
+ * The payer's non-empty lanes: every provider the registry lists (active or not: a lane outlives its
+ * provider's stake), with what the lane holds and its pending release.
+ *
+ * @example
+ * const lanes = await readLanes(await ctx.contracts(), "0x7099…79C8")
+ */
+export async function readLanes(contracts: Pick<SoulmeshContracts, "providerRegistry" | "inferenceEscrow">, payer: string): Promise<LaneBalance[]> {
+  const registry = contracts.providerRegistry;
+  const count = await registry.providerCount();
+  const providers: string[] = [];
+  for (let offset = 0n; offset < count; offset += 100n) providers.push(...(await registry.providers(offset, 100n)));
+  const lanes = await Promise.all(
+    providers.map(async (provider): Promise<LaneBalance> => {
+      const [amount, releaseAt] = await contracts.inferenceEscrow.laneOf(payer, provider);
+      return { provider: getAddress(provider), amount, releaseAt: Number(releaseAt) };
+    }),
+  );
+  return lanes.filter((l) => l.amount > 0n);
+}
+
+/**
+ * Reads an account's balances, free deposit, lanes, pending withdrawal and earnings.
  *
  * @example
  * const funds = await readFunds(await ctx.contracts(), "0x7099…79C8")
@@ -227,10 +282,11 @@ export interface Funds {
 export async function readFunds(contracts: SoulmeshContracts, address: string): Promise<Funds> {
   const provider = contracts.inferenceEscrow.runner!.provider!;
   const escrow = contracts.inferenceEscrow;
-  const [native, tokens, deposit, [amount, availableAt], earnings, block] = await Promise.all([
+  const [native, tokens, deposit, lanes, [amount, availableAt], earnings, block] = await Promise.all([
     provider.getBalance(address),
     contracts.token.balanceOf(address),
     escrow.depositOf(address),
+    readLanes(contracts, address),
     escrow.pendingWithdrawalOf(address),
     escrow.earningsOf(address),
     provider.getBlock("latest"),
@@ -239,6 +295,8 @@ export async function readFunds(contracts: SoulmeshContracts, address: string): 
     native,
     tokens,
     deposit,
+    lanes,
+    committed: lanes.reduce((sum, l) => sum + l.amount, 0n),
     pending: { amount, availableAt: Number(availableAt) },
     earnings,
     chainTime: block?.timestamp ?? Math.floor(Date.now() / 1000),
@@ -257,6 +315,30 @@ export function pendingJson(
     availableAtUnix: funds.pending.availableAt,
     inSeconds: Math.max(0, funds.pending.availableAt - funds.chainTime),
   };
+}
+
+/** The lanes in JSON, each with its pending release (null when none). */
+export function lanesJson(funds: Pick<Funds, "lanes" | "chainTime">, token: TokenInfo): Record<string, unknown>[] {
+  return funds.lanes.map((l) => ({
+    provider: l.provider,
+    amount: money(l.amount, token),
+    release:
+      l.releaseAt === 0
+        ? null
+        : { availableAt: isoTime(l.releaseAt), availableAtUnix: l.releaseAt, inSeconds: Math.max(0, l.releaseAt - funds.chainTime) },
+  }));
+}
+
+/** One line per lane for text output (none when there is no lane). */
+export function lanesText(funds: Pick<Funds, "lanes" | "chainTime">, token: TokenInfo): string[] {
+  return funds.lanes.map((l) => {
+    const left = l.releaseAt - funds.chainTime;
+    const release =
+      l.releaseAt === 0
+        ? ""
+        : `, release ${left > 0 ? `at ${isoTime(l.releaseAt)} (in ${formatDuration(left)})` : "ready (`soulmesh withdraw complete`)"}`;
+    return `lane      ${showMoney(l.amount, token)} with provider ${l.provider}${release}`;
+  });
 }
 
 /** A pending withdrawal for text output. */
@@ -332,48 +414,133 @@ async function runWithdrawRequest(ctx: CommandContext, amountText: string | unde
   const requested = amountText !== undefined ? parseTokenAmount(amountText, token.decimals) : undefined;
   const signer = await ctx.signer();
   const c = await ctx.contracts(signer);
-  const [deposit, [pendingAmount, pendingAt]] = await Promise.all([
+  const [deposit, [pendingAmount, pendingAt], lanes] = await Promise.all([
     c.inferenceEscrow.depositOf(signer.address),
     c.inferenceEscrow.pendingWithdrawalOf(signer.address),
+    ctx.abortable(readLanes(c, signer.address)),
   ]);
+  const committed = lanes.reduce((sum, l) => sum + l.amount, 0n);
   const amount = requested ?? deposit;
-  if (amount === 0n || amount > deposit) throw new InsufficientDepositError(amount, deposit, token);
-  if (pendingAt !== 0n) ctx.out.progress(`this replaces the pending withdrawal of ${showMoney(pendingAmount, token)}`);
-  const receipt = await sendTransaction(ctx, `requesting to withdraw ${showMoney(amount, token)}…`, () =>
-    c.inferenceEscrow.requestWithdrawal(amount),
-  );
-  const availableAt = Number(eventArgs(c.inferenceEscrow, receipt.logs, "WithdrawalRequested")?.availableAt ?? 0n);
-  const chainTime = (await receipt.getBlock()).timestamp;
-  const funds = { pending: { amount, availableAt }, chainTime };
+  // An amount comes from the free deposit alone; --all takes the lanes too, which release after the delay.
+  if (requested !== undefined && (amount === 0n || amount > deposit)) throw new InsufficientDepositError(amount, deposit, token, committed);
+  if (requested === undefined && deposit === 0n && committed === 0n) throw new InsufficientDepositError(0n, 0n, token);
+  const txHashes: string[] = [];
+  let withdrawal: { amount: bigint; availableAt: number } | undefined;
+  if (amount > 0n) {
+    if (pendingAt !== 0n) ctx.out.progress(`this replaces the pending withdrawal of ${showMoney(pendingAmount, token)}`);
+    const receipt = await sendTransaction(ctx, `requesting to withdraw ${showMoney(amount, token)} of the free deposit…`, () =>
+      c.inferenceEscrow.requestWithdrawal(amount),
+    );
+    txHashes.push(receipt.hash);
+    withdrawal = { amount, availableAt: Number(eventArgs(c.inferenceEscrow, receipt.logs, "WithdrawalRequested")?.availableAt ?? 0n) };
+  }
+  const releases: { provider: string; amount: bigint; releaseAt: number; txHash: string }[] = [];
+  if (all) {
+    // A lane already being released keeps its date: asking again would restart its delay.
+    for (const lane of lanes.filter((l) => l.releaseAt === 0)) {
+      const receipt = await sendTransaction(ctx, `asking for the lane of ${showMoney(lane.amount, token)} with provider ${lane.provider} back…`, () =>
+        c.inferenceEscrow.requestRelease(lane.provider),
+      );
+      txHashes.push(receipt.hash);
+      const releaseAt = Number(eventArgs(c.inferenceEscrow, receipt.logs, "LaneReleaseRequested")?.releaseAt ?? 0n);
+      releases.push({ provider: lane.provider, amount: lane.amount, releaseAt, txHash: receipt.hash });
+    }
+  }
+  const chainTime = (await signer.provider!.getBlock("latest"))?.timestamp ?? Math.floor(Date.now() / 1000);
+  const readyAt = Math.max(withdrawal?.availableAt ?? 0, ...releases.map((r) => r.releaseAt));
+  const releasing = releases.reduce((sum, r) => sum + r.amount, 0n);
+  const parts = [
+    ...(withdrawal !== undefined ? [`a withdrawal of ${showMoney(withdrawal.amount, token)} of the free deposit`] : []),
+    ...(releases.length > 0 ? [`the release of ${plural(releases.length, "lane")} holding ${showMoney(releasing, token)}`] : []),
+  ];
+  if (parts.length === 0) parts.push("nothing new (every lane is already being released)");
   ctx.out.result(
-    { account: signer.address, requested: money(amount, token), ...pendingJson(funds, token), txHash: receipt.hash },
-    `Withdrawal of ${showMoney(amount, token)} requested; complete it with \`soulmesh withdraw complete\` at ` +
-      `${isoTime(availableAt)} (chain time, in ${formatDuration(availableAt - chainTime)}). ` +
-      "Until then the deposit still pays for vouchers.",
+    {
+      account: signer.address,
+      requested: money(amount, token),
+      ...(withdrawal !== undefined && pendingJson({ pending: withdrawal, chainTime }, token)),
+      releases: releases.map((r) => ({ provider: r.provider, amount: money(r.amount, token), availableAt: isoTime(r.releaseAt), availableAtUnix: r.releaseAt, txHash: r.txHash })),
+      ...(withdrawal !== undefined && { txHash: txHashes[0] }),
+      txHashes,
+    },
+    `Requested ${parts.join(" and ")}; complete with \`soulmesh withdraw complete\` at ${isoTime(readyAt)} ` +
+      `(chain time, in ${formatDuration(readyAt - chainTime)}). Until then the funds still pay for vouchers` +
+      (all && releases.length > 0
+        ? "; the released lanes return to the free deposit, which `withdraw complete` then pays out when it is part of the withdrawal."
+        : (lanes.length > 0 ? `; the lanes with providers (${showMoney(committed, token)}) stay: \`--all\` releases them too.` : ".")),
   );
+}
+
+async function chainNow(ctx: CommandContext): Promise<number> {
+  const signer = await ctx.signer();
+  return (await signer.provider!.getBlock("latest"))?.timestamp ?? Math.floor(Date.now() / 1000);
 }
 
 async function runWithdrawComplete(ctx: CommandContext): Promise<void> {
   const token = await tokenInfo(await ctx.contracts());
   const signer = await ctx.signer();
   const c = await ctx.contracts(signer);
-  let receipt: TransactionReceipt;
-  try {
-    receipt = await sendTransaction(ctx, "completing the withdrawal…", () => c.inferenceEscrow.completeWithdrawal());
-  } catch (err) {
-    if (err instanceof ContractRevertError && err.reason === "Escrow__WithdrawalNotReady") {
-      const availableAt = Number(err.args[0] as bigint);
-      const now = (await signer.provider!.getBlock("latest"))?.timestamp ?? Math.floor(Date.now() / 1000);
-      throw new WithdrawalNotReadyError(availableAt, availableAt - now);
-    }
-    throw err;
+  const [lanes, [pendingAmount, pendingAt], now] = await Promise.all([
+    ctx.abortable(readLanes(c, signer.address)),
+    c.inferenceEscrow.pendingWithdrawalOf(signer.address),
+    chainNow(ctx),
+  ]);
+  const releasing = lanes.filter((l) => l.releaseAt !== 0);
+  if (releasing.length === 0 && pendingAt === 0n) throw new NothingPendingError("complete");
+  const ready = releasing.filter((l) => l.releaseAt <= now);
+  const waiting = [...releasing.filter((l) => l.releaseAt > now).map((l) => l.releaseAt), ...(pendingAt > BigInt(now) ? [Number(pendingAt)] : [])];
+  if (ready.length === 0 && (pendingAt === 0n || pendingAt > BigInt(now))) {
+    const next = Math.min(...waiting);
+    throw new WithdrawalNotReadyError(next, next - now);
   }
-  const amount = (eventArgs(c.inferenceEscrow, receipt.logs, "WithdrawalCompleted")?.amount as bigint | undefined) ?? 0n;
+  const txHashes: string[] = [];
+  const released: { provider: string; amount: bigint; txHash: string }[] = [];
+  // Lanes first: what they return joins the free deposit, which the withdrawal then pays out (up to its amount).
+  for (const lane of ready) {
+    const receipt = await sendTransaction(ctx, `releasing the lane with provider ${lane.provider} to the free deposit…`, () =>
+      c.inferenceEscrow.completeRelease(lane.provider),
+    );
+    txHashes.push(receipt.hash);
+    const amount = (eventArgs(c.inferenceEscrow, receipt.logs, "LaneReleased")?.amount as bigint | undefined) ?? 0n;
+    released.push({ provider: lane.provider, amount, txHash: receipt.hash });
+  }
+  let withdrawn = 0n;
+  if (pendingAt !== 0n && pendingAt <= BigInt(now)) {
+    let receipt: TransactionReceipt;
+    try {
+      receipt = await sendTransaction(ctx, `completing the withdrawal of ${showMoney(pendingAmount, token)}…`, () => c.inferenceEscrow.completeWithdrawal());
+    } catch (err) {
+      if (err instanceof ContractRevertError && err.reason === "Escrow__WithdrawalNotReady") {
+        const availableAt = Number(err.args[0] as bigint);
+        throw new WithdrawalNotReadyError(availableAt, availableAt - (await chainNow(ctx)));
+      }
+      throw err;
+    }
+    txHashes.push(receipt.hash);
+    withdrawn = (eventArgs(c.inferenceEscrow, receipt.logs, "WithdrawalCompleted")?.amount as bigint | undefined) ?? 0n;
+  }
   const [deposit, tokens] = await Promise.all([c.inferenceEscrow.depositOf(signer.address), c.token.balanceOf(signer.address)]);
+  const releasedTotal = released.reduce((sum, r) => sum + r.amount, 0n);
+  const lines = [
+    ...(released.length > 0 ? [`Released ${plural(released.length, "lane")}: ${showMoney(releasedTotal, token)} back in the free deposit.`] : []),
+    withdrawn > 0n || pendingAt !== 0n
+      ? `Withdrew ${showMoney(withdrawn, token)} to ${signer.address}; the wallet holds ${showMoney(tokens, token)}, the free deposit ${showMoney(deposit, token)}.`
+      : `The free deposit holds ${showMoney(deposit, token)}.`,
+    ...(waiting.length > 0 ? [`Still pending until ${isoTime(Math.max(...waiting))}: run \`soulmesh withdraw complete\` again then.`] : []),
+    ...(deposit > 0n && waiting.length === 0 ? ["Take what is left in the free deposit out with `soulmesh withdraw request --all`."] : []),
+  ];
   ctx.out.result(
-    { account: signer.address, withdrawn: money(amount, token), deposit: money(deposit, token), tokens: money(tokens, token), txHash: receipt.hash },
-    `Withdrew ${showMoney(amount, token)} to ${signer.address}; the wallet holds ${showMoney(tokens, token)}, ` +
-      `the escrow ${showMoney(deposit, token)}.`,
+    {
+      account: signer.address,
+      released: released.map((r) => ({ provider: r.provider, amount: money(r.amount, token), txHash: r.txHash })),
+      withdrawn: money(withdrawn, token),
+      deposit: money(deposit, token),
+      tokens: money(tokens, token),
+      stillPending: waiting.length,
+      ...(txHashes.length > 0 && { txHash: txHashes.at(-1) }),
+      txHashes,
+    },
+    lines.join("\n"),
   );
 }
 
@@ -381,12 +548,38 @@ async function runWithdrawCancel(ctx: CommandContext): Promise<void> {
   const token = await tokenInfo(await ctx.contracts());
   const signer = await ctx.signer();
   const c = await ctx.contracts(signer);
-  const [amount] = await c.inferenceEscrow.pendingWithdrawalOf(signer.address);
-  const receipt = await sendTransaction(ctx, "cancelling the pending withdrawal…", () => c.inferenceEscrow.cancelWithdrawal());
+  const [[amount, pendingAt], lanes] = await Promise.all([
+    c.inferenceEscrow.pendingWithdrawalOf(signer.address),
+    ctx.abortable(readLanes(c, signer.address)),
+  ]);
+  const releasing = lanes.filter((l) => l.releaseAt !== 0);
+  if (pendingAt === 0n && releasing.length === 0) throw new NothingPendingError("cancel");
+  const txHashes: string[] = [];
+  if (pendingAt !== 0n) {
+    const receipt = await sendTransaction(ctx, "cancelling the pending withdrawal…", () => c.inferenceEscrow.cancelWithdrawal());
+    txHashes.push(receipt.hash);
+  }
+  for (const lane of releasing) {
+    const receipt = await sendTransaction(ctx, `cancelling the release of the lane with provider ${lane.provider}…`, () =>
+      c.inferenceEscrow.cancelRelease(lane.provider),
+    );
+    txHashes.push(receipt.hash);
+  }
   const deposit = await c.inferenceEscrow.depositOf(signer.address);
+  const kept = releasing.reduce((sum, l) => sum + l.amount, 0n);
   ctx.out.result(
-    { account: signer.address, cancelled: money(amount, token), deposit: money(deposit, token), txHash: receipt.hash },
-    `Cancelled the withdrawal of ${showMoney(amount, token)}; the escrow holds ${showMoney(deposit, token)}.`,
+    {
+      account: signer.address,
+      cancelled: money(pendingAt !== 0n ? amount : 0n, token),
+      lanesKept: releasing.map((l) => ({ provider: l.provider, amount: money(l.amount, token) })),
+      deposit: money(deposit, token),
+      ...(txHashes.length > 0 && { txHash: txHashes[0] }),
+      txHashes,
+    },
+    [
+      ...(pendingAt !== 0n ? [`Cancelled the withdrawal of ${showMoney(amount, token)}; the free deposit holds ${showMoney(deposit, token)}.`] : []),
+      ...(releasing.length > 0 ? [`Kept ${plural(releasing.length, "lane")} (${showMoney(kept, token)}) with providers: chats use them again.`] : []),
+    ].join("\n"),
   );
 }
 
@@ -400,13 +593,16 @@ async function runBalance(ctx: CommandContext): Promise<void> {
       token,
       tokens: money(funds.tokens, token),
       deposit: money(funds.deposit, token),
+      lanes: lanesJson(funds, token),
+      committed: money(funds.committed, token),
       pendingWithdrawal: pendingJson(funds, token),
       earnings: money(funds.earnings, token),
     },
     [
       `account   ${describeAccount(account)}`,
       `wallet    ${showMoney(funds.tokens, token)}`,
-      `deposit   ${showMoney(funds.deposit, token)}`,
+      `deposit   ${showMoney(funds.deposit, token)} free (committed to a provider at its first chat)`,
+      ...lanesText(funds, token),
       `pending   ${pendingText(funds, token)}`,
       `earnings  ${showMoney(funds.earnings, token)}`,
     ].join("\n"),
@@ -610,12 +806,12 @@ Examples:
 
   const withdraw = program
     .command("withdraw")
-    .description("Take deposited tokens back out of escrow: request, wait the withdrawal delay, complete");
+    .description("Take tokens back out of escrow (the free deposit and, with --all, every lane): request, wait the delay, complete");
   withdraw
     .command("request")
-    .description("Ask to withdraw part or all of the deposit; it stays usable for vouchers until completed")
-    .argument("[amount]", "tokens to withdraw, as a decimal number")
-    .option("--all", "withdraw the whole deposit", false)
+    .description("Ask to withdraw part of the free deposit, or --all: the free deposit and a release of every lane; usable for vouchers until completed")
+    .argument("[amount]", "tokens to withdraw from the free deposit, as a decimal number")
+    .option("--all", "withdraw everything: the free deposit, and every lane with a provider released back to it", false)
     .addHelpText(
       "after",
       `
@@ -628,7 +824,7 @@ Examples:
     );
   withdraw
     .command("complete")
-    .description("Complete the pending withdrawal once its delay has passed")
+    .description("Complete the lane releases and the withdrawal whose delay has passed")
     .addHelpText(
       "after",
       `
@@ -639,7 +835,7 @@ Examples:
     .action((_opts: unknown, cmd: Command) => withContext(cmd, runWithdrawComplete));
   withdraw
     .command("cancel")
-    .description("Cancel the pending withdrawal")
+    .description("Cancel the pending withdrawal and every pending lane release")
     .addHelpText(
       "after",
       `
@@ -650,7 +846,7 @@ Examples:
 
   program
     .command("balance")
-    .description("Tokens in the wallet, deposit in escrow, pending withdrawal and earnings")
+    .description("Tokens in the wallet, free deposit and lanes with providers in escrow, pending withdrawal and releases, earnings")
     .addHelpText(
       "after",
       `

@@ -176,7 +176,7 @@ export function registerServe(program: Command): void {
     .option("--port <port>", "TCP port (0 picks a free one)", parsePort, DEFAULT_PORT)
     .option("--host <host>", "interface to listen on; anything but loopback requires --api-key-env", "127.0.0.1")
     .option("--api-key-env <var>", "require `Authorization: Bearer <key>`, the key read from this environment variable")
-    .option("--max-spend <amount>", "the most the served turns may spend, in tokens such as 0.5 (default: 90% of your escrow deposit)")
+    .option("--max-spend <amount>", "the most the served turns may spend, provider, royalty and fee together, in tokens such as 0.5 (default: 90% of your escrow funds; each session is also bounded by the funds read live)")
     .option("--max-tokens <n>", "reply length when a request sets no max_tokens (default 256)", parsePositiveInt)
     .option(
       "--cors-origin <origin>",

@@ -137,7 +137,7 @@ function summary(net: LocalNetwork): { value: Record<string, unknown>; text: str
     `             ${money(UP_DEFAULTS.prices.input)} / ${money(UP_DEFAULTS.prices.output)} per million input / output tokens; status ${p.statusUrl}`,
     `  persona    #${net.personaId} ${net.personaName}, by the creator ${net.creator.address} (dev:${UP_ACCOUNTS.creator})`,
     `  agent      #${net.agentId}, owned by the user ${net.user.address} (dev:${UP_ACCOUNTS.user})`,
-    `  deposit    ${money(net.deposit)} in escrow for the user`,
+    `  deposit    ${money(net.deposit)} in escrow for the user (committed to the provider at the first chat)`,
     net.dashboard !== undefined
       ? `  dashboard  ${net.dashboard.url} (the creator dashboard: connect as "creator")`
       : `  dashboard  not served: ${net.dashboardNotServed ?? "unknown"}`,

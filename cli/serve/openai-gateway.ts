@@ -23,6 +23,7 @@ import { AgentClosedError, InvalidAgentOptionsError, TurnCancelledError } from "
 import {
   AllProvidersFailedError,
   EscrowTooLowError,
+  LaneReleasingError,
   NoProviderError,
   SpendingCapReachedError,
   TurnInProgressError,
@@ -480,11 +481,20 @@ function openAiRequestErrorOf(err: unknown): OpenAiRequestError {
   if (err instanceof OpenAiRequestError) return err;
   const server = (status: number, code: string, message: string): OpenAiRequestError =>
     new OpenAiRequestError(status, status === 402 ? "insufficient_quota" : status === 429 ? "rate_limit_error" : status < 500 ? "invalid_request_error" : "server_error", code, message, null, { cause: err });
+  // Funds are read live at each session: a deposit made while serving is used by the next request.
   if (err instanceof EscrowTooLowError) {
-    return server(402, "escrow_too_low", `The escrow deposit of ${err.payer} does not cover this agent's spending cap at any provider: deposit more with \`soulmesh deposit AMOUNT\`, or start \`soulmesh serve\` with a lower --max-spend.`);
+    const s = err.shortfall;
+    return server(
+      402,
+      "escrow_too_low",
+      s === undefined
+        ? `The escrow funds of ${err.payer} do not cover this agent's spending cap at any provider: deposit more with \`soulmesh deposit AMOUNT\` (the next request uses it), or start \`soulmesh serve\` with a lower --max-spend.`
+        : `The funds of ${err.payer} cannot pay a reply of this length at provider ${s.provider} (up to ${s.needed} token units with royalty and fee; lane ${s.lane}, free deposit ${s.deposit}, wallet ${s.wallet}): deposit more with \`soulmesh deposit AMOUNT\` (the next request uses it), or ask for fewer max_tokens.`,
+    );
   }
+  if (err instanceof LaneReleasingError) return server(402, "lane_released", err.message);
   if (err instanceof SpendingCapReachedError) {
-    return server(402, "spending_cap_reached", `This gateway's chat has reached its spending cap (${err.spent} of ${err.cap} token units spent): restart \`soulmesh serve\` with a higher --max-spend, or ask for fewer max_tokens.`);
+    return server(402, "spending_cap_reached", `This gateway's chat has reached its spending cap (${err.spent} of ${err.cap} token units spent, provider, royalty and fee): restart \`soulmesh serve\` with a higher --max-spend, or ask for fewer max_tokens.`);
   }
   if (err instanceof NoProviderError) return server(503, "no_provider", err.message);
   if (err instanceof AllProvidersFailedError) return server(503, "providers_failed", err.message);

@@ -15,5 +15,6 @@ export * from "./usage.js";
 export * from "./blocklist.js";
 export * from "./errors.js";
 export * from "./session.js";
+export * from "./lanes.js";
 export * from "./tokenizer.js";
 export * from "./agent/index.js";

@@ -4,11 +4,28 @@
  * returns (the provider serves the next turn only once the last is paid). When a provider dies, stalls or is
  * busy, the same turn runs again, from scratch, on the next provider; the failed attempt is never vouched,
  * so the user pays only for turns delivered, and a provider risks at most one unpaid turn.
+ *
+ * Money rules. Every figure the chat shows or caps is the full price, provider + royalty + fee, computed as
+ * the escrow computes it (`sessionCost`, `voucherCost`): what leaves the payer's lane. A session signs the
+ * royalty and fee in force when it opens (or the higher rate of a pending rise, when the rise would come
+ * before a workable expiry), and every voucher carries exactly the session's rates. A session opens only
+ * at prices no higher than the quote its provider was ranked with (and the ranking's maxPrices), only on a
+ * lane that covers its cap (the client commits the shortfall first, the one transaction it ever sends), and
+ * the client never signs a voucher above the session's cap.
  */
 import { getAddress, hexlify, randomBytes, type Signer } from "ethers";
 import type { Libp2p } from "libp2p";
 import type { SoulmeshContracts } from "../chain/contracts.js";
-import { nextSessionNumber, signVoucher, type EscrowRef, type Voucher } from "../chain/voucher.js";
+import {
+  nextSessionNumber,
+  sessionCost,
+  signVoucher,
+  voucherCost,
+  type EscrowRef,
+  type Voucher,
+  type VoucherCost,
+  type VoucherRates,
+} from "../chain/voucher.js";
 import { TypedEventTarget } from "../events.js";
 import {
   InsufficientEscrowError,
@@ -35,26 +52,31 @@ import type {
 import { hashSessionRequest, signSessionRequest, voucherToWire } from "../protocol/signing.js";
 import { requestProtocol, streamProtocol } from "../protocol/stream.js";
 import { ProviderBlocklist } from "./blocklist.js";
+import { TestStablecoin__factory } from "../chain/contracts.js";
 import { readProviders, readReputation } from "./discovery.js";
 import {
   AllProvidersFailedError,
   ChatClosedError,
   EscrowTooLowError,
   InvalidChatOptionsError,
+  LaneReleasingError,
   NoProviderError,
   PersonaMismatchError,
   ProviderStalledError,
+  QuoteRaisedError,
   ProviderStreamCorruptError,
   SessionRejectedError,
   SpendingCapReachedError,
   TurnInProgressError,
   UsageViolationError,
+  VoucherAboveCapError,
   type ProviderFailure,
   type ProviderFailureKind,
 } from "./errors.js";
 import { gatherQuotes, rankProviders, requestQuote, type QuotedProvider, type RankOptions } from "./selection.js";
 import type { LocalTokenizer } from "./tokenizer.js";
 import { checkTurnUsage, promptTokenUpperBound, ZERO_TOTALS, type TokenTotals, type UsageViolation } from "./usage.js";
+import { commitToLane, LaneLedger, unsettledVouched, type LaneFunding, type LedgerSession } from "./lanes.js";
 import { sleep } from "../time.js";
 
 const ZERO_HASH = `0x${"00".repeat(32)}`;
@@ -66,6 +88,16 @@ const BUSY_BACKOFF_MS = 150;
 
 /** Kept off the escrow's longest voucher lifetime, for clock skew between client, provider and chain. */
 const LIFETIME_MARGIN_S = 60;
+/** A session signed at the rates in force ends this long before a pending rise of them takes effect. */
+const RATE_MARGIN_S = 60;
+/** A session's cap covers at most this many worst-case turns (see #ensureSession). */
+const SESSION_CAP_TURNS = 32n;
+/** Longer than a provider caches a lane's reading (node/p2p/session.ts, 1 s). */
+const LANE_READ_SETTLE_MS = 1_100;
+/** Opens retried when a provider finds the lane short: a commit, then caps halved toward the turn's worst case. */
+const MAX_CAP_RETRIES = 8;
+/** The shortest session worth opening: below it, the higher rate of a pending rise is signed instead. */
+const MIN_WORKABLE_SESSION_S = RENEW_MARGIN_S + 60;
 
 /** What a turn sends: a wire prompt, chat messages, or one user message as a string. */
 export type ChatPrompt = Prompt | ChatMessage[] | string;
@@ -73,9 +105,12 @@ export type ChatPrompt = Prompt | ChatMessage[] | string;
 export interface OpenChatOptions {
   /** A started (or startable) libp2p node, e.g. `await (await createClientHost()).start()`. */
   libp2p: Libp2p;
-  /** Contract handles connected to a read provider (the client never sends a transaction). */
+  /** Contract handles connected to a read provider. */
   contracts: Pick<SoulmeshContracts, "providerRegistry" | "personaRegistry" | "agentRegistry" | "inferenceEscrow">;
-  /** The payer's wallet: signs session requests and vouchers, never a transaction. */
+  /**
+   * The payer's wallet: signs session requests and vouchers and, once per provider whose lane is short, sends
+   * the one transaction that commits funds to it (so it must be connected to a JSON-RPC provider then).
+   */
   signer: Signer;
   escrow: EscrowRef;
   agentId: bigint;
@@ -84,8 +119,13 @@ export interface OpenChatOptions {
   modelSha256: string;
   /** The persona's LoRA adapter (CID from its manifest, SHA-256 as registered); required when it has one. */
   adapter?: { cid: string; sha256: string };
-  /** The most this chat may cost, provider share at the quoted prices, over all its sessions, in token units. */
+  /**
+   * The most this chat may cost, over all its sessions, in token units: full price (provider, royalty and fee),
+   * what leaves the payer's lanes. The funds read live at each session open bound it too.
+   */
   spendingCap: bigint;
+  /** Sessions shared with the payer's other chats in this process (an agent's chat and its maintenance chat). */
+  lanes?: LaneLedger;
   /** Length of each provider session (renewed as needed). Default 3600, capped by the escrow's voucher lifetime. */
   sessionSeconds?: number;
   /** A vocabulary of the same model: input tokens are then checked exactly. */
@@ -119,6 +159,11 @@ export interface TurnOptions {
   signal?: AbortSignal;
 }
 
+/** What a turn cost, full price, split as the escrow pays it; `total` is what it takes from the lane. */
+export type TurnCost = VoucherCost;
+
+const ZERO_COST: TurnCost = Object.freeze({ providerAmount: 0n, royaltyAmount: 0n, feeAmount: 0n, total: 0n });
+
 /** What the client paid for a turn. */
 export interface TurnPayment {
   voucher: Voucher;
@@ -141,6 +186,11 @@ export interface TurnResult {
   peerId: string;
   /** Undefined when the turn cost nothing (no new billed token). */
   payment: TurnPayment | undefined;
+  /**
+   * What this turn adds to what leaves the payer's lane: `voucherCost` of its voucher over the session's
+   * previous one (zeros when nothing was vouched).
+   */
+  cost: TurnCost;
   /** Attempts at this turn that failed, before the one that served it. */
   failovers: ProviderFailure[];
   /** Rules the provider broke; non-empty means it was paid the capped amount and dropped. */
@@ -149,7 +199,17 @@ export interface TurnResult {
 
 export interface ChatEvents {
   /** A session opened with a provider. */
-  "session:opened": CustomEvent<{ provider: string; sessionId: string; session: bigint; expiry: bigint; spendingCap: bigint }>;
+  "session:opened": CustomEvent<{
+    provider: string;
+    sessionId: string;
+    session: bigint;
+    expiry: bigint;
+    spendingCap: bigint;
+    royaltyPerMillion: bigint;
+    feeBps: bigint;
+  }>;
+  /** Funds were committed to the payer's lane with a provider: the one transaction the client sends. */
+  "lane:committed": CustomEvent<{ provider: string; amount: bigint; txHash: string; method: LaneFunding["method"] }>;
   /** An attempt at a turn failed; the turn goes on with another provider (or fails if none is left). */
   "provider:failed": CustomEvent<{ provider: string; turn: number; kind: ProviderFailureKind; error: unknown; discardedText: string }>;
   /** The turn starts again on another provider: a UI should clear the text it showed for the failed attempt. */
@@ -163,22 +223,20 @@ export interface ChatEvents {
 }
 
 /** A session with one provider, as the client tracks it. */
-interface ProviderSession {
-  provider: QuotedProvider;
+interface ProviderSession extends LedgerSession {
+  quoted: QuotedProvider;
   request: SessionRequest;
   sessionId: string;
-  expiry: bigint;
   nextTurn: number;
-  /** Totals of the last voucher the provider acknowledged. */
+  /** Totals of the last voucher signed (acknowledged or not: the signature is out there). */
   vouched: TokenTotals;
-  prices: { input: bigint; output: bigint };
   /** False once a turn failed or was not paid in full: the provider's counters and ours may differ. */
   usable: boolean;
 }
 
-/** Provider share of `totals` at `prices`, rounded down as the escrow does. */
-function costOf(totals: TokenTotals, prices: { input: bigint; output: bigint }): bigint {
-  return (totals.inputTokens * prices.input + totals.outputTokens * prices.output) / 1_000_000n;
+/** Input tokens a turn may bill at most: the tokenizer's count, else the bound `checkTurnUsage` caps input to. */
+function inputBound(prompt: Prompt, expectedInputTokens: number | undefined): bigint {
+  return BigInt(expectedInputTokens ?? promptTokenUpperBound(prompt));
 }
 
 function toPrompt(prompt: ChatPrompt): Prompt {
@@ -268,8 +326,12 @@ export class ChatSession extends TypedEventTarget<ChatEvents> {
   readonly #sessions = new Map<string, ProviderSession>();
   /** Chain time minus wall time, in seconds, from the last block read. */
   #clockOffset = 0n;
-  /** Every session ever opened, for the spending total. */
+  /** Every session this chat ever opened, for the spending total. */
   readonly #allSessions: ProviderSession[] = [];
+  /** This chat's sessions and those of the payer's other chats sharing the ledger. */
+  readonly #lanes: LaneLedger;
+  /** The payment token, for the wallet's balance when a permit could fund a lane. */
+  #token: string | undefined;
   readonly #lastSessionNumber = new Map<string, bigint>();
   /** The provider of the last successful turn: kept while it works, for its warm KV cache. */
   #current: string | undefined;
@@ -283,6 +345,7 @@ export class ChatSession extends TypedEventTarget<ChatEvents> {
     this.#config = config;
     this.payer = payer;
     this.blocklist = config.blocklist ?? new ProviderBlocklist();
+    this.#lanes = config.lanes ?? new LaneLedger();
   }
 
   /** Turns completed. */
@@ -299,9 +362,12 @@ export class ChatSession extends TypedEventTarget<ChatEvents> {
     return wallNow() + this.#clockOffset;
   }
 
-  /** Provider share paid (vouched) so far, over all sessions, in token units. */
+  /**
+   * What this chat has vouched so far, over all its sessions, full price (provider, royalty and fee) in token
+   * units: what its vouchers take from the payer's lanes when they settle.
+   */
   get spent(): bigint {
-    return this.#allSessions.reduce((sum, s) => sum + costOf(s.vouched, s.prices), 0n);
+    return this.#allSessions.reduce((sum, s) => sum + sessionCost(s.vouched, s.rates), 0n);
   }
 
   /** The ranked candidates' addresses, best first, without those dropped or failed. */
@@ -360,7 +426,9 @@ export class ChatSession extends TypedEventTarget<ChatEvents> {
    * @example
    * const { text, provider, failovers } = await chat.turn({ prompt: [{ role: "user", content: "Hi" }], maxTokens: 128 })
    * @throws AllProvidersFailedError when every provider failed the turn (nothing was paid);
-   *   SpendingCapReachedError; EscrowTooLowError; TurnInProgressError; ChatClosedError; the signal's reason.
+   *   SpendingCapReachedError; EscrowTooLowError (with the `shortfall`: lane, free deposit, wallet) or
+   *   LaneReleasingError when no provider's funds can back the turn; LaneCommitError when the one commit
+   *   transaction failed; TurnInProgressError; ChatClosedError; the signal's reason.
    */
   async turn(options: TurnOptions): Promise<TurnResult> {
     if (this.closed) throw new ChatClosedError();
@@ -441,7 +509,7 @@ export class ChatSession extends TypedEventTarget<ChatEvents> {
         if (kind === undefined || signal.aborted) throw signal.aborted ? signal.reason : err;
         const failure: ProviderFailure = { provider: provider.address, kind, error: err };
         failures.push(failure);
-        if (kind === "stall" || kind === "died" || kind === "error") this.#failed.set(provider.address, failure);
+        if (kind === "stall" || kind === "died" || kind === "error" || kind === "price") this.#failed.set(provider.address, failure);
         if (this.#current === provider.address) this.#current = undefined;
         this.dispatchEvent(
           new CustomEvent("provider:failed", {
@@ -456,9 +524,16 @@ export class ChatSession extends TypedEventTarget<ChatEvents> {
   #exhausted(failures: ProviderFailure[]): Error {
     if (failures.length === 0) return new NoProviderError(this.#config.modelSha256, this.#unranked);
     const escrowShort = failures.every(
-      (f) => f.error instanceof InsufficientEscrowError || (f.error instanceof SessionRejectedError && f.error.code === "InsufficientEscrowError"),
+      (f) =>
+        f.kind === "funds" ||
+        f.error instanceof InsufficientEscrowError ||
+        (f.error instanceof SessionRejectedError && f.error.code === "InsufficientEscrowError"),
     );
-    if (escrowShort) return new EscrowTooLowError(this.payer, this.#config.spendingCap - this.spent);
+    if (escrowShort) {
+      // The client's own figures say what to do better than a provider's refusal.
+      const own = failures.findLast((f) => f.error instanceof EscrowTooLowError || f.error instanceof LaneReleasingError)?.error;
+      return own instanceof Error ? own : new EscrowTooLowError(this.payer, this.#config.spendingCap - this.spent);
+    }
     return new AllProvidersFailedError(this.#config.modelSha256, failures);
   }
 
@@ -472,7 +547,7 @@ export class ChatSession extends TypedEventTarget<ChatEvents> {
     expectedInputTokens: number | undefined,
   ): Promise<Omit<TurnResult, "failovers">> {
     const c = this.#config;
-    const session = await this.#ensureSession(provider, options.maxTokens, expectedInputTokens, signal);
+    const session = await this.#ensureSession(provider, options.maxTokens, inputBound(prompt, expectedInputTokens), signal);
     const request: InferenceRequestInput = {
       type: "inference.request",
       sessionId: session.sessionId,
@@ -526,7 +601,7 @@ export class ChatSession extends TypedEventTarget<ChatEvents> {
       // A receipt that is not this turn's proves nothing was delivered as billed: run the turn elsewhere.
       if (check.status === "invalid") throw new UsageViolationError(provider.address, check.violations[0]!);
     }
-    const payment = await this.#pay(session, check.cumulative);
+    const { payment, cost } = await this.#pay(session, check.cumulative);
     if (check.status === "ok" && payment?.ack !== undefined) this.#current = provider.address;
     return {
       text: partial.text,
@@ -538,6 +613,7 @@ export class ChatSession extends TypedEventTarget<ChatEvents> {
       provider: provider.address,
       peerId: provider.peerId.toString(),
       payment,
+      cost,
       violations: check.violations,
     };
   }
@@ -588,111 +664,242 @@ export class ChatSession extends TypedEventTarget<ChatEvents> {
     return done;
   }
 
-  /** The usable session with `provider`, or a new one; renews one that nears its expiry. */
-  async #ensureSession(
-    provider: QuotedProvider,
-    maxTokens: number,
-    expectedInputTokens: number | undefined,
-    signal: AbortSignal,
-  ): Promise<ProviderSession> {
+  /**
+   * The usable session with `provider`, or a new one; renews one that nears its expiry or whose cap cannot
+   * take the turn. A new session: a fresh quote no higher than the ranked one, the rates in force, and a lane
+   * that covers its cap (funded first when short).
+   */
+  async #ensureSession(provider: QuotedProvider, maxTokens: number, turnInput: bigint, signal: AbortSignal): Promise<ProviderSession> {
     const c = this.#config;
-    const turnBound = (s: { vouched: TokenTotals; prices: { input: bigint; output: bigint } }) =>
-      costOf(
-        { inputTokens: s.vouched.inputTokens + BigInt(expectedInputTokens ?? 0), outputTokens: s.vouched.outputTokens + BigInt(maxTokens) },
-        s.prices,
-      );
+    // The turn's worst case: every input token the usage check lets through, and maxTokens of output.
+    const turnBound = (vouched: TokenTotals, rates: VoucherRates) =>
+      sessionCost({ inputTokens: vouched.inputTokens + turnInput, outputTokens: vouched.outputTokens + BigInt(maxTokens) }, rates);
     const existing = this.#sessions.get(provider.address);
     if (existing !== undefined && existing.usable && this.#chainNow() < existing.expiry - BigInt(RENEW_MARGIN_S)) {
-      // The provider checks the same bound (served + maxTokens within the cap) and would refuse the turn.
-      if (turnBound(existing) <= BigInt(existing.request.spendingCap)) return existing;
+      // The provider checks the same bound (served + the turn within the cap) and would refuse the turn.
+      if (turnBound(existing.vouched, existing.rates) <= existing.spendingCap) return existing;
     }
-    // Prices may have changed since the ranking; a session must carry the current ones or be refused.
+    // Prices may have changed since the ranking: lower is taken, higher is a bait and switch.
     const { quote } = await requestQuote(c.libp2p, provider.peerId, {
       modelSha256: c.modelSha256,
       ...(c.adapter !== undefined && { adapterSha256: c.adapter.sha256 }),
       timeoutMs: c.requestTimeoutMs ?? 10_000,
       signal,
     });
-    provider.quote = quote;
     const prices = { input: BigInt(quote.priceInputPerMillion), output: BigInt(quote.priceOutputPerMillion) };
-    const spent = this.spent;
-    const remaining = c.spendingCap - spent;
-    const needed = turnBound({ vouched: ZERO_TOTALS, prices });
-    if (needed > remaining) throw new SpendingCapReachedError(spent, c.spendingCap, needed);
+    const ceiling = this.#priceCeiling(provider);
+    if (prices.input > ceiling.input || prices.output > ceiling.output) throw new QuoteRaisedError(provider.address, prices, ceiling);
 
-    const runner = c.contracts.inferenceEscrow.runner?.provider;
-    const [block, settled] = await Promise.all([
+    const escrow = c.contracts.inferenceEscrow;
+    const runner = escrow.runner?.provider;
+    const [block, settled, lane, royalty, fee, free] = await Promise.all([
       runner?.getBlock("latest"),
-      c.contracts.inferenceEscrow.settledOf(this.payer, provider.address, c.agentId),
+      escrow.settledOf(this.payer, provider.address, c.agentId),
+      escrow.laneOf(this.payer, provider.address),
+      c.contracts.personaRegistry.royaltyScheduleOf(c.personaId),
+      escrow.protocolFee(),
+      escrow.depositOf(this.payer),
     ]);
     signal.throwIfAborted();
     if (block != null) this.#clockOffset = BigInt(block.timestamp) - wallNow();
     // Chain time is the one that judges a voucher (the escrow) and the provider's checks; a devnet's time
     // travel moves it away from the wall clock, so the expiry is reckoned from it.
     const chain = this.#chainNow();
-    const expiry = chain + BigInt(Math.min(c.sessionSeconds, c.maxLifetime - LIFETIME_MARGIN_S));
-    const last = [settled[0], this.#lastSessionNumber.get(provider.address) ?? 0n].reduce((a, b) => (a > b ? a : b));
-    const number = nextSessionNumber(last);
-    this.#lastSessionNumber.set(provider.address, number);
-    const request: SessionRequest = {
-      payer: this.payer,
-      provider: provider.address,
-      agentId: c.agentId.toString(),
-      personaId: c.personaId.toString(),
-      session: number.toString(),
-      priceInputPerMillion: prices.input.toString(),
-      priceOutputPerMillion: prices.output.toString(),
-      spendingCap: remaining.toString(),
-      expiry: expiry.toString(),
-      chainId: BigInt(c.escrow.chainId).toString(),
-      escrow: getAddress(c.escrow.address),
+    const royaltyRate = rateFor(royalty, chain, chain + BigInt(Math.min(c.sessionSeconds, c.maxLifetime - LIFETIME_MARGIN_S)));
+    const feeRate = rateFor(fee, chain, royaltyRate.expiry);
+    const expiry = feeRate.expiry;
+    const rates: VoucherRates = {
+      priceInputPerMillion: prices.input,
+      priceOutputPerMillion: prices.output,
+      royaltyPerMillion: royaltyRate.rate,
+      feeBps: feeRate.rate,
     };
-    const signature = await signSessionRequest(c.signer, request);
-    const response = await requestProtocol(
-      c.libp2p,
-      provider.peerId,
-      "session",
-      {
-        type: "session.open",
-        request,
-        signature,
-        // A fresh key per session: the provider's saved KV state of this session is readable with it alone.
-        stateKey: hexlify(randomBytes(32)),
-        ...(c.adapter !== undefined && { adapterCid: c.adapter.cid }),
-      },
-      { signal, timeoutMs: c.requestTimeoutMs ?? 10_000 },
-    );
-    if (response.type === "session.rejected") throw new SessionRejectedError(provider.address, response.code, response.message, response.retryable);
-    const sessionId = hashSessionRequest(request);
-    if (response.sessionId.toLowerCase() !== sessionId.toLowerCase()) {
-      throw new ProviderStreamCorruptError(provider.address, `session id ${response.sessionId} is not the request's hash ${sessionId}`);
+    const spent = this.spent;
+    const remaining = c.spendingCap - spent;
+    const needed = turnBound(ZERO_TOTALS, rates);
+    if (needed > remaining) throw new SpendingCapReachedError(spent, c.spendingCap, needed);
+
+    // The lane, less what this payer's chats vouched to the provider unsettled and what their other open
+    // sessions there reserve: what this session may count on.
+    const [laneAmount, releaseAt] = lane;
+    if (releaseAt !== 0n) throw new LaneReleasingError(provider.address, releaseAt);
+    const owed = unsettledVouched(this.#lanes.sessions, provider.address, c.agentId, { session: settled[0], paid: settled[3] });
+    const reserved = this.#lanes.reservedBy(provider.address, chain, new Set(existing === undefined ? [] : [existing]));
+    let available = laneAmount > owed + reserved ? laneAmount - owed - reserved : 0n;
+    let deposit = free;
+    if (available < remaining) {
+      const funded = await this.#fundLane(provider.address, remaining - available, needed - available, deposit, signal);
+      if (funded !== undefined) {
+        available += funded.amount;
+        if (funded.method === "commit") deposit -= funded.amount;
+      }
     }
-    if (existing !== undefined) existing.usable = false;
-    const session: ProviderSession = {
-      provider,
-      request,
-      sessionId,
-      expiry: BigInt(response.expiry) < expiry ? BigInt(response.expiry) : expiry,
-      nextTurn: 0,
-      vouched: ZERO_TOTALS,
-      prices,
-      usable: true,
+    if (available < needed) {
+      throw new EscrowTooLowError(this.payer, c.spendingCap, {
+        provider: provider.address,
+        needed,
+        lane: available,
+        deposit,
+        wallet: await this.#walletBalance(),
+      });
+    }
+
+    // What the session asks for: the chat's remaining cap, within what the lane holds for it, and no more than
+    // SESSION_CAP_TURNS worst-case turns: the provider holds a session's cap against the lane while it is open,
+    // so a smaller one leaves the lane to the payer's other chats and processes (the next session takes over
+    // once it is used up).
+    const sessionCap = () => [remaining, available, needed * SESSION_CAP_TURNS].reduce((a, b) => (a < b ? a : b));
+    let cap = sessionCap();
+    let refunded = false;
+    for (let attempt = 0; ; attempt++) {
+      // A fresh number for every open asked: a provider refuses a number at or below one it has seen.
+      const last = [settled[0], this.#lastSessionNumber.get(provider.address) ?? 0n].reduce((a, b) => (a > b ? a : b));
+      const number = nextSessionNumber(last);
+      this.#lastSessionNumber.set(provider.address, number);
+      const request: SessionRequest = {
+        payer: this.payer,
+        provider: provider.address,
+        agentId: c.agentId.toString(),
+        personaId: c.personaId.toString(),
+        session: number.toString(),
+        priceInputPerMillion: prices.input.toString(),
+        priceOutputPerMillion: prices.output.toString(),
+        royaltyPerMillion: rates.royaltyPerMillion.toString(),
+        feeBps: rates.feeBps.toString(),
+        spendingCap: cap.toString(),
+        expiry: expiry.toString(),
+        chainId: BigInt(c.escrow.chainId).toString(),
+        escrow: getAddress(c.escrow.address),
+      };
+      const signature = await signSessionRequest(c.signer, request);
+      const response = await requestProtocol(
+        c.libp2p,
+        provider.peerId,
+        "session",
+        {
+          type: "session.open",
+          request,
+          signature,
+          // A fresh key per session: the provider's saved KV state of this session is readable with it alone.
+          stateKey: hexlify(randomBytes(32)),
+          ...(c.adapter !== undefined && { adapterCid: c.adapter.cid }),
+        },
+        { signal, timeoutMs: c.requestTimeoutMs ?? 10_000 },
+      );
+      if (response.type === "session.rejected") {
+        // The provider counts more against the lane than this client knows of (another process's sessions
+        // still open there, vouchers it holds unsettled): commit once more from the free deposit, then ask
+        // for smaller caps, down to the turn's worst case.
+        if (response.code === "InsufficientEscrowError" && attempt < MAX_CAP_RETRIES) {
+          if (!refunded && deposit > 0n) {
+            refunded = true;
+            const funded = await this.#fundLane(provider.address, remaining < deposit ? remaining : deposit, 1n, deposit, signal);
+            if (funded !== undefined) {
+              available += funded.amount;
+              deposit -= funded.amount;
+              cap = sessionCap();
+              // Providers cache a lane's reading for a moment: ask once it shows the commit.
+              await sleep(LANE_READ_SETTLE_MS, signal);
+              continue;
+            }
+          }
+          if (cap / 2n >= needed) {
+            cap /= 2n;
+            continue;
+          }
+        }
+        throw new SessionRejectedError(provider.address, response.code, response.message, response.retryable);
+      }
+      const sessionId = hashSessionRequest(request);
+      if (response.sessionId.toLowerCase() !== sessionId.toLowerCase()) {
+        throw new ProviderStreamCorruptError(provider.address, `session id ${response.sessionId} is not the request's hash ${sessionId}`);
+      }
+      if (existing !== undefined) existing.usable = false;
+      const session: ProviderSession = {
+        provider: provider.address,
+        quoted: provider,
+        agentId: c.agentId,
+        session: number,
+        rates,
+        spendingCap: cap,
+        request,
+        sessionId,
+        expiry: BigInt(response.expiry) < expiry ? BigInt(response.expiry) : expiry,
+        nextTurn: 0,
+        vouched: ZERO_TOTALS,
+        usable: true,
+      };
+      this.#sessions.set(provider.address, session);
+      this.#allSessions.push(session);
+      this.#lanes.add(session);
+      this.dispatchEvent(
+        new CustomEvent("session:opened", {
+          detail: {
+            provider: provider.address,
+            sessionId,
+            session: number,
+            expiry,
+            spendingCap: cap,
+            royaltyPerMillion: rates.royaltyPerMillion,
+            feeBps: rates.feeBps,
+          },
+        }),
+      );
+      return session;
+    }
+  }
+
+  /** The most a session with `provider` may charge per million tokens: its ranked quote, within maxPrices. */
+  #priceCeiling(provider: QuotedProvider): { input: bigint; output: bigint } {
+    const min = (a: bigint, b: bigint | undefined) => (b !== undefined && b < a ? b : a);
+    const max = this.#config.ranking?.maxPrices;
+    return {
+      input: min(BigInt(provider.quote.priceInputPerMillion), max?.input),
+      output: min(BigInt(provider.quote.priceOutputPerMillion), max?.output),
     };
-    this.#sessions.set(provider.address, session);
-    this.#allSessions.push(session);
-    this.dispatchEvent(
-      new CustomEvent("session:opened", { detail: { provider: provider.address, sessionId, session: number, expiry, spendingCap: remaining } }),
-    );
-    return session;
+  }
+
+  async #walletBalance(): Promise<bigint> {
+    const c = this.#config;
+    const runner = c.contracts.inferenceEscrow.runner;
+    this.#token ??= await c.contracts.inferenceEscrow.token();
+    return TestStablecoin__factory.connect(this.#token, runner).balanceOf(this.payer);
+  }
+
+  /**
+   * Commits up to `want` to the lane with `provider`: from the free deposit when it holds at least `minimum`
+   * (the turn's shortfall), else from the wallet with a permit when the wallet does. Undefined when neither
+   * can, or the lane already covers a turn and the free deposit is empty.
+   */
+  async #fundLane(provider: string, want: bigint, minimum: bigint, free: bigint, signal: AbortSignal): Promise<LaneFunding | undefined> {
+    const c = this.#config;
+    let amount: bigint;
+    let method: LaneFunding["method"];
+    if (free > 0n && free >= minimum) {
+      amount = want < free ? want : free;
+      method = "commit";
+    } else {
+      if (minimum <= 0n) return undefined;
+      const wallet = await this.#walletBalance();
+      if (wallet < minimum) return undefined;
+      amount = want < wallet ? want : wallet;
+      method = "permit";
+    }
+    const funded = await commitToLane({ escrow: c.contracts.inferenceEscrow, signer: c.signer, provider, amount, method, signal });
+    this.dispatchEvent(new CustomEvent("lane:committed", { detail: { provider, amount, txHash: funded.txHash, method } }));
+    return funded;
   }
 
   /**
    * Signs and sends the voucher for `cumulative`, unless it adds nothing. Not tied to the turn's signal: the
-   * turn was delivered, so it is paid even if the caller has meanwhile given up on it.
+   * turn was delivered, so it is paid even if the caller has meanwhile given up on it. Never signs above the
+   * session's cap.
    */
-  async #pay(session: ProviderSession, cumulative: TokenTotals): Promise<TurnPayment | undefined> {
+  async #pay(session: ProviderSession, cumulative: TokenTotals): Promise<{ payment: TurnPayment | undefined; cost: TurnCost }> {
     const c = this.#config;
-    if (cumulative.inputTokens === session.vouched.inputTokens && cumulative.outputTokens === session.vouched.outputTokens) return undefined;
+    if (cumulative.inputTokens === session.vouched.inputTokens && cumulative.outputTokens === session.vouched.outputTokens) {
+      return { payment: undefined, cost: ZERO_COST };
+    }
     const r = session.request;
     const voucher: Voucher = {
       payer: r.payer,
@@ -701,16 +908,21 @@ export class ChatSession extends TypedEventTarget<ChatEvents> {
       session: BigInt(r.session),
       inputTokens: cumulative.inputTokens,
       outputTokens: cumulative.outputTokens,
-      priceInputPerMillion: BigInt(r.priceInputPerMillion),
-      priceOutputPerMillion: BigInt(r.priceOutputPerMillion),
+      ...session.rates,
       expiry: BigInt(r.expiry),
     };
+    const provider = session.provider;
+    const full = sessionCost(cumulative, session.rates);
+    if (full > session.spendingCap) {
+      session.usable = false;
+      throw new VoucherAboveCapError(provider, full, session.spendingCap);
+    }
+    const cost = voucherCost(voucher, session.vouched);
     const signature = await signVoucher(c.signer, voucher, c.escrow);
-    const provider = session.provider.address;
     try {
       const ack = await requestProtocol(
         c.libp2p,
-        session.provider.peerId,
+        session.quoted.peerId,
         "voucher",
         { type: "voucher", voucher: voucherToWire(voucher), signature },
         { timeoutMs: c.requestTimeoutMs ?? 10_000, signal: this.#closing.signal },
@@ -721,14 +933,27 @@ export class ChatSession extends TypedEventTarget<ChatEvents> {
       // Counted as spent even if unacknowledged below: the signature is out there and can be settled.
       session.vouched = cumulative;
       this.dispatchEvent(new CustomEvent("voucher:sent", { detail: { provider, voucher, signature, ack } }));
-      return { voucher, signature, ack };
+      return { payment: { voucher, signature, ack }, cost };
     } catch (error) {
       session.vouched = cumulative;
       session.usable = false;
       this.dispatchEvent(new CustomEvent("voucher:failed", { detail: { provider, voucher, signature, error } }));
-      return { voucher, signature, ack: undefined };
+      return { payment: { voucher, signature, ack: undefined }, cost };
     }
   }
+}
+
+/**
+ * The rate to sign from a schedule (in force, next, when next takes effect) for a session from `now` to
+ * `expiry`, and the expiry to use: the rate in force, with the session ended before a pending rise (the
+ * escrow would refuse its vouchers after it); or, when that leaves no workable session, the higher rate.
+ */
+function rateFor([current, next, effectiveAt]: readonly [bigint, bigint, bigint], now: bigint, expiry: bigint): { rate: bigint; expiry: bigint } {
+  if (effectiveAt === 0n || next <= current) return { rate: current, expiry };
+  const before = effectiveAt - BigInt(RATE_MARGIN_S);
+  if (expiry <= before) return { rate: current, expiry };
+  if (before - now >= BigInt(MIN_WORKABLE_SESSION_S)) return { rate: current, expiry: before };
+  return { rate: next, expiry };
 }
 
 /** Which failures move a turn to another provider; undefined for those that would fail anywhere. */
@@ -742,7 +967,12 @@ function failureKind(err: unknown): ProviderFailureKind | undefined {
   // may well serve a new session later, so it is only skipped for this turn.
   if (err instanceof SessionNotFoundError || err instanceof SessionExpiredError || err instanceof PaymentRequiredError) return "rejected";
   if (err instanceof InsufficientEscrowError) return "rejected";
+  // Priced above the quote it was chosen for: skipped for the rest of the chat.
+  if (err instanceof QuoteRaisedError) return "price";
+  // The payer's funds cannot back a session there (another provider's lane may).
+  if (err instanceof EscrowTooLowError || err instanceof LaneReleasingError) return "funds";
   if (err instanceof ProviderStreamCorruptError || err instanceof ProtocolError) return "error";
-  // Anything else (the signer refusing, the chain unreachable, a bug in onChunk) would fail on any provider.
+  // Anything else (the signer refusing, the chain unreachable, a lane commit that failed (LaneCommitError),
+  // a bug in onChunk) would fail on any provider.
   return undefined;
 }

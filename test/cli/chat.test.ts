@@ -132,7 +132,7 @@ describe("chat --message", () => {
     expect(a.head).toMatchObject({ published: true, transactionHash: expect.any(String) });
 
     const second = await cli(["chat", String(agentId), "--message", "What is my cat called?", "--max-tokens", "8"]);
-    expect(second.code, second.stderr).toBe(0);
+    expect(second.code, `${second.stderr} ${JSON.stringify(second.json)}`).toBe(0);
     const b = second.json as Record<string, any>;
     expect(BigInt(b.cost.units)).toBeGreaterThan(0n);
     expect(b.turns).toBe(4);

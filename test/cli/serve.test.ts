@@ -9,6 +9,7 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
+import { parseEther, Wallet } from "ethers";
 import { InvalidArgumentError } from "commander";
 import type { Browser } from "playwright-core";
 import { tmpdir } from "node:os";
@@ -280,16 +281,23 @@ describe("OpenAI gateway", () => {
     expect(agent.history().slice(before.turns).filter((t) => t.role === "user").map((t) => t.text).sort()).toEqual(["First question.", "Second question."]);
   }, 30_000);
 
-  it("answers 402 when the deposit cannot cover the agent's cap and 503 when no provider serves its model, paying nothing", async () => {
-    const rich = await openAgent(await agentOptions({ spendingCap: 1_000_000n * USD, connect: false }));
+  it("answers 402 when the funds cannot pay a turn and 503 when no provider serves its model, paying nothing", async () => {
+    // A cap above the funds is only a ceiling (each session is bounded by the lane read live, issue 14's
+    // attack 14): what answers 402 is a payer whose lane, free deposit and wallet cannot pay one turn.
+    const poorWallet = new Wallet(Wallet.createRandom().privateKey, net.chain.provider);
+    await (await net.chain.wallets[0]!.sendTransaction({ to: poorWallet.address, value: parseEther("1") })).wait();
+    await net.f.deposit(poorWallet, 5n);
+    const poorOptions = await agentOptions({ connect: false });
+    const poorAgentId = await net.f.mintAgent(poorWallet, poorOptions.persona.personaId);
+    const broke = await openAgent({ ...poorOptions, signer: poorWallet, agentId: poorAgentId, spendingCap: 1_000_000n * USD });
     const orphan = await openAgent(await agentOptions({ modelSha256: `0x${"ab".repeat(32)}`, connect: false }));
     const gateways = await Promise.all([
-      createOpenAiGateway({ agent: rich, model: "rich" }),
+      createOpenAiGateway({ agent: broke, model: "broke" }),
       createOpenAiGateway({ agent: orphan, model: "orphan" }),
     ]);
     try {
       const [poor, lonely] = gateways.map((g) => openai(g.url));
-      const escrow = await poor!.chat.completions.create({ model: "rich", messages: [{ role: "user", content: "Hi" }], stream: true }).catch((e: unknown) => e);
+      const escrow = await poor!.chat.completions.create({ model: "broke", messages: [{ role: "user", content: "Hi" }], stream: true }).catch((e: unknown) => e);
       expect(escrow).toBeInstanceOf(APIError);
       expect((escrow as APIError).status).toBe(402);
       expect((escrow as APIError).type).toBe("insufficient_quota");
@@ -301,13 +309,13 @@ describe("OpenAI gateway", () => {
       expect((none as APIError).code).toBe("no_provider");
       expect((none as APIError).message).toMatch(/soulmesh provider start/);
 
-      for (const a of [rich, orphan]) {
+      for (const a of [broke, orphan]) {
         expect(a.memory.turns).toHaveLength(0);
         expect(a.spent).toBe(0n);
       }
     } finally {
       await Promise.all(gateways.map((g) => g.close()));
-      await rich.close();
+      await broke.close();
       await orphan.close();
     }
   }, 60_000);

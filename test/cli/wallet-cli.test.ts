@@ -273,6 +273,76 @@ describe("deposits and withdrawals", () => {
   });
 });
 
+/** Registers the account as a provider with the minimum stake (once). */
+async function registerProvider(as: SoulmeshContracts): Promise<void> {
+  const me = (as.token.runner as Wallet).address;
+  if (await as.providerRegistry.isActive(me)) return;
+  const stake = await as.providerRegistry.minStake();
+  await (await as.token.approve(await as.providerRegistry.getAddress(), stake)).wait();
+  await (await as.providerRegistry.register("12D3KooWWalletCliProvider", ["/ip4/127.0.0.1/tcp/1"], [`0x${"ab".repeat(32)}`], 500_000n, 1_500_000n, stake)).wait();
+}
+
+/** Deposits `amount` and commits it to the lane with `provider`, as the client does at a provider's first use. */
+async function commitLane(as: SoulmeshContracts, provider: string, amount: bigint): Promise<void> {
+  await (await as.token.approve(await as.inferenceEscrow.getAddress(), amount)).wait();
+  await (await as.inferenceEscrow.depositAndCommit(provider, amount)).wait();
+}
+
+describe("lanes", () => {
+  it("balance shows the free deposit and every lane; withdraw request --all asks for both, complete pays both out, cancel keeps both", async () => {
+    const home = await newHome("lanes");
+    const [payer, provider] = [4, 5].map((i) => new Wallet(accounts[i]!.privateKey, rpc)) as [Wallet, Wallet];
+    const asPayer = connectContracts(devnet.deployment, payer);
+    await registerProvider(connectContracts(devnet.deployment, provider));
+    await commitLane(asPayer, provider.address, 3_000_000n);
+    expect((await cli(home, ["deposit", "2", "--account", "dev:4"])).code).toBe(0);
+    const deposit0 = await contracts.inferenceEscrow.depositOf(payer.address);
+
+    const balance = await cli(home, ["balance", "--account", "dev:4"]);
+    expect(units(balance.json.deposit)).toBe(deposit0);
+    expect(units(balance.json.committed)).toBe(3_000_000n);
+    expect(balance.json.lanes).toEqual([{ provider: provider.address, amount: { units: "3000000", formatted: "3" }, release: null }]);
+
+    // An amount comes from the free deposit only, and says what the lanes hold.
+    const tooMuch = await cli(home, ["withdraw", "request", String(Number(deposit0) / 1e6 + 1), "--account", "dev:4"]);
+    expect(tooMuch.json.error?.name).toBe("InsufficientDepositError");
+    expect(tooMuch.json.error?.message).toMatch(/lanes with providers 3(\.0)? .*--all/);
+
+    // Request both, then cancel both: nothing moves.
+    const requested = await cli(home, ["withdraw", "request", "--all", "--account", "dev:4"]);
+    expect(requested.code).toBe(0);
+    expect(units(requested.json.requested)).toBe(deposit0);
+    expect((requested.json.releases as unknown[]).length).toBe(1);
+    const [, releaseAt] = await contracts.inferenceEscrow.laneOf(payer.address, provider.address);
+    expect(releaseAt).toBeGreaterThan(0n);
+    const shown = await cli(home, ["balance", "--account", "dev:4"]);
+    expect((shown.json.lanes as { release: unknown }[])[0]!.release).toMatchObject({ availableAtUnix: Number(releaseAt) });
+    const cancelled = await cli(home, ["withdraw", "cancel", "--account", "dev:4"]);
+    expect(cancelled.code).toBe(0);
+    expect(cancelled.json.txHashes).toHaveLength(2);
+    expect(await contracts.inferenceEscrow.laneOf(payer.address, provider.address)).toEqual([3_000_000n, 0n]);
+    expect((await contracts.inferenceEscrow.pendingWithdrawalOf(payer.address))[1]).toBe(0n);
+    const nothing = await cli(home, ["withdraw", "cancel", "--account", "dev:4"]);
+    expect(nothing.json.error?.name).toBe("NothingPendingError");
+
+    // Request both again; too early; after the delay complete releases the lane, then pays the withdrawal.
+    expect((await cli(home, ["withdraw", "request", "--all", "--account", "dev:4"])).code).toBe(0);
+    const early = await cli(home, ["withdraw", "complete", "--account", "dev:4"]);
+    expect(early.json.error?.name).toBe("WithdrawalNotReadyError");
+    const tokens0 = await contracts.token.balanceOf(payer.address);
+    await rpc.send("evm_increaseTime", [devnet.deployment.parameters.withdrawalDelay]);
+    await rpc.send("evm_mine", []);
+    const done = await cli(home, ["withdraw", "complete", "--account", "dev:4"]);
+    expect(done.code).toBe(0);
+    expect(done.json.released).toEqual([{ provider: provider.address, amount: { units: "3000000", formatted: "3" }, txHash: expect.stringMatching(/^0x/) }]);
+    expect(units(done.json.withdrawn)).toBe(deposit0);
+    expect(await contracts.token.balanceOf(payer.address)).toBe(tokens0 + deposit0);
+    // The lane's 3 tUSD are back in the free deposit: a second request takes them out.
+    expect(await contracts.inferenceEscrow.depositOf(payer.address)).toBe(3_000_000n);
+    expect(await contracts.inferenceEscrow.laneOf(payer.address, provider.address)).toEqual([0n, 0n]);
+  });
+});
+
 describe("earnings", () => {
   it("reports settled vouchers per role, and --withdraw moves exactly the pending amount", async () => {
     const home = await newHome("earnings");
@@ -287,6 +357,10 @@ describe("earnings", () => {
     const now = (await rpc.getBlock("latest"))!.timestamp;
     const escrowRef = { chainId: devnet.deployment.chainId, address: devnet.deployment.contracts.inferenceEscrow };
     const asProvider = connectContracts(devnet.deployment, provider!);
+    // Vouchers settle from the payer's lane with a registered provider: register dev:3, fund the lane.
+    await registerProvider(asProvider);
+    await commitLane(asPayer, provider!.address, 1_000_000n);
+    const [feeBps] = await contracts.inferenceEscrow.protocolFee();
     const settleOne = async (session: bigint, inputTokens: bigint, outputTokens: bigint): Promise<void> => {
       const voucher: Voucher = {
         payer: payer!.address,
@@ -297,6 +371,8 @@ describe("earnings", () => {
         outputTokens,
         priceInputPerMillion: 500_000n,
         priceOutputPerMillion: 1_500_000n,
+        royaltyPerMillion: 200_000n,
+        feeBps,
         expiry: BigInt(now + 3600),
       };
       await (await asProvider.inferenceEscrow.settle(voucher, await signVoucher(payer!, voucher, escrowRef))).wait();

@@ -2,7 +2,7 @@
 import { hexlify, randomBytes, ZeroHash, type Wallet } from "ethers";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { connectContracts, type SoulmeshContracts } from "../../sdk/chain/contracts.js";
-import { verifyVoucher } from "../../sdk/chain/voucher.js";
+import { sessionCost, verifyVoucher, voucherCost } from "../../sdk/chain/voucher.js";
 import {
   AllProvidersFailedError,
   createClientHost,
@@ -10,7 +10,9 @@ import {
   NoProviderError,
   openChat,
   PersonaMismatchError,
+  promptTokenUpperBound,
   ProviderBlocklist,
+  QuoteRaisedError,
   readProviders,
   readReputation,
   requestQuote,
@@ -26,7 +28,7 @@ import { hashSessionRequest, verifySessionRequest } from "../../sdk/protocol/sig
 import { Fixture as P2pFixture } from "../../node/p2p/test-support.js";
 import { createTestChain, type TestChain } from "../helpers/chain.js";
 import { deployFixture, USD, type Fixture } from "../helpers/soulmesh.js";
-import { FakeProvider, fakeTokenCount, fundedWallet, type FakeProviderOptions } from "./fake-provider.js";
+import { FakeProvider, fakeTokenCount, fundedWallet, ratesOf, type FakeProviderOptions } from "./fake-provider.js";
 
 let chain: TestChain;
 let f: Fixture;
@@ -59,11 +61,11 @@ afterAll(async () => {
 /** A persona on a model of its own (so each test sees only its own providers), an agent, and providers. */
 async function world(
   providers: Omit<FakeProviderOptions, "p2p" | "chain" | "models">[],
-  options: { adapter?: boolean } = {},
+  options: { adapter?: boolean; royaltyPerMillion?: bigint } = {},
 ): Promise<{ model: string; agentId: bigint; personaId: bigint; adapter?: { cid: string; sha256: string }; fakes: FakeProvider[] }> {
   const model = hexlify(randomBytes(32));
   const adapterSha = options.adapter === true ? hexlify(randomBytes(32)) : ZeroHash;
-  const personaId = await f.createPersona(creator, { baseModelHash: model, adapterSha256: adapterSha, royaltyPerMillion: 100_000n });
+  const personaId = await f.createPersona(creator, { baseModelHash: model, adapterSha256: adapterSha, royaltyPerMillion: options.royaltyPerMillion ?? 100_000n });
   const agentId = await f.mintAgent(payer, personaId);
   const fakes: FakeProvider[] = [];
   // One at a time: they are funded from the same deployer account.
@@ -95,7 +97,7 @@ async function chatFor(w: Awaited<ReturnType<typeof world>>, extra: Partial<Open
 
 function record(chat: ChatSession) {
   const events: { type: keyof ChatEvents; detail: Record<string, unknown> }[] = [];
-  for (const type of ["session:opened", "provider:failed", "turn:retry", "provider:dropped", "voucher:sent", "voucher:failed"] as const) {
+  for (const type of ["session:opened", "provider:failed", "turn:retry", "provider:dropped", "voucher:sent", "voucher:failed", "lane:committed"] as const) {
     chat.addEventListener(type, (e: CustomEvent) => events.push({ type, detail: e.detail as Record<string, unknown> }));
   }
   return events;
@@ -183,6 +185,10 @@ describe("chat", () => {
       expect([v.voucher.inputTokens, v.voucher.outputTokens]).toEqual([served.input, served.output]);
       expect(result.payment!.voucher).toEqual(v.voucher);
       expect(verifyVoucher(v.voucher, escrow, v.signature)).toBe(true);
+      // The turn's cost is what its voucher adds to what leaves the lane: provider, royalty and fee.
+      const previous = i === 0 ? { inputTokens: 0n, outputTokens: 0n } : b.vouchers.at(-2)!.voucher;
+      expect(result.cost).toEqual(voucherCost(v.voucher, { inputTokens: previous.inputTokens, outputTokens: previous.outputTokens }));
+      expect(result.cost.royaltyAmount).toBeGreaterThan(0n);
     }
     expect(chunks.join("")).toBe("B0 B1 B2 B3 B4 ".repeat(3));
     expect(chat.turns).toBe(3);
@@ -199,8 +205,16 @@ describe("chat", () => {
       personaId: w.personaId.toString(),
       priceInputPerMillion: "1000000",
       priceOutputPerMillion: "2000000",
-      spendingCap: (10n * USD).toString(),
+      royaltyPerMillion: "100000",
+      feeBps: "0",
     });
+    // The session's cap is what the provider holds against the lane while it is open: the chat's cap, but no
+    // more than 32 worst-case turns (full price: every input token the prompt's size allows and maxTokens).
+    const worstTurn = sessionCost({ inputTokens: BigInt(promptTokenUpperBound({ kind: "chat", messages: history.slice(0, 1) })), outputTokens: 16n }, ratesOf(open.request));
+    expect(BigInt(open.request.spendingCap)).toBe(32n * worstTurn);
+    // The lane with B was funded once, from the free deposit, before the session: the chat's cap.
+    const commits = events.filter((e) => e.type === "lane:committed");
+    expect(commits.map((e) => e.detail)).toEqual([{ provider: b.address, amount: 10n * USD, txHash: expect.stringMatching(/^0x/), method: "commit" }]);
     expect(open.stateKey).toMatch(/^0x[0-9a-f]{64}$/);
     const now = await chain.now();
     expect(Number(open.request.expiry)).toBeLessThanOrEqual(now + f.deployment.parameters.maxVoucherLifetime);
@@ -213,14 +227,18 @@ describe("chat", () => {
     expect(v[0]!.inputTokens).toBe(BigInt(firstPrompt));
     expect(v[2]!.inputTokens).toBe(BigInt(fakeTokenCount({ kind: "chat", messages: history.slice(0, 5) })));
     expect(events.filter((e) => e.type === "voucher:sent")).toHaveLength(3);
-    expect(chat.spent).toBe((v[2]!.inputTokens * PRICE.input + v[2]!.outputTokens * PRICE.output) / 1_000_000n);
+    // Spent is the full price of the session's totals: what its last voucher takes from the lane.
+    expect(chat.spent).toBe(sessionCost(v[2]!, ratesOf(open.request)));
 
-    // The provider settles the last voucher on chain: it now has a reputation.
+    // The provider settles the last voucher on chain: it now has a reputation, and the lane lost what was spent.
     const last = b.vouchers.at(-1)!;
+    const [laneBefore] = await reader.inferenceEscrow.laneOf(payer.address, b.address);
     await (await b.contracts.inferenceEscrow.settle(last.voucher, last.signature)).wait();
+    const [laneAfter] = await reader.inferenceEscrow.laneOf(payer.address, b.address);
+    expect(laneBefore - laneAfter).toBe(chat.spent);
     const reputation = await readReputation(reader.inferenceEscrow, { fromBlock: f.deployment.startBlock });
     expect(reputation.get(b.address)).toMatchObject({ settledVouchers: 1, payers: 1, inputTokens: last.voucher.inputTokens, outputTokens: last.voucher.outputTokens });
-    expect(reputation.get(b.address)!.paidToProvider).toBe(chat.spent);
+    expect(reputation.get(b.address)!.paidToProvider).toBe((v[2]!.inputTokens * PRICE.input + v[2]!.outputTokens * PRICE.output) / 1_000_000n);
     chat.close();
   });
 
@@ -265,7 +283,16 @@ describe("chat", () => {
     expect(chunks.join("")).toBe("A0 A1 B0 B1 B2 B3 B4 ");
     const retry = events.find((e) => e.type === "turn:retry")!;
     expect(retry.detail).toMatchObject({ turn: 0, attempt: 1, failed: a.address, discardedText: "A0 A1 " });
-    expect(events.map((e) => e.type)).toEqual(["session:opened", "provider:failed", "turn:retry", "session:opened", "voucher:sent"]);
+    // Each provider's lane was funded once, before its first session.
+    expect(events.map((e) => e.type)).toEqual([
+      "lane:committed",
+      "session:opened",
+      "provider:failed",
+      "turn:retry",
+      "lane:committed",
+      "session:opened",
+      "voucher:sent",
+    ]);
     // A served two tokens but never gets a voucher: its loss is bounded by the one turn.
     expect(a.served().output).toBe(2n);
     expect(a.vouchers).toEqual([]);
@@ -400,17 +427,59 @@ describe("chat", () => {
     expect(chat.spent).toBe(0n);
   });
 
-  it("reports an escrow too low for the cap as such", async () => {
+  it("reports funds too low for a turn as such, saying what to do", async () => {
+    // A payer whose deposit and wallet together cannot pay one turn's worst case.
+    const poor = await fundedWallet(f);
+    await f.deposit(poor, 5n);
     const w = await world([{ label: "A", prices: PRICE }]);
-    const chat = await chatFor(w, { spendingCap: 100_000n * USD });
+    const agentId = await f.mintAgent(poor, w.personaId);
+    const chat = await chatFor({ ...w, agentId }, { signer: poor, spendingCap: 100_000n * USD });
     const err = await chat.turn({ prompt: "Hello", maxTokens: 8 }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(EscrowTooLowError);
-    expect((err as Error).message).toMatch(/deposit more/);
+    expect((err as Error).message).toMatch(/Deposit more .*fewer maxTokens/);
+    expect((err as EscrowTooLowError).shortfall).toMatchObject({ provider: w.fakes[0]!.address, deposit: 5n, wallet: 0n });
+    // Nothing was committed, opened or paid.
+    expect(await reader.inferenceEscrow.laneOf(poor.address, w.fakes[0]!.address)).toEqual([0n, 0n]);
+    expect(w.fakes[0]!.opens).toEqual([]);
+  });
+
+  it("a cap above the funds is bounded by the live lane: the session asks for what the lane holds", async () => {
+    const modest = await fundedWallet(f);
+    await f.deposit(modest, 2n * USD);
+    const w = await world([{ label: "A", prices: PRICE }]);
+    const agentId = await f.mintAgent(modest, w.personaId);
+    const chat = await chatFor({ ...w, agentId }, { signer: modest, spendingCap: 100_000n * USD });
+    const first = await chat.turn({ prompt: "Hello", maxTokens: 8 });
+    expect(first.payment!.ack).toBeDefined();
+    // The whole free deposit went to the lane, and the session's cap is what the lane holds, not the chat's cap.
+    expect(await reader.inferenceEscrow.depositOf(modest.address)).toBe(0n);
+    expect(await reader.inferenceEscrow.laneOf(modest.address, w.fakes[0]!.address)).toEqual([2n * USD, 0n]);
+    expect(BigInt(w.fakes[0]!.opens[0]!.request.spendingCap)).toBeLessThanOrEqual(2n * USD);
+  });
+
+  it("commits from the wallet with a permit, in one transaction, when the free deposit is short", async () => {
+    const holder = await fundedWallet(f);
+    await f.fund(holder.address, 3n * USD);
+    const w = await world([{ label: "A", prices: PRICE }]);
+    const agentId = await f.mintAgent(holder, w.personaId);
+    const chat = await chatFor({ ...w, agentId }, { signer: holder, spendingCap: 1n * USD });
+    const events = record(chat);
+    const nonce = await holder.getNonce();
+    await chat.turn({ prompt: "Hello", maxTokens: 8 });
+    await chat.turn({ prompt: "Hello again", maxTokens: 8 });
+    const commits = events.filter((e) => e.type === "lane:committed").map((e) => e.detail);
+    expect(commits).toEqual([{ provider: w.fakes[0]!.address, amount: 1n * USD, txHash: expect.stringMatching(/^0x/), method: "permit" }]);
+    // One transaction in all (no approval, none per message).
+    expect(await holder.getNonce()).toBe(nonce + 1);
+    expect(await reader.inferenceEscrow.laneOf(holder.address, w.fakes[0]!.address)).toEqual([1n * USD, 0n]);
+    expect(await reader.token.balanceOf(holder.address)).toBe(2n * USD);
   });
 
   it("stops at the spending cap before asking for a turn that could exceed it", async () => {
     const w = await world([{ label: "A", prices: { input: 1_000_000n, output: 1_000_000n } }]);
-    const chat = await chatFor(w, { spendingCap: 40n });
+    // With the model's token counts, the turn's input bound is exact (else it is the prompt's byte count).
+    const tokenizer: LocalTokenizer = { modelSha256: w.model, count: fakeTokenCount, dispose: async () => {} };
+    const chat = await chatFor(w, { spendingCap: 40n, tokenizer });
     const first = await chat.turn({ prompt: "Hi", maxTokens: 5 });
     expect(first.payment!.ack).toBeDefined();
     const err = await chat.turn({ prompt: "Hi", maxTokens: 40 }).catch((e: unknown) => e);
@@ -439,5 +508,120 @@ describe("chat", () => {
     expect(a.vouchers).toHaveLength(1);
     chat.close();
     await expect(chat.turn({ prompt: "x", maxTokens: 1 })).rejects.toMatchObject({ name: "ChatClosedError" });
+  });
+});
+
+// Issue 14, the attacks against users: each was seen to succeed against the client as it was (ported to the
+// new voucher fields only), and fails now.
+describe("attacks on the payer", () => {
+  it("attack 9: a provider that quotes cheaply to be ranked first and asks more at session open gets nothing signed; the turn moves on", async () => {
+    const w = await world([
+      // 1 tUSD per input token once ranked: an 8-token turn would cost the payer several tUSD.
+      { label: "A", prices: PRICE, behavior: { kind: "bait", raised: { input: 1_000_000_000_000n, output: PRICE.output } } },
+      { label: "B", prices: { input: 2_000_000n, output: 4_000_000n } },
+    ]);
+    const [a, b] = w.fakes as [FakeProvider, FakeProvider];
+    for (const p of w.fakes) await f.depositAndCommit(payer, p.address, 20n * USD);
+    const chat = await chatFor(w);
+    expect(chat.providers).toEqual([a.address, b.address]);
+    const result = await chat.turn({ prompt: "Hello", maxTokens: 8 });
+    // Nothing was signed at the raised price: no session request, no voucher.
+    expect(a.opens).toEqual([]);
+    expect(a.vouchers).toEqual([]);
+    expect(result.provider).toBe(b.address);
+    expect(result.failovers).toEqual([expect.objectContaining({ provider: a.address, kind: "price" })]);
+    expect(result.failovers[0]!.error).toBeInstanceOf(QuoteRaisedError);
+    // Skipped for the rest of the chat, even though it is the cheapest on paper.
+    await chat.turn({ prompt: "Hello again", maxTokens: 8 });
+    expect(a.quotesServed).toBe(2);
+    expect(chat.providers).toEqual([b.address]);
+    expect(chat.spent).toBeLessThan(1n * USD);
+  });
+
+  it("attack 9: a re-quote above the ranking's maxPrices is refused too", async () => {
+    const w = await world([{ label: "A", prices: PRICE, behavior: { kind: "bait", raised: { input: 3_000_000n, output: PRICE.output } } }]);
+    await f.depositAndCommit(payer, w.fakes[0]!.address, 20n * USD);
+    const chat = await chatFor(w, { ranking: { maxPrices: { input: 4_000_000n, output: 4_000_000n } } });
+    const err = await chat.turn({ prompt: "Hello", maxTokens: 8 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(AllProvidersFailedError);
+    expect((err as AllProvidersFailedError).failures.map((x) => x.kind)).toEqual(["price"]);
+    expect(w.fakes[0]!.vouchers).toEqual([]);
+  });
+
+  it("attack 13: the cost shown is the cost paid: with a royalty of 50 tUSD/M and a 2.5% fee, each turn's cost and the chat's total equal what the lane loses", async () => {
+    await (await f.contracts.inferenceEscrow.scheduleProtocolFee(250)).wait();
+    await chain.increaseTime(Number(await reader.inferenceEscrow.feeDelay()) + 1);
+    expect((await reader.inferenceEscrow.protocolFee())[0]).toBe(250n);
+    const w = await world([{ label: "A", prices: { input: 500_000n, output: 1_500_000n } }], { royaltyPerMillion: 50_000_000n });
+    const [a] = w.fakes as [FakeProvider];
+    await f.depositAndCommit(payer, a.address, 20n * USD);
+    const chat = await chatFor(w, { spendingCap: 5n * USD });
+    let shown = 0n;
+    const history: { role: "user" | "assistant"; content: string }[] = [];
+    for (const content of ["Hi", "Tell me more", "And then?", "Thanks"]) {
+      history.push({ role: "user", content });
+      const r = await chat.turn({ prompt: [...history], maxTokens: 16 });
+      history.push({ role: "assistant", content: r.text });
+      expect(r.cost.royaltyAmount).toBeGreaterThan(r.cost.providerAmount);
+      expect(r.cost.feeAmount).toBeGreaterThan(0n);
+      expect(r.cost.total).toBe(r.cost.providerAmount + r.cost.royaltyAmount + r.cost.feeAmount);
+      shown += r.cost.total;
+    }
+    expect(chat.spent).toBe(shown);
+    const open = a.opens[0]!.request;
+    expect([open.royaltyPerMillion, open.feeBps]).toEqual(["50000000", "250"]);
+    expect(a.vouchers.every((v) => v.voucher.royaltyPerMillion === 50_000_000n && v.voucher.feeBps === 250n)).toBe(true);
+    // The provider settles the session's last voucher: the lane loses exactly what the chat showed.
+    const last = a.vouchers.at(-1)!;
+    const [before] = await reader.inferenceEscrow.laneOf(payer.address, a.address);
+    await (await a.contracts.inferenceEscrow.settle(last.voucher, last.signature)).wait();
+    const [after] = await reader.inferenceEscrow.laneOf(payer.address, a.address);
+    expect(before - after).toBe(shown);
+  });
+
+  it("attack 14: the cap is read against the live funds: after part of the deposit is withdrawn, the chat goes on with the rest", async () => {
+    const saver = await fundedWallet(f);
+    await f.deposit(saver, 3n * USD);
+    const w = await world([{ label: "A", prices: PRICE }]);
+    const agentId = await f.mintAgent(saver, w.personaId);
+    // A cap fixed at start at 90% of the deposit, as `serve` did.
+    const chat = await chatFor({ ...w, agentId }, { signer: saver, spendingCap: 2_700_000n });
+    const escrowAsSaver = f.as(saver).inferenceEscrow;
+    await (await escrowAsSaver.requestWithdrawal(2n * USD)).wait();
+    await chain.increaseTime(f.deployment.parameters.withdrawalDelay + 1);
+    await (await escrowAsSaver.completeWithdrawal()).wait();
+    const result = await chat.turn({ prompt: "Hello", maxTokens: 8 });
+    expect(result.payment!.ack).toBeDefined();
+    // What was left of the free deposit went to the lane, and the session fits in it.
+    expect(await reader.inferenceEscrow.laneOf(saver.address, w.fakes[0]!.address)).toEqual([1n * USD, 0n]);
+    expect(BigInt(w.fakes[0]!.opens[0]!.request.spendingCap)).toBeLessThanOrEqual(1n * USD);
+  });
+
+  it("rates: signs the royalty in force and ends the session before a pending rise; signs the higher rate once the rise is too near", async () => {
+    const w = await world([{ label: "A", prices: PRICE }]);
+    const [a] = w.fakes as [FakeProvider];
+    await f.depositAndCommit(payer, a.address, 20n * USD);
+    await (await f.as(creator).personaRegistry.scheduleRoyalty(w.personaId, 300_000n)).wait();
+    const [, next, effectiveAt] = await reader.personaRegistry.royaltyScheduleOf(w.personaId);
+    expect(next).toBe(300_000n);
+    await chain.increaseTime(Number(effectiveAt) - (await chain.now()) - 1800);
+    const early = await chatFor(w);
+    await early.turn({ prompt: "Hello", maxTokens: 4 });
+    const first = a.opens[0]!.request;
+    expect(first.royaltyPerMillion).toBe("100000");
+    expect(BigInt(first.expiry)).toBe(effectiveAt - 60n);
+    expect(a.vouchers[0]!.voucher.royaltyPerMillion).toBe(100_000n);
+    early.close();
+
+    await chain.increaseTime(Number(effectiveAt) - (await chain.now()) - 150);
+    const late = await chatFor(w);
+    const r = await late.turn({ prompt: "Hello", maxTokens: 4 });
+    const second = a.opens[1]!.request;
+    expect(second.royaltyPerMillion).toBe("300000");
+    expect(BigInt(second.expiry)).toBeGreaterThan(effectiveAt);
+    expect(r.payment!.voucher.royaltyPerMillion).toBe(300_000n);
+    // Settled after the rise took effect, the voucher is still good (it carries the new rate).
+    await chain.increaseTime(300);
+    await (await a.contracts.inferenceEscrow.settle(r.payment!.voucher, r.payment!.signature)).wait();
   });
 });

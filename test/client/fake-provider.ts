@@ -1,10 +1,13 @@
 // A provider for the client's tests, built on the node's handleProtocol: it answers quotes, sessions,
 // inference and vouchers by the wire semantics of /tmp/spec issue 5, without an engine (its "model" emits
-// numbered words), and can misbehave on demand: stall, die, answer busy, overcharge, sign a bad receipt.
+// numbered words), and can misbehave on demand: stall, die, answer busy, overcharge, sign a bad receipt,
+// quote cheaply and then ask more. Its money checks are the real provider's (issue 14): the session's
+// royalty and fee at least those in force, the payer's lane (not its deposit) covering the caps of its open
+// sessions here, vouchers at the session's rates, and each turn's worst full cost within the session's cap.
 import { getAddress, parseEther, Wallet, ZeroHash } from "ethers";
 import type { Signer } from "ethers";
 import type { SoulmeshContracts } from "../../sdk/chain/contracts.js";
-import { verifyVoucher, type EscrowRef, type Voucher } from "../../sdk/chain/voucher.js";
+import { sessionCost, verifyVoucher, type EscrowRef, type Voucher, type VoucherRates } from "../../sdk/chain/voucher.js";
 import {
   hashOutput,
   hashPrompt,
@@ -47,7 +50,9 @@ export type Behavior =
   /** Signs its receipts with another key. */
   | { kind: "bad-receipt" }
   /** Refuses every session open with this code. */
-  | { kind: "reject"; code: string };
+  | { kind: "reject"; code: string }
+  /** Quotes its prices once (the ranking), then `raised` at each quote after (the bait and switch of issue 14). */
+  | { kind: "bait"; raised: { input: bigint; output: bigint } };
 
 /**
  * The fake model's token count of a prompt: 4 bytes a token, plus 4 per message. The tests' LocalTokenizer
@@ -61,6 +66,8 @@ export function fakeTokenCount(prompt: Prompt): number {
 
 interface FakeSession {
   id: string;
+  /** Replaced by a later session of the channel: its cap no longer held. */
+  closed: boolean;
   request: SessionRequest;
   adapters: string[];
   nextTurn: number;
@@ -98,6 +105,8 @@ export class FakeProvider {
   /** Every inference request received. */
   readonly inferences: InferenceRequest[] = [];
   behavior: Behavior;
+  /** Quotes answered so far. */
+  quotesServed = 0;
   readonly services: ProtocolService[] = [];
 
   private constructor(
@@ -116,7 +125,14 @@ export class FakeProvider {
   }
 
   get prices(): { input: bigint; output: bigint } {
+    if (this.behavior.kind === "bait" && this.quotesServed > 1) return this.behavior.raised;
     return this.options.quotedPrices ?? this.options.prices ?? { input: 1_000_000n, output: 2_000_000n };
+  }
+
+  /** Chain time: what the escrow (and so a real provider) judges expiries by. */
+  private async chainNow(): Promise<bigint> {
+    const block = await this.contracts.inferenceEscrow.runner!.provider!.getBlock("latest");
+    return BigInt(block!.timestamp);
   }
 
   /** Starts a host, serves the four protocols and registers on chain with a fresh funded wallet. */
@@ -143,15 +159,18 @@ export class FakeProvider {
     const opts = { responseTimeoutMs: 10_000 };
     this.services.push(
       await serveQuotes(this.host.libp2p, {
-        quoteSource: () => ({
-          provider: this.address,
-          models: this.options.models,
-          cachedAdapters: this.options.cachedAdapters ?? [],
-          priceInputPerMillion: this.prices.input.toString(),
-          priceOutputPerMillion: this.prices.output.toString(),
-          queueLength: this.options.queueLength ?? 0,
-          maxTokens: 4096,
-        }),
+        quoteSource: () => {
+          this.quotesServed++;
+          return {
+            provider: this.address,
+            models: this.options.models,
+            cachedAdapters: this.options.cachedAdapters ?? [],
+            priceInputPerMillion: this.prices.input.toString(),
+            priceOutputPerMillion: this.prices.output.toString(),
+            queueLength: this.options.queueLength ?? 0,
+            maxTokens: 4096,
+          };
+        },
       }),
       await handleProtocol(this.host.libp2p, "session", { ...opts, handler: (req) => this.open(req) }),
       await handleProtocol(this.host.libp2p, "inference", { ...opts, handler: (req, ctx) => this.infer(req, ctx.signal) }),
@@ -167,7 +186,7 @@ export class FakeProvider {
       throw new InvalidMessageError("wrong chain or escrow");
     }
     if (!verifySessionRequest(r, open.signature)) throw new InvalidSignatureError("not the payer's signature");
-    const now = BigInt(Math.floor(Date.now() / 1000));
+    const now = await this.chainNow();
     if (BigInt(r.expiry) <= now + 60n) throw new SessionExpiredError("expiry too soon");
     if (BigInt(r.expiry) > now + this.maxLifetime) throw new InvalidMessageError("expiry too far");
     if (BigInt(r.priceInputPerMillion) < this.prices.input || BigInt(r.priceOutputPerMillion) < this.prices.output) {
@@ -182,14 +201,34 @@ export class FakeProvider {
     }
     const adapters = persona.adapterSha256 === ZeroHash ? [] : [persona.adapterSha256.toLowerCase()];
     if (adapters.length > 0 && open.adapterCid === undefined) throw new PersonaUnavailableError("no adapter CID");
-    const deposit = await c.inferenceEscrow.depositOf(r.payer);
-    if (deposit < BigInt(r.spendingCap)) {
-      return { type: "session.rejected", code: "InsufficientEscrowError", message: "deposit below the cap", retryable: false };
+    // Rates: at least those in force, and no rise pending before the session ends.
+    const [royalty, royaltyNext, royaltyAt] = await c.personaRegistry.royaltyScheduleOf(BigInt(r.personaId));
+    const [fee, feeNext, feeAt] = await c.inferenceEscrow.protocolFee();
+    const signedRoyalty = BigInt(r.royaltyPerMillion);
+    const signedFee = BigInt(r.feeBps);
+    if (signedRoyalty < royalty || signedFee < fee) throw new InvalidMessageError("royalty or fee below the rates in force");
+    if ((royaltyAt !== 0n && royaltyAt <= BigInt(r.expiry) && signedRoyalty < royaltyNext) || (feeAt !== 0n && feeAt <= BigInt(r.expiry) && signedFee < feeNext)) {
+      throw new InvalidMessageError("a rate rise takes effect before the session's expiry");
+    }
+    // The lane, less what this payer owes here unsettled and the caps of its other open sessions here.
+    const [lane] = await c.inferenceEscrow.laneOf(r.payer, this.address);
+    // (A new session of a channel ends the channel's earlier ones, so their caps are not held for it.)
+    const held = [...this.sessions.values()]
+      .filter((x) => getAddress(x.request.payer) === getAddress(r.payer) && x.request.agentId !== r.agentId && !x.closed)
+      .reduce((sum, x) => sum + BigInt(x.request.spendingCap), 0n);
+    if (lane < held + BigInt(r.spendingCap)) {
+      return { type: "session.rejected", code: "InsufficientEscrowError", message: `lane ${lane} below the caps ${held} + ${r.spendingCap}`, retryable: false };
     }
     const id = hashSessionRequest(r);
     if (!this.sessions.has(id)) {
+      // The payer's earlier sessions here are over once it opens a new one on the channel (the test's stand-in
+      // for a real provider's idle timeout).
+      for (const x of this.sessions.values()) {
+        if (getAddress(x.request.payer) === getAddress(r.payer) && x.request.agentId === r.agentId) x.closed = true;
+      }
       this.sessions.set(id, {
         id,
+        closed: false,
         request: r,
         adapters,
         nextTurn: 0,
@@ -206,7 +245,7 @@ export class FakeProvider {
     this.inferences.push(req);
     const s = this.sessions.get(req.sessionId.toLowerCase());
     if (s === undefined) throw new SessionNotFoundError("no such session");
-    if (BigInt(Math.floor(Date.now() / 1000)) >= BigInt(s.request.expiry) - 30n) throw new SessionExpiredError("expired");
+    if ((await this.chainNow()) >= BigInt(s.request.expiry) - 30n) throw new SessionExpiredError("expired");
     const same = (a: string[], b: string[]) => a.length === b.length && a.every((x, i) => x.toLowerCase() === b[i]!.toLowerCase());
     if (!this.options.models.some((m) => m.toLowerCase() === req.model.toLowerCase()) || !same(req.adapters, s.adapters)) {
       throw new InvalidMessageError("model or adapters differ from the session's");
@@ -214,11 +253,9 @@ export class FakeProvider {
     if (req.turn !== s.nextTurn) throw new UnexpectedMessageError(`turn ${s.nextTurn} expected`);
     if (s.busy) throw new ProviderBusyError("a turn is running");
     if (s.served.input > s.vouched.input || s.served.output > s.vouched.output) throw new PaymentRequiredError(`send the voucher for turn ${s.nextTurn - 1}`);
-    const pIn = BigInt(s.request.priceInputPerMillion);
-    const pOut = BigInt(s.request.priceOutputPerMillion);
-    if ((s.served.input * pIn + (s.served.output + BigInt(req.maxTokens)) * pOut) / 1_000_000n > BigInt(s.request.spendingCap)) {
-      throw new InsufficientEscrowError("the turn could exceed the spending cap");
-    }
+    // The worst full cost once the turn's output is in (its input is not known before it is evaluated).
+    const worst = sessionCost({ inputTokens: s.served.input, outputTokens: s.served.output + BigInt(req.maxTokens) }, ratesOf(s.request));
+    if (worst > BigInt(s.request.spendingCap)) throw new InsufficientEscrowError("the turn could exceed the spending cap");
     const behavior = this.behavior;
     // As the real provider: refused at admission, the turn number is not spent.
     if (behavior.kind === "busy") throw new ProviderBusyError("queue full");
@@ -285,8 +322,17 @@ export class FakeProvider {
     );
     if (s === undefined) throw new SessionNotFoundError("no session for this voucher");
     if (v.inputTokens > s.served.input || v.outputTokens > s.served.output) throw new InvalidMessageError("voucher above what was served");
-    if (v.priceInputPerMillion !== BigInt(s.request.priceInputPerMillion) || v.priceOutputPerMillion !== BigInt(s.request.priceOutputPerMillion)) {
-      throw new InvalidMessageError("voucher prices differ from the session's");
+    const rates = ratesOf(s.request);
+    if (
+      v.priceInputPerMillion !== rates.priceInputPerMillion ||
+      v.priceOutputPerMillion !== rates.priceOutputPerMillion ||
+      v.royaltyPerMillion !== rates.royaltyPerMillion ||
+      v.feeBps !== rates.feeBps
+    ) {
+      throw new InvalidMessageError("voucher rates differ from the session's");
+    }
+    if (sessionCost({ inputTokens: v.inputTokens, outputTokens: v.outputTokens }, rates) > BigInt(s.request.spendingCap)) {
+      throw new InvalidMessageError("voucher above the session's cap");
     }
     if (!verifyVoucher(v, this.escrow, signature)) throw new InvalidSignatureError("not the payer's voucher");
     s.vouched = { input: v.inputTokens, output: v.outputTokens };
@@ -304,6 +350,16 @@ export class FakeProvider {
     }
     return { input, output };
   }
+}
+
+/** Every rate a session signed, as its vouchers must carry them. */
+export function ratesOf(r: SessionRequest): VoucherRates {
+  return {
+    priceInputPerMillion: BigInt(r.priceInputPerMillion),
+    priceOutputPerMillion: BigInt(r.priceOutputPerMillion),
+    royaltyPerMillion: BigInt(r.royaltyPerMillion),
+    feeBps: BigInt(r.feeBps),
+  };
 }
 
 /** A fresh wallet with ether for gas, connected to the fixture's chain. */

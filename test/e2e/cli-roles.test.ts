@@ -139,10 +139,11 @@ function cost(inputTokens: bigint, outputTokens: bigint): { provider: bigint; ro
   return { provider: providerAmount, royalty, fee };
 }
 
-async function money(): Promise<{ deposit: bigint; provider: bigint; creator: bigint; treasury: bigint; escrow: bigint }> {
+async function money(): Promise<{ deposit: bigint; lane: bigint; provider: bigint; creator: bigint; treasury: bigint; escrow: bigint }> {
   const e = contracts.inferenceEscrow;
   return {
     deposit: await e.depositOf(user),
+    lane: (await e.laneOf(user, providerAddress))[0],
     provider: await e.earningsOf(providerAddress),
     creator: await e.earningsOf(creator),
     treasury: await e.earningsOf(TREASURY),
@@ -246,8 +247,11 @@ describe("soulmesh end to end, one role per account", () => {
       expect(turn.reply).toEqual(expect.any(String));
       expect(turn.turns).toBe(2 * (turns.length + 1));
       expect(turn.head).toMatchObject({ published: true });
-      // Each process is its own session: a turn's cost is its billed tokens at the quoted prices.
-      expect(BigInt(turn.cost.units)).toBe(cost(BigInt(turn.billed.inputTokens), BigInt(turn.billed.outputTokens)).provider);
+      // Each process is its own session: a turn's cost is the full price of its billed tokens, provider,
+      // royalty and fee, and the chat's total (one turn) the same.
+      const full = cost(BigInt(turn.billed.inputTokens), BigInt(turn.billed.outputTokens));
+      expect(BigInt(turn.cost.units)).toBe(full.provider + full.royalty + full.fee);
+      expect(turn.totalSpent).toEqual(turn.cost);
       expect(BigInt(turn.billed.outputTokens)).toBeGreaterThan(0n);
       turns.push(turn);
       replies.push(turn.reply as string);
@@ -255,6 +259,10 @@ describe("soulmesh end to end, one role per account", () => {
     const onChainHead = await readPublishedHead(contracts.agentRegistry, agentId);
     expect(onChainHead?.cid.toString()).toBe(turns.at(-1)!.head.cid);
 
+    // The first chat committed funds to the lane with the provider, the one transaction a client sends.
+    const beforeSettlement = await money();
+    expect(beforeSettlement.lane).toBeGreaterThan(0n);
+    expect(beforeSettlement.deposit + beforeSettlement.lane).toBe(DEPOSIT);
     await stopProvider();
 
     // Every settlement, recomputed from its session's cumulative totals and the quoted prices.
@@ -285,12 +293,24 @@ describe("soulmesh end to end, one role per account", () => {
     expect(sessions.size).toBe(3);
     expect(total.input).toBe(turns.reduce((s, t) => s + BigInt(t.billed.inputTokens), 0n));
     expect(total.output).toBe(turns.reduce((s, t) => s + BigInt(t.billed.outputTokens), 0n));
-    expect(total.provider).toBe(turns.reduce((s, t) => s + BigInt(t.cost.units), 0n));
     expect(total.royalty).toBeGreaterThan(0n);
     expect(total.fee).toBeGreaterThan(0n);
+    // What the CLI showed, per turn (each its own session) and per chat, is what each session took, to the unit.
+    const perSession = new Map<string, bigint>();
+    for (const e of events) {
+      const key = e.args.session.toString();
+      perSession.set(key, (perSession.get(key) ?? 0n) + e.args.providerAmount + e.args.royaltyAmount + e.args.feeAmount);
+    }
+    const byValue = (a: bigint, b: bigint) => (a < b ? -1 : a > b ? 1 : 0);
+    expect([...perSession.values()].sort(byValue)).toEqual(turns.map((t) => BigInt(t.cost.units)).sort(byValue));
+    const shown = turns.reduce((s, t) => s + BigInt(t.cost.units), 0n);
+    expect(shown).toBe(total.provider + total.royalty + total.fee);
 
     const after = await money();
-    expect(before.deposit - after.deposit).toBe(total.provider + total.royalty + total.fee);
+    // The payer's lane lost exactly what was shown; the free deposit did not move at settlement.
+    expect(beforeSettlement.lane - after.lane).toBe(shown);
+    expect(after.deposit).toBe(beforeSettlement.deposit);
+    expect(before.deposit + before.lane - after.deposit - after.lane).toBe(shown);
     expect(after.provider - before.provider).toBe(total.provider);
     expect(after.creator - before.creator).toBe(total.royalty);
     expect(after.treasury - before.treasury).toBe(total.fee);

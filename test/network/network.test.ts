@@ -120,8 +120,11 @@ function lastVouchers(vouchers: Voucher[]): Voucher[] {
 
 async function balances(providers: string[]) {
   const e = contracts.inferenceEscrow;
+  // The payer's funds: its free deposit and its lanes with these providers (the client commits to a lane at
+  // a provider's first use; settlements draw on the lanes).
+  const lanes = await Promise.all(providers.map(async (p) => (await e.laneOf(payer.address, p))[0]));
   return {
-    deposit: await e.depositOf(payer.address),
+    deposit: (await e.depositOf(payer.address)) + lanes.reduce((sum, l) => sum + l, 0n),
     creator: await e.earningsOf(creator.address),
     treasury: await e.earningsOf(TREASURY),
     providers: await Promise.all(providers.map((p) => e.earningsOf(p))),
@@ -235,6 +238,9 @@ describe("the provider network", () => {
     expect(after.creator - before.creator).toBe(royalty);
     expect(after.treasury - before.treasury).toBe(fee);
     expect(before.deposit - after.deposit).toBe(providerShare + royalty + fee);
+    // What the chat showed as spent is what left the payer's funds, to the unit.
+    expect(chat.spent).toBe(providerShare + royalty + fee);
+    expect(turns.reduce((sum, t) => sum + t.cost.total, 0n)).toBe(chat.spent);
     // Nothing left the escrow: what the deposit lost, the earnings gained.
     expect(after.escrowTokens).toBe(before.escrowTokens);
   }, 120_000);
@@ -298,6 +304,7 @@ describe("the provider network", () => {
     const charged = shareA.provider + shareA.royalty + shareA.fee + shareB.provider + shareB.royalty + shareB.fee;
     expect(before.deposit - after.deposit).toBe(charged);
     expect(after.escrowTokens).toBe(before.escrowTokens);
-    expect(chat.spent).toBe(shareA.provider + shareB.provider);
+    // Full price: what the chat showed is what left the payer's lanes.
+    expect(chat.spent).toBe(charged);
   }, 180_000);
 });

@@ -30,7 +30,8 @@ import { TurnJournal } from "../../vault/journal.js";
 import type { BlockStore } from "../../vault/types.js";
 import { AgentVault, loadAgent, VAULT_HEAD_META, type LoadedAgent, type Turn } from "../../vault/vault.js";
 import { TurnInProgressError } from "../errors.js";
-import { openChat, type ChatSession, type OpenChatOptions } from "../session.js";
+import { LaneLedger } from "../lanes.js";
+import { openChat, type ChatEvents, type ChatSession, type OpenChatOptions } from "../session.js";
 import type { LocalTokenizer } from "../tokenizer.js";
 import type { TokenTotals } from "../usage.js";
 import { AgentClosedError, InvalidAgentOptionsError, MemoryHeadUnreadableError, NotAgentOwnerError, TurnCancelledError } from "./errors.js";
@@ -70,7 +71,7 @@ export interface OpenAgentOptions {
   embedder: Embedder;
   /** The model's vocabulary: prompts are then budgeted in its tokens and the provider's input counts checked exactly. */
   tokenizer?: LocalTokenizer;
-  /** The most the user's turns may cost, provider share, in token units. */
+  /** The most the user's turns may cost, full price (provider, royalty and fee), in token units. */
   spendingCap: bigint;
   /** Tokens for memories and recent turns in each prompt (default 2,048); the persona and the message are apart. */
   memoryBudget?: number;
@@ -126,9 +127,12 @@ export interface AgentReply {
   usage: Usage;
   /** Tokens this turn was paid for. */
   billed: TokenTotals;
-  /** Provider share paid for this turn, in token units (the voucher's increase at the session's prices). */
+  /**
+   * What this turn takes from the payer's lane, full price (provider, royalty and fee), in token units: the
+   * chat's `TurnResult.cost.total`.
+   */
   cost: bigint;
-  /** Provider share paid by this agent so far (its turns and maintenance), in token units. */
+  /** What this agent has vouched so far (its turns and maintenance), full price, in token units. */
   totalSpent: bigint;
   /** The provider that served it (checksummed address). */
   provider: string;
@@ -159,6 +163,8 @@ export interface AgentEvents {
   /** Committing to IPFS or publishing on chain failed; the turn is safe in the journal and it is tried again next time. */
   "head:failed": CustomEvent<{ stage: "commit" | "publish"; error: unknown; seq?: number }>;
   "maintenance:failed": CustomEvent<MaintenanceFailed>;
+  /** The user's chat committed funds to a provider's lane: the one transaction a first use of a provider sends. */
+  "lane:committed": CustomEvent<ChatEvents["lane:committed"]["detail"]>;
 }
 
 /**
@@ -190,8 +196,11 @@ export async function openAgent(options: OpenAgentOptions): Promise<Agent> {
   const opened = await openVault(options, ref, local, chainHead, o);
   let memory: AgentMemory | undefined;
   try {
+    // Both chats draw on the same lanes: each counts what the other's open sessions reserve there.
+    const lanes = new LaneLedger();
     const chatOptions = (spendingCap: bigint, s: AbortSignal | undefined): OpenChatOptions => ({
       ...options.chat,
+      lanes,
       libp2p: options.libp2p,
       contracts,
       signer: options.signer,
@@ -501,6 +510,7 @@ export class Agent extends TypedEventTarget<AgentEvents> {
       chat.addEventListener("turn:retry", (e) =>
         this.dispatchEvent(new CustomEvent("turn:retry", { detail: { failed: e.detail.failed, discardedText: e.detail.discardedText } })),
       );
+      chat.addEventListener("lane:committed", (e) => this.dispatchEvent(new CustomEvent("lane:committed", { detail: e.detail })));
     }
     return chat;
   }
@@ -538,7 +548,6 @@ export class Agent extends TypedEventTarget<AgentEvents> {
     let prompt: Awaited<ReturnType<typeof assemblePrompt>>;
     let chat: ChatSession;
     let result: Awaited<ReturnType<ChatSession["turn"]>>;
-    let before: bigint;
     try {
       signal?.throwIfAborted();
       prompt = await assemblePrompt({
@@ -551,7 +560,6 @@ export class Agent extends TypedEventTarget<AgentEvents> {
         ...(signal !== undefined && { signal }),
       });
       chat = await this.#chat(signal);
-      before = chat.spent;
       result = await chat.turn({
         prompt: prompt.messages,
         maxTokens: options.maxTokens ?? o.maxTokens ?? 256,
@@ -562,7 +570,7 @@ export class Agent extends TypedEventTarget<AgentEvents> {
       throw cancelled(err);
     }
     // Delivered and paid: recorded even if the caller gives up now, so no signal from here on.
-    const cost = chat.spent - before;
+    const cost = result.cost.total;
     const user = await this.memory.recordTurn({ role: "user", speaker, text: message, time: started, ...(options.confidential === true && { confidential: true }) });
     const reply = await this.memory.recordTurn({ role: "assistant", text: result.text, time: Math.max(Date.now(), started) });
     await this.#commit();
