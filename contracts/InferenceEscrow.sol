@@ -461,10 +461,9 @@ contract InferenceEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
         nonReentrant
         returns (Settlement memory settlement)
     {
-        uint256 feeNow = _feeBps.at(block.timestamp);
-        bytes memory err;
-        (settlement, err) = _settle(voucher, signature, feeNow);
+        bytes memory err = _settle(voucher, signature, _feeBps.at(block.timestamp), settlement);
         if (err.length != 0) _revertWith(err);
+        _credit(voucher.provider, settlement.providerAmount);
         _creditFee(settlement.feeAmount);
     }
 
@@ -479,17 +478,34 @@ contract InferenceEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
         uint256 count = vouchers.length;
         if (count == 0) revert Escrow__EmptyBatch();
         uint256 feeNow = _feeBps.at(block.timestamp);
+        // One Settlement, reused: each voucher that settles overwrites every field.
+        Settlement memory s;
         uint256 fees;
+        // A batch usually holds one provider's vouchers: its share is summed over each run of consecutive
+        // vouchers of one provider and credited once per run, as fees are once per batch, not once per voucher.
+        address runProvider;
+        uint256 runEarnings;
         for (uint256 i; i < count; ++i) {
             Voucher calldata v = vouchers[i].voucher;
-            (Settlement memory s, bytes memory err) = _settle(v, vouchers[i].signature, feeNow);
+            bytes memory err = _settle(v, vouchers[i].signature, feeNow, s);
             if (err.length != 0) {
                 emit SettlementSkipped(v.provider, v.payer, v.agentId, v.session, err);
                 continue;
             }
-            fees += s.feeAmount;
-            paid += s.providerAmount + s.royaltyAmount + s.feeAmount;
+            address provider = v.provider;
+            if (provider != runProvider) {
+                _credit(runProvider, runEarnings);
+                (runProvider, runEarnings) = (provider, 0);
+            }
+            // Each share is below 2^96 (a session's cost is capped there) and a batch holds far fewer than
+            // 2^64 vouchers: these sums cannot overflow.
+            unchecked {
+                runEarnings += s.providerAmount;
+                fees += s.feeAmount;
+                paid += s.providerAmount + s.royaltyAmount + s.feeAmount;
+            }
         }
+        _credit(runProvider, runEarnings);
         _creditFee(fees);
     }
 
@@ -541,12 +557,14 @@ contract InferenceEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
      * @return settlement What it would pay.
      */
     function previewSettle(Voucher calldata voucher) external view returns (Settlement memory settlement) {
-        bytes memory err;
-        (settlement,,, err) = _price(voucher, _feeBps.at(block.timestamp));
+        (,, uint256 total, bytes memory err) = _price(voucher, _feeBps.at(block.timestamp), settlement);
         if (err.length == 0) {
-            uint256 total = settlement.providerAmount + settlement.royaltyAmount + settlement.feeAmount;
             uint256 lane = _lanes[voucher.payer][voucher.provider].amount;
-            if (total > lane) err = _insufficientLane(voucher, total, lane);
+            if (total > lane) {
+                err = abi.encodeWithSelector(
+                    Escrow__InsufficientLane.selector, voucher.payer, voucher.provider, total, lane
+                );
+            }
         }
         if (err.length != 0) _revertWith(err);
     }
@@ -689,38 +707,44 @@ contract InferenceEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
         emit Committed(payer, provider, amount, total);
     }
 
-    /// @dev Settles `v` or returns the error `settle` reverts with; on an error nothing was written.
-    function _settle(Voucher calldata v, bytes calldata signature, uint256 feeNow)
+    /**
+     * @dev Settles `v` into `s` or returns the error `settle` reverts with; on an error nothing was written.
+     * Pays the creator's royalty; the provider's share and the fee are left to the caller, which credits
+     * them once per batch (or per run of one provider's vouchers) rather than once per voucher.
+     */
+    function _settle(Voucher calldata v, bytes calldata signature, uint256 feeNow, Settlement memory s)
         private
-        returns (Settlement memory s, bytes memory err)
+        returns (bytes memory err)
     {
-        if (msg.sender != v.provider && !_settlers[v.provider][msg.sender]) {
-            return (s, abi.encodeWithSelector(Escrow__NotProviderOrSettler.selector, v.provider, msg.sender));
+        address provider = v.provider;
+        if (msg.sender != provider && !_settlers[provider][msg.sender]) {
+            return abi.encodeWithSelector(Escrow__NotProviderOrSettler.selector, provider, msg.sender);
         }
-        bytes32 key;
-        Channel memory c;
-        (s, key, c, err) = _price(v, feeNow);
-        if (err.length != 0) return (s, err);
-        if (!_isValidSignature(v.payer, _hashTypedDataV4(_structHash(v)), signature)) {
-            return (s, abi.encodeWithSelector(Escrow__InvalidSignature.selector, v.payer));
+        (bytes32 key, uint256 paid, uint256 total, bytes memory priceErr) = _price(v, feeNow, s);
+        if (priceErr.length != 0) return priceErr;
+        address payer = v.payer;
+        // `_price` read (and so checked) every field of `v`: its calldata words are the struct's encoding.
+        if (!_isValidSignature(payer, _hashTypedDataV4(_structHashOfChecked(v)), signature)) {
+            return abi.encodeWithSelector(Escrow__InvalidSignature.selector, payer);
         }
-        uint256 total = s.providerAmount + s.royaltyAmount + s.feeAmount;
-        Lane storage lane = _lanes[v.payer][v.provider];
+        Lane storage lane = _lanes[payer][provider];
         uint256 available = lane.amount;
-        if (total > available) return (s, _insufficientLane(v, total, available));
+        if (total > available) {
+            return abi.encodeWithSelector(Escrow__InsufficientLane.selector, payer, provider, total, available);
+        }
 
-        _channels[key] = Channel(v.session, uint48(v.inputTokens), uint48(v.outputTokens), c.paid);
+        uint256 session = v.session;
+        _channels[key] = Channel(uint64(session), uint48(v.inputTokens), uint48(v.outputTokens), uint96(paid));
         unchecked {
             lane.amount = uint192(available - total);
         }
-        _earnings[v.provider] += s.providerAmount;
         if (s.royaltyAmount != 0) _earnings[s.creator] += s.royaltyAmount;
         emit VoucherSettled(
             s.personaId,
-            v.provider,
+            provider,
             v.agentId,
-            v.payer,
-            v.session,
+            payer,
+            uint64(session),
             s.inputTokens,
             s.outputTokens,
             s.providerAmount,
@@ -730,117 +754,195 @@ contract InferenceEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
     }
 
     /**
-     * @dev Prices `v` against its channel and returns the channel as it will be once settled (`c.paid`
-     * updated), or the error `settle` reverts with. Each share is priced on the cumulative totals at the
-     * voucher's own rates, minus what the settled totals priced at, so that a session's cost does not
-     * depend on how often it settles; then the session's cost is held to the voucher's own cumulative cost,
-     * taking any excess off the provider's share first, so a rate changed mid-session cannot add to it.
+     * @dev Prices `v` against its channel into `s` and returns the channel's key, what its session will have
+     * cost once `v` settles and what `v` adds to it, or the error `settle` reverts with. Each share is priced
+     * on the cumulative totals at the voucher's own rates, minus what the settled totals priced at, so that a
+     * session's cost does not depend on how often it settles; then the session's cost is held to the
+     * voucher's own cumulative cost, taking any excess off the provider's share first, so a rate changed
+     * mid-session cannot add to it. Fields of `v` are read in the order the checks need them: a field that
+     * does not fit its type reverts only where a check first reads it.
      */
-    function _price(Voucher calldata v, uint256 feeNow)
+    function _price(Voucher calldata v, uint256 feeNow, Settlement memory s)
         private
         view
-        returns (Settlement memory s, bytes32 key, Channel memory c, bytes memory err)
+        returns (bytes32 key, uint256 paid, uint256 total, bytes memory err)
     {
-        if (block.timestamp > v.expiry) return (s, key, c, abi.encodeWithSelector(Escrow__VoucherExpired.selector, v.expiry));
         {
+            uint256 expiry = v.expiry;
+            if (block.timestamp > expiry) {
+                return (key, 0, 0, abi.encodeWithSelector(Escrow__VoucherExpired.selector, expiry));
+            }
             uint256 latest = block.timestamp + _maxVoucherLifetime;
-            if (v.expiry > latest) {
-                return (s, key, c, abi.encodeWithSelector(Escrow__ExpiryTooFar.selector, v.expiry, latest));
+            if (expiry > latest) {
+                return (key, 0, 0, abi.encodeWithSelector(Escrow__ExpiryTooFar.selector, expiry, latest));
             }
         }
-        if (v.inputTokens > MAX_SESSION_TOKENS || v.outputTokens > MAX_SESSION_TOKENS) {
-            return (s, key, c, abi.encodeWithSelector(Escrow__VoucherTooLarge.selector));
+        uint256 inputTokens = v.inputTokens;
+        if (inputTokens > MAX_SESSION_TOKENS || v.outputTokens > MAX_SESSION_TOKENS) {
+            return (key, 0, 0, abi.encodeWithSelector(Escrow__VoucherTooLarge.selector));
         }
-        if (v.feeBps < feeNow) return (s, key, c, abi.encodeWithSelector(Escrow__FeeBelowRate.selector, v.feeBps, feeNow));
+        uint256 outputTokens = v.outputTokens;
+        uint256 feeBps = v.feeBps;
+        if (feeBps < feeNow) return (key, 0, 0, abi.encodeWithSelector(Escrow__FeeBelowRate.selector, feeBps, feeNow));
 
-        key = channelKey(v.payer, v.provider, v.agentId);
-        c = _channels[key];
-        if (v.session < c.session) {
-            return (s, key, c, abi.encodeWithSelector(Escrow__SessionSuperseded.selector, key, c.session, v.session));
-        }
-        if (v.session == c.session) {
-            if (v.inputTokens < c.inputTokens || v.outputTokens < c.outputTokens) {
+        key = _channelKey(v.payer, v.provider, v.agentId);
+        uint256 settledIn;
+        uint256 settledOut;
+        {
+            Channel storage channel = _channels[key];
+            uint256 settledSession = channel.session;
+            uint256 session = v.session;
+            if (session < settledSession) {
                 return (
-                    s,
                     key,
-                    c,
-                    abi.encodeWithSelector(
-                        Escrow__CumulativeBelowSettled.selector,
-                        key,
-                        c.inputTokens,
-                        c.outputTokens,
-                        v.inputTokens,
-                        v.outputTokens
-                    )
+                    0,
+                    0,
+                    abi.encodeWithSelector(Escrow__SessionSuperseded.selector, key, settledSession, session)
                 );
             }
-            if (v.inputTokens == c.inputTokens && v.outputTokens == c.outputTokens) {
-                return (s, key, c, abi.encodeWithSelector(Escrow__AlreadySettled.selector, key, v.session));
+            if (session == settledSession) {
+                (settledIn, settledOut) = (channel.inputTokens, channel.outputTokens);
+                if (inputTokens < settledIn || outputTokens < settledOut) {
+                    return (
+                        key,
+                        0,
+                        0,
+                        abi.encodeWithSelector(
+                            Escrow__CumulativeBelowSettled.selector, key, settledIn, settledOut, inputTokens, outputTokens
+                        )
+                    );
+                }
+                if (inputTokens == settledIn && outputTokens == settledOut) {
+                    return (key, 0, 0, abi.encodeWithSelector(Escrow__AlreadySettled.selector, key, session));
+                }
+                paid = channel.paid;
+            } else if (inputTokens == 0 && outputTokens == 0) {
+                return (key, 0, 0, abi.encodeWithSelector(Escrow__EmptyVoucher.selector));
             }
-        } else {
-            if (v.inputTokens == 0 && v.outputTokens == 0) {
-                return (s, key, c, abi.encodeWithSelector(Escrow__EmptyVoucher.selector));
+            // A new session starts from nothing settled and nothing paid.
+        }
+
+        {
+            (uint256 personaId, address creator, uint256 royaltyInForce) = _royaltyTermsOf(v.agentId);
+            (s.personaId, s.creator) = (personaId, creator);
+            uint256 signedRoyalty = v.royaltyPerMillion;
+            if (signedRoyalty < royaltyInForce) {
+                return (
+                    key,
+                    0,
+                    0,
+                    abi.encodeWithSelector(Escrow__RoyaltyBelowRate.selector, personaId, signedRoyalty, royaltyInForce)
+                );
             }
-            (c.inputTokens, c.outputTokens, c.paid) = (0, 0, 0);
         }
+        // Every bound below holds by a check above or by a field's type: tokens below 2^48 (checked), prices
+        // below 2^128, royalty below 2^96, fee below 2^16, settled totals at most the voucher's (checked, or
+        // zero for a new session), and each amount grows with the totals. No product or sum comes near 2^256
+        // and no difference goes below zero, so the arithmetic needs no overflow checks.
+        unchecked {
+            s.inputTokens = uint64(inputTokens - settledIn);
+            s.outputTokens = uint64(outputTokens - settledOut);
+            (uint256 providerNow, uint256 royaltyNow, uint256 feeAmountNow) = _cost(v, inputTokens, outputTokens);
+            (uint256 providerBefore, uint256 royaltyBefore, uint256 feeBefore) = _cost(v, settledIn, settledOut);
+            uint256 providerAmount = providerNow - providerBefore;
+            uint256 royaltyAmount = royaltyNow - royaltyBefore;
+            uint256 feeAmount = feeAmountNow - feeBefore;
 
-        s.personaId = _agents.personaOf(v.agentId);
-        uint256 royaltyNow;
-        (s.creator, royaltyNow) = _personas.royaltyOf(s.personaId);
-        if (v.royaltyPerMillion < royaltyNow) {
-            return (
-                s,
-                key,
-                c,
-                abi.encodeWithSelector(Escrow__RoyaltyBelowRate.selector, s.personaId, v.royaltyPerMillion, royaltyNow)
-            );
+            uint256 cumulative = providerNow + royaltyNow + feeAmountNow;
+            if (cumulative > type(uint96).max) {
+                return (key, 0, 0, abi.encodeWithSelector(Escrow__VoucherTooLarge.selector));
+            }
+            uint256 room = cumulative > paid ? cumulative - paid : 0;
+            total = providerAmount + royaltyAmount + feeAmount;
+            if (total > room) {
+                // Only a voucher at other rates than the session's earlier ones gets here.
+                uint256 excess = total - room;
+                uint256 cut = excess < providerAmount ? excess : providerAmount;
+                (providerAmount, excess) = (providerAmount - cut, excess - cut);
+                cut = excess < royaltyAmount ? excess : royaltyAmount;
+                (royaltyAmount, excess) = (royaltyAmount - cut, excess - cut);
+                feeAmount -= excess;
+                total = room;
+            }
+            // At most max(cumulative, paid), both below 2^96.
+            paid += total;
+            (s.providerAmount, s.royaltyAmount, s.feeAmount) = (providerAmount, royaltyAmount, feeAmount);
         }
-        s.inputTokens = v.inputTokens - uint64(c.inputTokens);
-        s.outputTokens = v.outputTokens - uint64(c.outputTokens);
-
-        (uint256 providerNow, uint256 royaltyAmountNow, uint256 feeAmountNow) = _cost(v, v.inputTokens, v.outputTokens);
-        (uint256 providerBefore, uint256 royaltyBefore, uint256 feeBefore) = _cost(v, c.inputTokens, c.outputTokens);
-        s.providerAmount = providerNow - providerBefore;
-        s.royaltyAmount = royaltyAmountNow - royaltyBefore;
-        s.feeAmount = feeAmountNow - feeBefore;
-
-        uint256 cumulative = providerNow + royaltyAmountNow + feeAmountNow;
-        if (cumulative > type(uint96).max) return (s, key, c, abi.encodeWithSelector(Escrow__VoucherTooLarge.selector));
-        uint256 room = cumulative > c.paid ? cumulative - c.paid : 0;
-        uint256 total = s.providerAmount + s.royaltyAmount + s.feeAmount;
-        if (total > room) {
-            // Only a voucher at other rates than the session's earlier ones gets here.
-            uint256 excess = total - room;
-            uint256 cut = excess < s.providerAmount ? excess : s.providerAmount;
-            (s.providerAmount, excess) = (s.providerAmount - cut, excess - cut);
-            cut = excess < s.royaltyAmount ? excess : s.royaltyAmount;
-            (s.royaltyAmount, excess) = (s.royaltyAmount - cut, excess - cut);
-            s.feeAmount -= excess;
-            total = room;
-        }
-        c.paid += uint96(total);
     }
 
+    /// @dev What `inputTokens` and `outputTokens` cost at `v`'s rates. Unchecked: `_price` calls it only with
+    /// totals it checked below 2^48, and prices are below 2^128, the royalty below 2^96, the fee below 2^16.
     function _cost(Voucher calldata v, uint256 inputTokens, uint256 outputTokens)
         private
         pure
         returns (uint256 providerAmount, uint256 royaltyAmount, uint256 feeAmount)
     {
-        providerAmount = (inputTokens * v.priceInputPerMillion + outputTokens * v.priceOutputPerMillion) / 1e6;
-        royaltyAmount = ((inputTokens + outputTokens) * v.royaltyPerMillion) / 1e6;
-        feeAmount = ((providerAmount + royaltyAmount) * v.feeBps) / 10_000;
+        unchecked {
+            providerAmount = (inputTokens * v.priceInputPerMillion + outputTokens * v.priceOutputPerMillion) / 1e6;
+            royaltyAmount = ((inputTokens + outputTokens) * v.royaltyPerMillion) / 1e6;
+            feeAmount = ((providerAmount + royaltyAmount) * v.feeBps) / 10_000;
+        }
     }
 
-    function _insufficientLane(Voucher calldata v, uint256 required, uint256 available)
+    /**
+     * @dev The agent's persona, its holder and the royalty in force: `_agents.personaOf(agentId)`, then
+     * `_personas.royaltyOf(personaId)`, called as Solidity calls them (a revert is passed on as it is; an
+     * answer too short, or a holder that is no address, reverts with no data) but in scratch memory, without
+     * the memory each high-level call allocates and its decoding.
+     */
+    function _royaltyTermsOf(uint256 agentId)
         private
-        pure
-        returns (bytes memory)
+        view
+        returns (uint256 personaId, address holder, uint256 royaltyPerMillion)
     {
-        return abi.encodeWithSelector(Escrow__InsufficientLane.selector, v.payer, v.provider, required, available);
+        address agents = address(_agents);
+        address personas = address(_personas);
+        bytes4 personaOfSelector = IAgentRegistry.personaOf.selector;
+        bytes4 royaltyOfSelector = IPersonaRegistry.royaltyOf.selector;
+        assembly ("memory-safe") {
+            // personaId = agents.personaOf(agentId): selector and argument in 0x00-0x23, answer in 0x00-0x1f.
+            mstore(0x00, personaOfSelector)
+            mstore(0x04, agentId)
+            if iszero(staticcall(gas(), agents, 0x00, 0x24, 0x00, 0x20)) {
+                let ptr := mload(0x40)
+                returndatacopy(ptr, 0x00, returndatasize())
+                revert(ptr, returndatasize())
+            }
+            if lt(returndatasize(), 0x20) { revert(0x00, 0x00) }
+            personaId := mload(0x00)
+            // (holder, royaltyPerMillion) = personas.royaltyOf(personaId), the same way; answer in 0x00-0x3f.
+            mstore(0x00, royaltyOfSelector)
+            mstore(0x04, personaId)
+            if iszero(staticcall(gas(), personas, 0x00, 0x24, 0x00, 0x40)) {
+                let ptr := mload(0x40)
+                returndatacopy(ptr, 0x00, returndatasize())
+                revert(ptr, returndatasize())
+            }
+            if lt(returndatasize(), 0x40) { revert(0x00, 0x00) }
+            holder := mload(0x00)
+            if shr(160, holder) { revert(0x00, 0x00) }
+            royaltyPerMillion := mload(0x20)
+        }
+    }
+
+    function _credit(address account, uint256 amount) private {
+        if (amount != 0) _earnings[account] += amount;
     }
 
     function _creditFee(uint256 amount) private {
         if (amount != 0) _earnings[_treasury] += amount;
+    }
+
+    /// @dev `channelKey` without the memory it allocates: keccak256 of the three words abi.encode writes.
+    function _channelKey(address payer, address provider, uint256 agentId) private pure returns (bytes32 key) {
+        assembly ("memory-safe") {
+            // Hashes abi.encode(payer, provider, agentId) written past the free memory pointer, left unmoved.
+            let ptr := mload(0x40)
+            mstore(ptr, payer)
+            mstore(add(ptr, 0x20), provider)
+            mstore(add(ptr, 0x40), agentId)
+            key := keccak256(ptr, 0x60)
+        }
     }
 
     function _structHash(Voucher calldata v) private pure returns (bytes32) {
@@ -860,6 +962,22 @@ contract InferenceEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
                 v.expiry
             )
         );
+    }
+
+    /**
+     * @dev `_structHash` for a voucher whose fields were all read (so checked to fit their types) already:
+     * a calldata Voucher is static, so its 11 calldata words are then exactly what abi.encode writes for
+     * them, and hashing them in place spares re-reading and re-checking each.
+     */
+    function _structHashOfChecked(Voucher calldata v) private pure returns (bytes32 hash) {
+        bytes32 typeHash = VOUCHER_TYPEHASH;
+        assembly ("memory-safe") {
+            // keccak256(VOUCHER_TYPEHASH ‖ the voucher's 11 words), written past the free memory pointer.
+            let ptr := mload(0x40)
+            mstore(ptr, typeHash)
+            calldatacopy(add(ptr, 0x20), v, 0x160)
+            hash := keccak256(ptr, 0x180)
+        }
     }
 
     /// @dev Tries ECDSA first so that an EOA payer costs no EXTCODESIZE; falls back to ERC-1271 for

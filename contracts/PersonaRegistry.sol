@@ -33,7 +33,21 @@ contract PersonaRegistry is ERC721, IPersonaRegistry {
     /// @notice The longest royalty delay: a year keeps every schedule date far inside uint64.
     uint256 public constant MAX_DELAY = 365 days;
 
+    /// @dev `royaltyOf`'s answer, in one slot: the escrow asks it for every voucher it settles, so that a
+    /// persona whose royalty never changed costs one storage read. `holder` mirrors the token's owner (kept
+    /// in step by `_update`); `royalty` is the royalty in force, or `SCHEDULED` once a change was scheduled.
+    struct Terms {
+        address holder;
+        uint96 royalty;
+    }
+
+    /// @dev `Terms.royalty` of a persona whose royalty lives in `_royalties` (a change was scheduled, or
+    /// the royalty itself is this value).
+    uint96 private constant SCHEDULED = type(uint96).max;
+
     mapping(uint256 personaId => Persona) private _personas;
+    mapping(uint256 personaId => Terms) private _terms;
+    /// @dev The royalty schedule of a persona whose `Terms.royalty` is `SCHEDULED`; unused otherwise.
     mapping(uint256 personaId => Scheduled.Value) private _royalties;
 
     /// @notice Emitted when a creator mints a persona.
@@ -110,7 +124,9 @@ contract PersonaRegistry is ERC721, IPersonaRegistry {
         uint96 royalty = _toRoyalty(royaltyPerMillion);
         personaId = _nextId++;
         _personas[personaId] = Persona(manifestCid, adapterSha256, baseModelHash, adoptionPrice);
-        _royalties[personaId].current = royalty;
+        if (royalty == SCHEDULED) _royalties[personaId].current = royalty;
+        // `_mint` fills in the holder.
+        _terms[personaId].royalty = royalty;
         emit PersonaCreated(
             personaId, msg.sender, manifestCid, adapterSha256, baseModelHash, royaltyPerMillion, adoptionPrice
         );
@@ -151,7 +167,11 @@ contract PersonaRegistry is ERC721, IPersonaRegistry {
     {
         uint96 royalty = _toRoyalty(royaltyPerMillion);
         effectiveAt = block.timestamp + _royaltyDelay;
-        _royalties[personaId].schedule(royalty, uint64(effectiveAt));
+        Terms storage terms = _terms[personaId];
+        Scheduled.Value storage schedule = _royalties[personaId];
+        // The first change moves the royalty in force into the schedule, which holds it from then on.
+        if (terms.royalty != SCHEDULED) (schedule.current, terms.royalty) = (terms.royalty, SCHEDULED);
+        schedule.schedule(royalty, uint64(effectiveAt));
         emit RoyaltyScheduled(personaId, royaltyPerMillion, effectiveAt);
     }
 
@@ -178,8 +198,10 @@ contract PersonaRegistry is ERC721, IPersonaRegistry {
 
     /// @inheritdoc IPersonaRegistry
     function royaltyOf(uint256 personaId) external view returns (address holder, uint256 royaltyPerMillion) {
-        holder = _requirePersona(personaId);
-        royaltyPerMillion = _royalties[personaId].at(block.timestamp);
+        Terms memory terms = _terms[personaId];
+        holder = terms.holder;
+        if (holder == address(0)) revert Persona__UnknownPersona(personaId);
+        royaltyPerMillion = terms.royalty != SCHEDULED ? terms.royalty : _royalties[personaId].at(block.timestamp);
     }
 
     /// @inheritdoc IPersonaRegistry
@@ -208,12 +230,20 @@ contract PersonaRegistry is ERC721, IPersonaRegistry {
         returns (uint256 current, uint256 next, uint256 effectiveAt)
     {
         _requirePersona(personaId);
+        uint256 royalty = _terms[personaId].royalty;
+        if (royalty != SCHEDULED) return (royalty, royalty, 0);
         return _royalties[personaId].state(block.timestamp);
     }
 
     /// @notice The number of personas minted so far.
     function totalPersonas() external view returns (uint256) {
         return _nextId - 1;
+    }
+
+    /// @dev Keeps `Terms.holder` equal to the token's owner through every mint and transfer.
+    function _update(address to, uint256 tokenId, address auth) internal override returns (address from) {
+        from = super._update(to, tokenId, auth);
+        _terms[tokenId].holder = to;
     }
 
     function _requirePersona(uint256 personaId) private view returns (address holder) {
