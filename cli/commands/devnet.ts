@@ -11,6 +11,7 @@ import type { LocalIpfsService } from "../ipfs/local-ipfs.js";
 import { createOutput } from "../output.js";
 import { formatUnitsFixed } from "../../sdk/chain/units.js";
 import type { Output } from "../output.js";
+import { parseMaxRoyalty } from "./deploy.js";
 import { globalOptions, parsePort } from "./options.js";
 import { isoTime } from "./escrow.js";
 import { parseAddressOption, whenFromNow } from "./persona.js";
@@ -99,7 +100,7 @@ function describe(event: DevnetEvent): string {
  */
 async function runDevnet(
   out: Output,
-  opts: { port: number; home: string; ipfsPort: number; protocolFeeBps?: number; treasury?: string },
+  opts: { port: number; home: string; ipfsPort: number; protocolFeeBps?: number; treasury?: string; maxRoyaltyPerMillion?: bigint },
 ): Promise<void> {
   const stops = stopSignals();
   let ipfs: LocalIpfsService | undefined;
@@ -113,6 +114,7 @@ async function runDevnet(
       parameters: {
         ...(opts.protocolFeeBps !== undefined && { protocolFeeBps: opts.protocolFeeBps }),
         ...(opts.treasury !== undefined && { treasury: opts.treasury }),
+        ...(opts.maxRoyaltyPerMillion !== undefined && { maxRoyaltyPerMillion: opts.maxRoyaltyPerMillion }),
       },
     });
     let fee: ProtocolFeeState;
@@ -189,6 +191,10 @@ export function registerDevnet(program: Command): void {
       `the escrow's protocol fee in basis points of what providers and creators are paid (0 to ${MAX_PROTOCOL_FEE_BPS}; default 0)`,
     )
     .option("--treasury <address>", "the address that receives protocol fees (default the deployer, dev account 0)")
+    .option(
+      "--max-royalty <amount>",
+      "the highest royalty per million tokens a persona may ask, in tUSD (default 1000; 0 forbids royalties)",
+    )
     .addHelpText(
       "after",
       `
@@ -200,20 +206,24 @@ Examples:
   $ soulmesh devnet --protocol-fee 250 --treasury 0x90F79bf6EB2c4f870365E785982E1f101E93b906
                                          # a 2.5% fee to that address; as on any chain, it is scheduled at
                                          # deployment and takes effect after the fee delay (2 days), which
-                                         # the output gives in chain time`,
+                                         # the output gives in chain time
+  $ soulmesh devnet --max-royalty 50     # personas may ask at most 50 tUSD per million tokens`,
     )
-    .action(async (opts: { port: number; ipfsPort: number; protocolFee?: string; treasury?: string }, cmd: Command) => {
+    .action(async (opts: { port: number; ipfsPort: number; protocolFee?: string; treasury?: string; maxRoyalty?: string }, cmd: Command) => {
       const g = globalOptions(cmd);
       const home = resolve(g.home ?? soulmeshHome());
       // Checked before anything starts: a bad value must not leave a half-started devnet behind.
       const protocolFeeBps = opts.protocolFee === undefined ? undefined : parseProtocolFee(opts.protocolFee);
       const treasury = opts.treasury === undefined ? undefined : parseAddressOption("--treasury", opts.treasury);
+      // The devnet deploys its own tUSD, of 6 decimals.
+      const maxRoyaltyPerMillion = opts.maxRoyalty === undefined ? undefined : parseMaxRoyalty(opts.maxRoyalty, 6);
       await runDevnet(createOutput({ json: g.json }), {
         port: opts.port,
         home,
         ipfsPort: opts.ipfsPort,
         ...(protocolFeeBps !== undefined && { protocolFeeBps }),
         ...(treasury !== undefined && { treasury }),
+        ...(maxRoyaltyPerMillion !== undefined && { maxRoyaltyPerMillion }),
       });
     });
 }

@@ -1,7 +1,7 @@
 /**
- * `soulmesh devnet --protocol-fee BPS [--treasury ADDRESS]` as a child process: the fee is scheduled at deployment
- * (the escrow's fee delay applies, as on any chain), the output says when it takes effect and the escrow agrees;
- * bad values start nothing.
+ * `soulmesh devnet --protocol-fee BPS [--treasury ADDRESS] [--max-royalty TUSD]` as a child process: the fee is
+ * scheduled at deployment (the escrow's fee delay applies, as on any chain), the output says when it takes effect
+ * and the escrow agrees; the royalty cap is the persona registry's; bad values start nothing.
  */
 import { existsSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
@@ -32,7 +32,7 @@ let contracts: SoulmeshContracts;
 beforeAll(async () => {
   root = await mkdtemp(join(tmpdir(), "soulmesh-devnet-fee-"));
   home = join(root, "home");
-  devnet = runCli(["devnet", "--port", "0", "--json", "--home", home, "--protocol-fee", "250", "--treasury", TREASURY.toLowerCase()], CLEAN_ENV);
+  devnet = runCli(["devnet", "--port", "0", "--json", "--home", home, "--protocol-fee", "250", "--treasury", TREASURY.toLowerCase(), "--max-royalty", "50"], CLEAN_ENV);
   printed = await devnet.firstJson<typeof printed>(60_000);
   provider = new JsonRpcProvider(printed.rpcUrl, printed.chainId, { staticNetwork: true });
   contracts = connectContracts(printed, provider);
@@ -82,6 +82,11 @@ describe("soulmesh devnet --protocol-fee", () => {
     expect(await contracts.inferenceEscrow.protocolFee()).toEqual([250n, 250n, 0n]);
   });
 
+  it("deploys the persona registry with the royalty cap given by --max-royalty, in tUSD", async () => {
+    expect(printed.parameters.maxRoyaltyPerMillion).toBe("50000000");
+    expect(await contracts.personaRegistry.maxRoyaltyPerMillion()).toBe(50_000_000n);
+  });
+
   it("refuses a bad fee or treasury before starting anything", async () => {
     const other = join(root, "bad");
     // The parser's other cases are covered above; each child process costs seconds.
@@ -89,10 +94,16 @@ describe("soulmesh devnet --protocol-fee", () => {
       runCli(["devnet", "--port", "0", "--json", "--home", other, "--protocol-fee", bps], CLEAN_ENV),
     );
     runs.push(runCli(["devnet", "--port", "0", "--json", "--home", other, "--treasury", "0x1234"], CLEAN_ENV));
+    runs.push(runCli(["devnet", "--port", "0", "--json", "--home", other, "--max-royalty", "0.0000001"], CLEAN_ENV));
     const codes = await Promise.all(runs.map((r) => r.exited()));
     expect(codes).toEqual(runs.map(() => 1));
     const errors = runs.map((r) => (JSON.parse(r.stdout().trim()) as { error: { name: string; message: string } }).error);
-    expect(errors.map((e) => e.name)).toEqual(["InvalidProtocolFeeError", "InvalidProtocolFeeError", "InvalidAddressError"]);
+    expect(errors.map((e) => e.name)).toEqual([
+      "InvalidProtocolFeeError",
+      "InvalidProtocolFeeError",
+      "InvalidAddressError",
+      "InvalidAmountError",
+    ]);
     expect(errors[1]!.message).toContain(`0 to ${MAX_PROTOCOL_FEE_BPS}`);
     expect(existsSync(devnetDeploymentPath(other))).toBe(false);
   });
