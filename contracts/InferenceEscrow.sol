@@ -148,6 +148,8 @@ contract InferenceEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
     event LaneReleaseCancelled(address indexed payer, address indexed provider);
     /// @notice Emitted when a lane's remainder returns to its payer's free deposit.
     event LaneReleased(address indexed payer, address indexed provider, uint256 amount);
+    /// @notice Emitted when a lane's remainder is paid out to its payer once its release completed.
+    event LaneWithdrawn(address indexed payer, address indexed provider, uint256 amount);
     /// @notice Emitted when a provider allows or disallows an account to settle its vouchers.
     event SettlerSet(address indexed provider, address indexed settler, bool allowed);
     /// @notice Emitted for every settled voucher, with the tokens and amounts it added to its session.
@@ -426,13 +428,22 @@ contract InferenceEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
      * @return amount The amount returned.
      */
     function completeRelease(address provider) external returns (uint256 amount) {
-        Lane memory lane = _lanes[msg.sender][provider];
-        if (lane.releaseAt == 0) revert Escrow__NoReleaseRequested(msg.sender, provider);
-        if (block.timestamp < lane.releaseAt) revert Escrow__ReleaseNotReady(lane.releaseAt);
-        amount = lane.amount;
-        delete _lanes[msg.sender][provider];
+        amount = _takeReleasedLane(provider);
         _deposits[msg.sender] += amount;
         emit LaneReleased(msg.sender, provider, amount);
+    }
+
+    /**
+     * @notice Completes a requested release and sends what is left in the caller's lane with `provider`
+     * straight to the caller. The lane has waited `withdrawalDelay()` already, as a free deposit's withdrawal
+     * would: leaving takes one delay, not a release and then a withdrawal.
+     * @param provider The lane's provider.
+     * @return amount The amount sent.
+     */
+    function completeReleaseAndWithdraw(address provider) external nonReentrant returns (uint256 amount) {
+        amount = _takeReleasedLane(provider);
+        emit LaneWithdrawn(msg.sender, provider, amount);
+        if (amount > 0) _token.safeTransfer(msg.sender, amount);
     }
 
     // -------------------------------------------------------------- settlement
@@ -692,6 +703,15 @@ contract InferenceEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
 
     function _tryPermit(uint256 amount, uint256 deadline, uint8 v, bytes32 r, bytes32 s) private {
         try IERC20Permit(address(_token)).permit(msg.sender, address(this), amount, deadline, v, r, s) {} catch {}
+    }
+
+    /// @dev Empties the caller's lane with `provider` once its requested release is due; returns what it held.
+    function _takeReleasedLane(address provider) private returns (uint256 amount) {
+        Lane memory lane = _lanes[msg.sender][provider];
+        if (lane.releaseAt == 0) revert Escrow__NoReleaseRequested(msg.sender, provider);
+        if (block.timestamp < lane.releaseAt) revert Escrow__ReleaseNotReady(lane.releaseAt);
+        amount = lane.amount;
+        delete _lanes[msg.sender][provider];
     }
 
     function _commit(address payer, address provider, uint256 amount) private {

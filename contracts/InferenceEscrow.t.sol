@@ -311,6 +311,31 @@ contract InferenceEscrowTest is SoulmeshFixture {
         _assertBalanceEqualsOwed();
     }
 
+    function test_CompleteReleaseAndWithdraw_PaysTheLaneOutAfterOneDelay() public {
+        vm.prank(user);
+        uint256 releaseAt = escrow.requestRelease(provider);
+        InferenceEscrow.Settlement memory s = _settle(_voucher(1, 1_000_000, 0));
+        uint256 left = 100 * USD - s.providerAmount - s.royaltyAmount;
+
+        vm.warp(releaseAt - 1);
+        vm.expectRevert(abi.encodeWithSelector(InferenceEscrow.Escrow__ReleaseNotReady.selector, releaseAt));
+        vm.prank(user);
+        escrow.completeReleaseAndWithdraw(provider);
+
+        vm.warp(releaseAt);
+        vm.expectEmit(true, true, true, true, address(escrow));
+        emit InferenceEscrow.LaneWithdrawn(user, provider, left);
+        vm.prank(user);
+        assertEq(escrow.completeReleaseAndWithdraw(provider), left);
+        assertEq(token.balanceOf(user), left, "paid out, not parked in the free deposit");
+        assertEq(escrow.depositOf(user), 100 * USD);
+        assertEq(_lane(user, provider), 0);
+        vm.expectRevert(abi.encodeWithSelector(InferenceEscrow.Escrow__NoReleaseRequested.selector, user, provider));
+        vm.prank(user);
+        escrow.completeReleaseAndWithdraw(provider);
+        _assertBalanceEqualsOwed();
+    }
+
     function test_LaneRelease_LeavesTheLaneSettleableUntilComplete() public {
         vm.prank(user);
         uint256 releaseAt = escrow.requestRelease(provider);

@@ -495,16 +495,17 @@ async function runWithdrawComplete(ctx: CommandContext): Promise<void> {
   }
   const txHashes: string[] = [];
   const released: { provider: string; amount: bigint; txHash: string }[] = [];
-  // Lanes first: what they return joins the free deposit, which the withdrawal then pays out (up to its amount).
+  // A released lane has waited the withdrawal delay already: its remainder goes straight to the wallet, rather
+  // than into the free deposit where it would need a second request and a second delay.
   for (const lane of ready) {
-    const receipt = await sendTransaction(ctx, `releasing the lane with provider ${lane.provider} to the free deposit…`, () =>
-      c.inferenceEscrow.completeRelease(lane.provider),
+    const receipt = await sendTransaction(ctx, `paying out the lane with provider ${lane.provider}…`, () =>
+      c.inferenceEscrow.completeReleaseAndWithdraw(lane.provider),
     );
     txHashes.push(receipt.hash);
-    const amount = (eventArgs(c.inferenceEscrow, receipt.logs, "LaneReleased")?.amount as bigint | undefined) ?? 0n;
+    const amount = (eventArgs(c.inferenceEscrow, receipt.logs, "LaneWithdrawn")?.amount as bigint | undefined) ?? 0n;
     released.push({ provider: lane.provider, amount, txHash: receipt.hash });
   }
-  let withdrawn = 0n;
+  let withdrawn = released.reduce((sum, r) => sum + r.amount, 0n);
   if (pendingAt !== 0n && pendingAt <= BigInt(now)) {
     let receipt: TransactionReceipt;
     try {
@@ -517,12 +518,12 @@ async function runWithdrawComplete(ctx: CommandContext): Promise<void> {
       throw err;
     }
     txHashes.push(receipt.hash);
-    withdrawn = (eventArgs(c.inferenceEscrow, receipt.logs, "WithdrawalCompleted")?.amount as bigint | undefined) ?? 0n;
+    withdrawn += (eventArgs(c.inferenceEscrow, receipt.logs, "WithdrawalCompleted")?.amount as bigint | undefined) ?? 0n;
   }
   const [deposit, tokens] = await Promise.all([c.inferenceEscrow.depositOf(signer.address), c.token.balanceOf(signer.address)]);
   const releasedTotal = released.reduce((sum, r) => sum + r.amount, 0n);
   const lines = [
-    ...(released.length > 0 ? [`Released ${plural(released.length, "lane")}: ${showMoney(releasedTotal, token)} back in the free deposit.`] : []),
+    ...(released.length > 0 ? [`Released ${plural(released.length, "lane")}: ${showMoney(releasedTotal, token)} paid out.`] : []),
     withdrawn > 0n || pendingAt !== 0n
       ? `Withdrew ${showMoney(withdrawn, token)} to ${signer.address}; the wallet holds ${showMoney(tokens, token)}, the free deposit ${showMoney(deposit, token)}.`
       : `The free deposit holds ${showMoney(deposit, token)}.`,
@@ -811,7 +812,7 @@ Examples:
     .command("request")
     .description("Ask to withdraw part of the free deposit, or --all: the free deposit and a release of every lane; usable for vouchers until completed")
     .argument("[amount]", "tokens to withdraw from the free deposit, as a decimal number")
-    .option("--all", "withdraw everything: the free deposit, and every lane with a provider released back to it", false)
+    .option("--all", "withdraw everything: the free deposit, and a release of every lane with a provider (paid out with it)", false)
     .addHelpText(
       "after",
       `
@@ -824,7 +825,7 @@ Examples:
     );
   withdraw
     .command("complete")
-    .description("Complete the lane releases and the withdrawal whose delay has passed")
+    .description("Pay out the lane releases and the withdrawal whose delay has passed")
     .addHelpText(
       "after",
       `

@@ -325,7 +325,7 @@ describe("lanes", () => {
     const nothing = await cli(home, ["withdraw", "cancel", "--account", "dev:4"]);
     expect(nothing.json.error?.name).toBe("NothingPendingError");
 
-    // Request both again; too early; after the delay complete releases the lane, then pays the withdrawal.
+    // Request both again; too early; after one delay complete pays out the lane and the withdrawal together.
     expect((await cli(home, ["withdraw", "request", "--all", "--account", "dev:4"])).code).toBe(0);
     const early = await cli(home, ["withdraw", "complete", "--account", "dev:4"]);
     expect(early.json.error?.name).toBe("WithdrawalNotReadyError");
@@ -335,10 +335,10 @@ describe("lanes", () => {
     const done = await cli(home, ["withdraw", "complete", "--account", "dev:4"]);
     expect(done.code).toBe(0);
     expect(done.json.released).toEqual([{ provider: provider.address, amount: { units: "3000000", formatted: "3" }, txHash: expect.stringMatching(/^0x/) }]);
-    expect(units(done.json.withdrawn)).toBe(deposit0);
-    expect(await contracts.token.balanceOf(payer.address)).toBe(tokens0 + deposit0);
-    // The lane's 3 tUSD are back in the free deposit: a second request takes them out.
-    expect(await contracts.inferenceEscrow.depositOf(payer.address)).toBe(3_000_000n);
+    expect(units(done.json.withdrawn)).toBe(deposit0 + 3_000_000n);
+    expect(await contracts.token.balanceOf(payer.address)).toBe(tokens0 + deposit0 + 3_000_000n);
+    // Everything is out after one delay: nothing waits in the free deposit for a second request.
+    expect(await contracts.inferenceEscrow.depositOf(payer.address)).toBe(0n);
     expect(await contracts.inferenceEscrow.laneOf(payer.address, provider.address)).toEqual([0n, 0n]);
   });
 });
