@@ -3,9 +3,12 @@
  * that providers register and personas record: the hash is the model's identity on the network.
  *
  * Only the light hashing module is imported up front: node-llama-cpp (needed to find an `hf:` file in the
- * models folder) loads only for an `hf:` source, so `soulmesh persona list` does not pay its start-up.
+ * models folder, or to load a tokenizer) loads only when used, so `soulmesh persona list` does not pay its
+ * start-up.
  */
+import { readdir } from "node:fs/promises";
 import { basename, join } from "node:path";
+import type { LocalTokenizer } from "../sdk/client/tokenizer.js";
 import { FileHashCache } from "../node/engine/file-hash.js";
 import { SoulmeshError } from "../sdk/errors.js";
 
@@ -106,4 +109,74 @@ export async function resolveBaseModel(source: string, options: ResolveBaseModel
   });
   await hashes.flush();
   return { sha256, path, name: hf ? text : basename(path), uri: hf ? text : undefined };
+}
+
+/** Options of {@link findLocalModelFile} and {@link loadModelTokenizer}. */
+export interface LocalModelOptions {
+  /** The soulmesh home: models live in `<home>/models`, with their hashes in `<home>/models/hashes.json`. */
+  home: string;
+  /** Instead of `<home>/models`. */
+  modelsDir?: string;
+  signal?: AbortSignal;
+}
+
+/** Folders below the models folder searched for GGUF files (node-llama-cpp keeps `hf:` files one or two down). */
+const MODEL_SEARCH_DEPTH = 3;
+
+/**
+ * The local GGUF file whose SHA-256 is `sha256`, among those in the models folder already hashed (by `up`,
+ * `provider start` or `model inspect`); undefined when there is none. Files never hashed are not hashed here:
+ * that would read gigabytes before a chat could start.
+ *
+ * @example
+ * const path = await findLocalModelFile(persona.baseModelHash, { home })
+ */
+export async function findLocalModelFile(sha256: string, options: LocalModelOptions): Promise<string | undefined> {
+  const wanted = sha256.toLowerCase();
+  if (!SHA256.test(wanted)) return undefined;
+  const modelsDir = options.modelsDir ?? join(options.home, "models");
+  const hashes = new FileHashCache({ path: join(modelsDir, MODEL_HASHES_FILE) });
+  const search = async (dir: string, depth: number): Promise<string | undefined> => {
+    options.signal?.throwIfAborted();
+    let entries;
+    try {
+      entries = await readdir(dir, { withFileTypes: true });
+    } catch {
+      return undefined;
+    }
+    for (const e of entries) {
+      if (!e.isFile() || !e.name.toLowerCase().endsWith(".gguf")) continue;
+      const path = join(dir, e.name);
+      if ((await hashes.peek(path)) === wanted) return path;
+    }
+    if (depth === 0) return undefined;
+    for (const e of entries) {
+      if (!e.isDirectory()) continue;
+      const found = await search(join(dir, e.name), depth - 1);
+      if (found !== undefined) return found;
+    }
+    return undefined;
+  };
+  return await search(modelsDir, MODEL_SEARCH_DEPTH);
+}
+
+/**
+ * A vocabulary-only tokenizer of the model `sha256` when its file is in the models folder (as with
+ * `soulmesh up`, which serves a local GGUF): the client then checks a provider's input tokens exactly and
+ * bounds its output tokens by its own count of the streamed text. Undefined when the file is not here (the
+ * client then falls back to byte bounds). Loaded with one thread; the caller disposes it.
+ *
+ * @example
+ * const tokenizer = await loadModelTokenizer(persona.baseModelHash, { home, signal })
+ * try { await openChat({ ...options, ...(tokenizer && { tokenizer }) }) } finally { await tokenizer?.dispose() }
+ */
+export async function loadModelTokenizer(sha256: string, options: LocalModelOptions & { threads?: number }): Promise<LocalTokenizer | undefined> {
+  const path = await findLocalModelFile(sha256, options);
+  if (path === undefined) return undefined;
+  const { loadLocalTokenizer } = await import("../sdk/client/tokenizer.js");
+  return await loadLocalTokenizer(path, {
+    modelSha256: sha256,
+    threads: options.threads ?? 1,
+    ...(options.signal !== undefined && { signal: options.signal }),
+  });
 }

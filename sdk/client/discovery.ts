@@ -1,28 +1,28 @@
 /**
  * Finding providers: their public records in the ProviderRegistry, their settled history in the escrow's
- * `VoucherSettled` events, and a dialable address for each (the registry's, else the DHT's).
+ * `VoucherSettled` events (value paid by distinct funded payers, read incrementally through a cache: see
+ * reputation-cache.ts), and a dialable address for each (the registry's, else the DHT's).
  */
 import type { PeerId } from "@libp2p/interface";
 import { peerIdFromString } from "@libp2p/peer-id";
 import { multiaddr, type Multiaddr } from "@multiformats/multiaddr";
-import { getAddress, type EventLog, type Log } from "ethers";
 import type { Libp2p } from "libp2p";
 import type { InferenceEscrow, ProviderRegistry } from "../chain/contracts.js";
 import { readProviderRecord, type ProviderRecord } from "../chain/providers.js";
 import { SoulmeshError } from "../errors.js";
+import {
+  DEFAULT_REPUTATION_POLICY,
+  foldSettlements,
+  readSettlementEntries,
+  ReputationCache,
+  reputationOf,
+  type ProviderLedger,
+  type Reputation,
+  type ReputationPolicy,
+} from "./reputation-cache.js";
 
 export type { ProviderRecord };
-
-/** A provider's settled history: what payers actually paid it on chain. */
-export interface Reputation {
-  settledVouchers: number;
-  /** Distinct payers among those vouchers: one payer settling with itself proves little. */
-  payers: number;
-  /** The provider's share of every settled voucher, in token units. */
-  paidToProvider: bigint;
-  inputTokens: bigint;
-  outputTokens: bigint;
-}
+export * from "./reputation-cache.js";
 
 /** A provider with an address the local node has dialed successfully. */
 export interface ResolvedProvider {
@@ -50,8 +50,6 @@ export class ProviderUnreachableError extends SoulmeshError {
     );
   }
 }
-
-export const EMPTY_REPUTATION: Reputation = Object.freeze({ settledVouchers: 0, payers: 0, paidToProvider: 0n, inputTokens: 0n, outputTokens: 0n });
 
 export interface ReadProvidersOptions {
   /** Only providers announcing this model (SHA-256). */
@@ -94,49 +92,77 @@ export async function readProviders(registry: ProviderRegistry, options: ReadPro
 export interface ReadReputationOptions {
   /** First block to read; the deployment's `startBlock`. Default 0. */
   fromBlock?: number;
+  /** Last block to read: a view of the past, read whole and not cached. Default: the latest, through the cache. */
   toBlock?: number;
-  /** Blocks per `eth_getLogs` call, for nodes that cap ranges. Default 10,000. */
+  /** Blocks per `eth_getLogs` call, for nodes that cap ranges. Default 10,000 (a `cache`'s own setting wins). */
   chunkSize?: number;
+  /**
+   * Where logs already read are kept, so that a refresh reads only new blocks: default one cache shared by
+   * the process (in memory); pass one backed by a file store to keep it across runs, or false to read all.
+   */
+  cache?: ReputationCache | false;
+  /** How settlements become standing. Default the cache's policy, else {@link DEFAULT_REPUTATION_POLICY}. */
+  policy?: Partial<ReputationPolicy>;
   signal?: AbortSignal;
 }
 
+let sharedCache: ReputationCache | undefined;
+
 /**
- * The settled history of every provider that has one, keyed by checksummed address. One pass over the
- * escrow's `VoucherSettled` logs serves all providers, rather than a query each.
+ * The process's shared in-memory reputation cache: what {@link readReputation} uses unless told otherwise.
+ *
+ * @example
+ * sharedReputationCache().addEventListener("logs:read", (e) => console.log(e.detail))
+ */
+export function sharedReputationCache(): ReputationCache {
+  return (sharedCache ??= new ReputationCache());
+}
+
+/**
+ * Replaces the process's shared reputation cache: the CLI backs it with a file in its home, so that each run
+ * reads only the blocks since the last run, through every chat that calls {@link readReputation}.
+ *
+ * @example
+ * setSharedReputationCache(new ReputationCache({ store: fileReputationStore(join(home, "cache", "reputation")) }))
+ */
+export function setSharedReputationCache(cache: ReputationCache): void {
+  sharedCache = cache;
+}
+
+/**
+ * The settled history of every provider that has one, keyed by checksummed address: value paid by distinct
+ * funded payers, zero-value settlements ignored (see reputation-cache.ts for why). Through a cache, only the
+ * blocks after its cursor are read; one pass over the escrow's `VoucherSettled` logs serves all providers.
  *
  * @example
  * const reputation = await readReputation(contracts.inferenceEscrow, { fromBlock: deployment.startBlock })
- * reputation.get(provider)?.settledVouchers ?? 0
+ * reputation.get(provider)?.standing ?? 0n
  */
 export async function readReputation(escrow: InferenceEscrow, options: ReadReputationOptions = {}): Promise<Map<string, Reputation>> {
   const provider = escrow.runner?.provider;
   if (provider == null) throw new TypeError("readReputation needs an escrow handle connected to a provider (it reads logs).");
-  const toBlock = options.toBlock ?? (await provider.getBlockNumber());
-  const chunk = Math.max(1, options.chunkSize ?? 10_000);
-  const filter = escrow.filters.VoucherSettled();
-  const stats = new Map<string, Reputation & { payerSet: Set<string> }>();
-  for (let from = options.fromBlock ?? 0; from <= toBlock; from += chunk) {
-    options.signal?.throwIfAborted();
-    const logs = await escrow.queryFilter(filter, from, Math.min(toBlock, from + chunk - 1));
-    for (const log of logs) {
-      if (!isEventLog(log)) continue;
-      const address = getAddress(log.args.provider);
-      let s = stats.get(address);
-      if (s === undefined) stats.set(address, (s = { ...EMPTY_REPUTATION, payerSet: new Set() }));
-      s.settledVouchers += 1;
-      s.payerSet.add(getAddress(log.args.payer));
-      s.paidToProvider += log.args.providerAmount;
-      s.inputTokens += log.args.inputTokens;
-      s.outputTokens += log.args.outputTokens;
-    }
+  const fromBlock = options.fromBlock ?? 0;
+  const signal = options.signal;
+  if (options.toBlock === undefined && options.cache !== false) {
+    const cache = options.cache ?? sharedReputationCache();
+    return await cache.read(escrow, {
+      fromBlock,
+      ...(options.policy !== undefined && { policy: options.policy }),
+      ...(signal !== undefined && { signal }),
+    });
   }
+  signal?.throwIfAborted();
+  const policy = { ...DEFAULT_REPUTATION_POLICY, ...options.policy };
+  const toBlock = options.toBlock ?? (await provider.getBlockNumber());
+  const entries = await readSettlementEntries(escrow, fromBlock, toBlock, {
+    ...(options.chunkSize !== undefined && { chunkSize: options.chunkSize }),
+    ...(signal !== undefined && { signal }),
+  });
+  const ledgers = new Map<string, ProviderLedger>();
+  foldSettlements(ledgers, entries);
   const out = new Map<string, Reputation>();
-  for (const [address, { payerSet, ...r }] of stats) out.set(address, { ...r, payers: payerSet.size });
+  for (const [address, ledger] of ledgers) out.set(address, reputationOf(ledger, policy));
   return out;
-}
-
-function isEventLog(log: Log | EventLog): log is EventLog {
-  return "args" in log;
 }
 
 /**

@@ -9,6 +9,7 @@ import { getAddress } from "ethers";
 import type { Quote } from "../protocol/messages.js";
 import { requestProtocol } from "../protocol/stream.js";
 import {
+  DEFAULT_REPUTATION_POLICY,
   EMPTY_REPUTATION,
   resolveProvider,
   type ProviderRecord,
@@ -46,7 +47,11 @@ export interface RankingWeights {
   latency: number;
   /** Score multiplier per request in the provider's queue. */
   queue: number;
-  /** Strength of settled history: the score divides by 1 + reputation × log2(1 + settled vouchers). */
+  /**
+   * Strength of settled history: the score divides by 1 + reputation × log2(1 + standing / reputationUnit),
+   * standing being the value paid by distinct funded payers, each capped (see reputation-cache.ts). Not the
+   * number of settled vouchers: that is free to fake (attack 7 of issue 14).
+   */
   reputation: number;
   /** Fraction taken off the score when the persona's adapter is already cached (no download, no load). */
   adapterCached: number;
@@ -78,6 +83,11 @@ export interface RankOptions {
   maxPrices?: { input: bigint; output: bigint };
   /** Candidates whose quote allows fewer tokens per turn are left out. */
   minMaxTokens?: number;
+  /**
+   * Standing worth one step of the log scale, in token units. Default the reputation policy's `minPayerPaid`
+   * (0.01 tUSD): one funded payer at the minimum counts as log2(2) = 1.
+   */
+  reputationUnit?: bigint;
 }
 
 export interface RankedProvider<T extends RankInput = RankInput> {
@@ -102,6 +112,8 @@ export function rankProviders<T extends RankInput>(candidates: readonly T[], opt
   const turn = options.typicalTurn ?? DEFAULT_TYPICAL_TURN;
   const model = options.modelSha256.toLowerCase();
   const adapter = options.adapterSha256?.toLowerCase();
+  const unit = Number(options.reputationUnit ?? DEFAULT_REPUTATION_POLICY.minPayerPaid);
+  if (!(unit > 0)) throw new RangeError("reputationUnit must be positive");
   const eligible = candidates.filter((c) => {
     const q = c.quote;
     if (!q.models.some((m) => m.toLowerCase() === model)) return false;
@@ -130,7 +142,7 @@ export function rankProviders<T extends RankInput>(candidates: readonly T[], opt
       latencyRatio ** w.latency *
       (1 + w.queue * c.quote.queueLength) *
       (cached ? 1 - w.adapterCached : 1) /
-      (1 + w.reputation * Math.log2(1 + c.reputation.settledVouchers));
+      (1 + w.reputation * Math.log2(1 + Number(c.reputation.standing) / unit));
     return { candidate: c, score, expectedTurnCost: cost / 1_000_000n, adapterCached: cached };
   });
   return ranked.sort((a, b) => a.score - b.score || (getAddress(a.candidate.address) < getAddress(b.candidate.address) ? -1 : 1));

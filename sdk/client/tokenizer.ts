@@ -5,6 +5,7 @@
  */
 import {
   getLlama,
+  LlamaLogLevel,
   resolveChatWrapper,
   type ChatHistoryItem,
   type ChatWrapper,
@@ -86,29 +87,61 @@ export interface LocalTokenizer {
   /** SHA-256 of the model file, when the caller gave it (for matching against a session's model). */
   readonly modelSha256: string | undefined;
   count(prompt: Prompt): number;
+  /**
+   * Tokens of a raw text as the model reads it, without BOS or template: what a reply of that text takes at
+   * least, for bounding the output tokens a provider bills (see `outputTokenUpperBound`). Optional for
+   * tokenizers made by hand; those from {@link loadLocalTokenizer} have it.
+   */
+  countText?(text: string): number;
   dispose(): Promise<void>;
 }
 
+/** Options of {@link loadLocalTokenizer}. */
+export interface LoadLocalTokenizerOptions {
+  modelSha256?: string;
+  /** A llama.cpp binding to load with (then left open by `dispose`); else one of its own, disposed with it. */
+  llama?: Llama;
+  /**
+   * Threads of the binding it opens itself. Default 1: a vocabulary load and tokenizing use no more, and
+   * node-llama-cpp's own default oversubscribes small machines.
+   */
+  threads?: number;
+  signal?: AbortSignal;
+}
+
 /**
- * Loads only the vocabulary of a local GGUF model (no weights: fast and small) for exact input-token checks.
+ * Loads only the vocabulary of a local GGUF model (no weights: fast and small) for exact input-token checks
+ * and tight output-token bounds.
  *
  * @example
  * const tokenizer = await loadLocalTokenizer("./models/llama.gguf", { modelSha256 })
  * tokenizer.count({ kind: "text", text: "Hello" })
  * await tokenizer.dispose()
  */
-export async function loadLocalTokenizer(
-  modelPath: string,
-  options: { modelSha256?: string; llama?: Llama; signal?: AbortSignal } = {},
-): Promise<LocalTokenizer> {
+export async function loadLocalTokenizer(modelPath: string, options: LoadLocalTokenizerOptions = {}): Promise<LocalTokenizer> {
   options.signal?.throwIfAborted();
-  const llama = options.llama ?? (await getLlama({ gpu: false }));
-  const model = await llama.loadModel({ modelPath, vocabOnly: true, ...(options.signal !== undefined && { loadSignal: options.signal }) });
-  // Resolving the chat wrapper renders the template (~0.5 s): at load, not in the first turn.
-  chatWrapperOf(model);
+  const threads = options.threads ?? 1;
+  if (!Number.isInteger(threads) || threads < 1) throw new RangeError(`threads must be a positive integer, not ${threads}`);
+  const own = options.llama === undefined;
+  const llama = options.llama ?? (await getLlama({ gpu: false, build: "never", maxThreads: threads, logLevel: LlamaLogLevel.error }));
+  let model: LlamaModel;
+  try {
+    model = await llama.loadModel({ modelPath, vocabOnly: true, ...(options.signal !== undefined && { loadSignal: options.signal }) });
+    // Resolving the chat wrapper renders the template (~0.5 s): at load, not in the first turn.
+    chatWrapperOf(model);
+  } catch (err) {
+    if (own) await llama.dispose();
+    throw err;
+  }
+  let disposed: Promise<void> | undefined;
   return {
     modelSha256: options.modelSha256?.toLowerCase(),
     count: (prompt) => countPromptTokens(model, prompt),
-    dispose: () => model.dispose(),
+    countText: (text) => (text === "" ? 0 : model.tokenize(text, false).length),
+    dispose: () =>
+      (disposed ??= (async () => {
+        await model.dispose();
+        if (own) await llama.dispose();
+      })()),
   };
 }

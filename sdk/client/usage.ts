@@ -1,9 +1,10 @@
 /**
  * Checking what a provider bills for a turn before paying it. A provider is trusted for nothing it could
- * inflate: output tokens are bounded by the turn's maxTokens, input tokens by the client's own count (exact
- * with a local tokenizer, else a generous bound from the prompt's size), and the receipt must be the
- * provider's signature over exactly this turn. When the numbers are too high the client pays the capped,
- * correct amount and drops the provider; when the receipt cannot be trusted at all it pays nothing.
+ * inflate: output tokens are bounded by the turn's maxTokens and by the text it streamed (every token the
+ * client did not see must be accounted for: see {@link outputTokenUpperBound}), input tokens by the client's
+ * own count (exact with a local tokenizer, else a generous bound from the prompt's size), and the receipt
+ * must be the provider's signature over exactly this turn. When the numbers are too high the client pays the
+ * capped, correct amount and drops the provider; when the receipt cannot be trusted at all it pays nothing.
  */
 import { getAddress } from "ethers";
 import type { EscrowRef } from "../chain/voucher.js";
@@ -39,10 +40,67 @@ export function promptTokenUpperBound(prompt: Prompt): number {
   return bytes + TEMPLATE_TOKENS_BASE;
 }
 
+/**
+ * Output tokens a turn may bill beyond what its streamed text accounts for: the end-of-sequence token (counted,
+ * never shown), the chat template's stop trigger (cut from the text; one special token in most templates, a
+ * few text tokens in some), and one token in flight whose bytes were not yet a whole character when the turn
+ * ended. 8 covers 1 + 6 + 1 with no room for a provider to bill more than a handful of invisible tokens.
+ */
+export const OUTPUT_TOKEN_SLACK = 8;
+
+/**
+ * With the model's tokenizer, a share of the text's own count added to it: a sampled reply need not be the
+ * canonical tokenization of its text ("he" + "llo" where the tokenizer would say "hello"), so an honest
+ * provider's count may exceed the re-tokenized one by a little. One token in 16 is far above what sampling
+ * yields on real models, and far below the 3 to 4 bytes per token of the byte bound it tightens.
+ */
+export const OUTPUT_RETOKENIZE_SHARE = 16;
+
+/**
+ * Counts a raw text's tokens with a model's vocabulary, no BOS or template: a LocalTokenizer. One without
+ * `countText` leaves the byte bound.
+ */
+export interface TextTokenCounter {
+  countText?(text: string): number;
+}
+
+export interface OutputTokenBoundOptions {
+  /**
+   * The turn's stop strings: a reply cut at one was billed the tokens of the stop string too (it is not in the
+   * text), so the longest one's UTF-8 bytes are allowed on top.
+   */
+  stop?: readonly string[];
+  /** A tokenizer of the session's model: the bound is then its count of the text, not the byte count. */
+  tokenizer?: TextTokenCounter;
+}
+
+/**
+ * The most output tokens an honest provider can have generated for `text`, the concatenation of what it
+ * streamed. Without a tokenizer: the text's UTF-8 byte count, since every token but the special ones decodes
+ * to at least one byte (byte-level BPE and SentencePiece byte fallback alike); with one: its count of the text
+ * plus one token in {@link OUTPUT_RETOKENIZE_SHARE}, never above the byte bound. Either way plus
+ * {@link OUTPUT_TOKEN_SLACK} and the longest stop string's bytes.
+ *
+ * @example
+ * outputTokenUpperBound("ok") // 10: 2 bytes + 8
+ * outputTokenUpperBound(reply, { tokenizer, stop: ["\nUser:"] })
+ */
+export function outputTokenUpperBound(text: string, options: OutputTokenBoundOptions = {}): number {
+  const encoder = new TextEncoder();
+  const stopBytes = Math.max(0, ...(options.stop ?? []).map((s) => encoder.encode(s).length));
+  const extra = OUTPUT_TOKEN_SLACK + stopBytes;
+  const bytes = encoder.encode(text).length;
+  const countText = options.tokenizer?.countText;
+  if (countText === undefined) return bytes + extra;
+  const tokens = countText.call(options.tokenizer, text);
+  return Math.min(bytes, tokens + Math.ceil(tokens / OUTPUT_RETOKENIZE_SHARE)) + extra;
+}
+
 /** The kinds of broken rule, each with a stable name. */
 export type UsageViolationKind =
   // Overcharges: the numbers are too high; the turn is kept and paid at the capped amount.
   | "output-over-max"
+  | "output-over-text"
   | "cached-over-input"
   | "input-mismatch"
   | "input-over-bound"
@@ -83,6 +141,13 @@ export interface TurnUsageInput {
   promptUpperBound?: number;
   /** All chunks' text, concatenated: its hash must be the receipt's. */
   outputText: string;
+  /**
+   * The most output tokens `outputText` can account for. Default {@link outputTokenUpperBound}(outputText,
+   * { stop }): pass `outputTokenUpperBound(outputText, { stop, tokenizer })` when the client has the model.
+   */
+  outputUpperBound?: number;
+  /** The turn's stop strings, for the default `outputUpperBound`. */
+  stop?: readonly string[];
   /** The session's cumulative totals before this turn: what the last voucher carried. */
   previous: TokenTotals;
   receipt: Receipt;
@@ -153,10 +218,10 @@ function receiptProblems(input: TurnUsageInput): UsageViolation[] {
 /**
  * Checks a turn's usage and receipt, and says what to pay. Pure: no network, no clock.
  *
- * Rules: outputTokens ≤ maxTokens; cachedInputTokens ≤ inputTokens; inputTokens equals the local count when
- * known, else ≤ the prompt's bound; the receipt's cumulative totals equal previous + billed; the receipt
- * repeats the turn's payer, provider, agent, session, turn, model, adapters, prompt and output hashes and
- * usage, and is signed by the provider.
+ * Rules: outputTokens ≤ maxTokens and ≤ what the streamed text can hold; cachedInputTokens ≤ inputTokens;
+ * inputTokens equals the local count when known, else ≤ the prompt's bound; the receipt's cumulative totals
+ * equal previous + billed; the receipt repeats the turn's payer, provider, agent, session, turn, model,
+ * adapters, prompt and output hashes and usage, and is signed by the provider.
  *
  * @example
  * const check = checkTurnUsage({ usage, maxTokens: 256, prompt, outputText, previous, receipt, receiptSignature, expected, escrow })
@@ -169,6 +234,16 @@ export function checkTurnUsage(input: TurnUsageInput): TurnUsageCheck {
   if (usage.outputTokens > maxTokens) {
     violations.push({ kind: "output-over-max", message: `outputTokens ${usage.outputTokens} exceeds maxTokens ${maxTokens}` });
     output = BigInt(maxTokens);
+  }
+  // Tokens the client never saw are not believed: only what the streamed text (and the slack) can hold is paid.
+  const textBound =
+    input.outputUpperBound ?? outputTokenUpperBound(input.outputText, input.stop === undefined ? {} : { stop: input.stop });
+  if (usage.outputTokens > textBound) {
+    violations.push({
+      kind: "output-over-text",
+      message: `outputTokens ${usage.outputTokens} exceeds the ${textBound} that the ${new TextEncoder().encode(input.outputText).length} bytes streamed can hold`,
+    });
+    output = min(output, BigInt(textBound));
   }
   let inputTokens = BigInt(usage.inputTokens);
   if (input.expectedInputTokens !== undefined) {

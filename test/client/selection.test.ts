@@ -1,5 +1,14 @@
 import { describe, expect, it } from "vitest";
-import { EMPTY_REPUTATION, registryAddresses, type Reputation } from "../../sdk/client/discovery.js";
+import {
+  DEFAULT_REPUTATION_POLICY,
+  EMPTY_REPUTATION,
+  foldSettlements,
+  registryAddresses,
+  reputationOf,
+  type ProviderLedger,
+  type Reputation,
+  type SettlementEntry,
+} from "../../sdk/client/discovery.js";
 import { rankProviders, type RankInput } from "../../sdk/client/selection.js";
 import type { Quote } from "../../sdk/protocol/messages.js";
 
@@ -65,12 +74,33 @@ describe("rankProviders", () => {
     expect(order(rankProviders([cheapSlower, candidate(2, {}, { latencyMs: 5 })], { modelSha256: MODEL }))[0]).toBe(addr(1));
   });
 
-  it("prefers a settled history, more with more vouchers", () => {
+  it("prefers a settled history, more with more standing (value paid by funded payers)", () => {
+    // Standing, not the voucher count: counting vouchers let 40 zero-value self-settlements outrank real usage
+    // (attack 7 of issue 14), so this test, which ranked by settledVouchers, now ranks by standing.
     const ranked = rankProviders(
-      [candidate(1), candidate(2, {}, { reputation: { settledVouchers: 5 } }), candidate(3, {}, { reputation: { settledVouchers: 500 } })],
+      [candidate(1), candidate(2, {}, { reputation: { standing: 50_000n } }), candidate(3, {}, { reputation: { standing: 5_000_000n } })],
       { modelSha256: MODEL },
     );
     expect(order(ranked)).toEqual([addr(3), addr(2), addr(1)]);
+  });
+
+  it("attack 7: settled vouchers without standing count for nothing", () => {
+    const ranked = rankProviders(
+      [candidate(1, {}, { reputation: { settledVouchers: 500, payers: 40 } }), candidate(2, {}, { reputation: { standing: 10_000n, fundedPayers: 1 } })],
+      { modelSha256: MODEL },
+    );
+    expect(order(ranked)).toEqual([addr(2), addr(1)]);
+    expect(ranked[1]!.score).toBe(rankProviders([candidate(1)], { modelSha256: MODEL })[0]!.score);
+  });
+
+  it("reads standing on a log scale: doubling it takes twice the value, and a tenfold price is not made up by it", () => {
+    const score = (standing: bigint) => rankProviders([candidate(1, {}, { reputation: { standing } })], { modelSha256: MODEL })[0]!.score;
+    // One funded payer at the minimum (one unit) divides the score by 1 + 0.1 × log2(2).
+    expect(score(10_000n)).toBeCloseTo(score(0n) / 1.1, 10);
+    expect(score(1_270_000n)).toBeCloseTo(score(0n) / 1.7, 10);
+    const rich = candidate(1, { priceOutputPerMillion: "30000000" }, { reputation: { standing: 10n ** 15n } });
+    expect(order(rankProviders([rich, candidate(2)], { modelSha256: MODEL }))).toEqual([addr(2), addr(1)]);
+    expect(() => rankProviders([candidate(1)], { modelSha256: MODEL, reputationUnit: 0n })).toThrow(RangeError);
   });
 
   it("prefers a provider that already caches the persona's adapter", () => {
@@ -123,5 +153,52 @@ describe("registryAddresses", () => {
       multiaddrs: ["/ip4/127.0.0.1/tcp/4001", `/ip4/127.0.0.1/tcp/4002/ws/p2p/${peerId}`, "not a multiaddr", `/ip4/10.0.0.1/tcp/1/p2p/${other}`],
     });
     expect(addrs.map(String)).toEqual([`/ip4/127.0.0.1/tcp/4001/p2p/${peerId}`, `/ip4/127.0.0.1/tcp/4002/ws/p2p/${peerId}`]);
+  });
+});
+
+describe("reputation policy", () => {
+  const provider = addr(7);
+  const payer = (n: number) => addr(100 + n);
+  const settled = (p: string, value: bigint, extra: Partial<SettlementEntry> = {}): SettlementEntry => ({
+    provider,
+    payer: p,
+    providerAmount: value,
+    royaltyAmount: 0n,
+    feeAmount: 0n,
+    inputTokens: 10n,
+    outputTokens: 5n,
+    ...extra,
+  });
+  const reputation = (entries: SettlementEntry[]) => {
+    const ledgers = new Map<string, ProviderLedger>();
+    foldSettlements(ledgers, entries);
+    const ledger = ledgers.get(provider);
+    return ledger === undefined ? EMPTY_REPUTATION : reputationOf(ledger);
+  };
+  const { minPayerPaid: min, payerCap: cap } = DEFAULT_REPUTATION_POLICY;
+
+  it("counts value as provider share + royalty + fee, and ignores zero-value settlements entirely", () => {
+    const r = reputation([settled(payer(1), 0n), settled(payer(2), 6_000n, { royaltyAmount: 3_000n, feeAmount: 1_000n })]);
+    expect(r).toEqual({
+      settledVouchers: 1,
+      payers: 1,
+      fundedPayers: 1,
+      paidToProvider: 6_000n,
+      paid: 10_000n,
+      standing: 10_000n,
+      inputTokens: 10n,
+      outputTokens: 5n,
+    });
+    expect(reputation([settled(payer(1), 0n), settled(payer(2), 0n)])).toEqual(EMPTY_REPUTATION);
+  });
+
+  it("a payer counts once, only from the minimum, and for at most the cap", () => {
+    // Two settlements of one payer add up before the minimum is applied.
+    expect(reputation([settled(payer(1), min / 2n), settled(payer(1), min / 2n)]).standing).toBe(min);
+    expect(reputation([settled(payer(1), min - 1n)])).toMatchObject({ payers: 1, fundedPayers: 0, standing: 0n, paid: min - 1n });
+    expect(reputation([settled(payer(1), cap * 100n)]).standing).toBe(cap);
+    // The same value from many real payers stands higher than from one.
+    const many = reputation(Array.from({ length: 10 }, (_, i) => settled(payer(i), cap)));
+    expect(many).toMatchObject({ fundedPayers: 10, standing: 10n * cap });
   });
 });

@@ -2,6 +2,8 @@ import { Wallet } from "ethers";
 import { beforeAll, describe, expect, it } from "vitest";
 import {
   checkTurnUsage,
+  OUTPUT_TOKEN_SLACK,
+  outputTokenUpperBound,
   promptTokenUpperBound,
   TEMPLATE_TOKENS_BASE,
   TEMPLATE_TOKENS_PER_MESSAGE,
@@ -83,12 +85,40 @@ describe("checkTurnUsage", () => {
   });
 
   it("output over maxTokens: pays maxTokens of output, not more", async () => {
-    const r = checkTurnUsage(await turn({ usage: { outputTokens: 500 } }));
+    // A text long enough to hold 500 tokens (an explicit bound), so that only maxTokens caps.
+    const r = checkTurnUsage(await turn({ usage: { outputTokens: 500 }, input: { outputUpperBound: 1_000 } }));
     expect(r.status).toBe("overcharge");
     expect(kinds(r)).toEqual(["output-over-max"]);
     if (r.status === "invalid") throw new Error("unreachable");
     expect(r.billed).toEqual({ inputTokens: 20n, outputTokens: 64n });
     expect(r.cumulative).toEqual({ inputTokens: 120n, outputTokens: 104n });
+  });
+
+  it("output over maxTokens and over the text: pays the lower of the two", async () => {
+    // Before attack 10 was fixed this paid maxTokens (64) for a 15-byte reply; the text holds 15 + slack.
+    const r = checkTurnUsage(await turn({ usage: { outputTokens: 500 } }));
+    expect(kinds(r)).toEqual(["output-over-max", "output-over-text"]);
+    if (r.status === "invalid") throw new Error("unreachable");
+    expect(r.billed.outputTokens).toBe(BigInt(outputTokenUpperBound(text)));
+    expect(r.billed.outputTokens).toBe(15n + BigInt(OUTPUT_TOKEN_SLACK));
+  });
+
+  it("output bound: UTF-8 bytes plus the slack, plus the longest stop string; a tokenizer's count tightens it", () => {
+    expect(outputTokenUpperBound("")).toBe(OUTPUT_TOKEN_SLACK);
+    expect(outputTokenUpperBound("héllo 🙂")).toBe(11 + OUTPUT_TOKEN_SLACK);
+    expect(outputTokenUpperBound("ok", { stop: ["\nUser:", "###"] })).toBe(2 + OUTPUT_TOKEN_SLACK + 6);
+    // One token per 4 characters: 100 characters, 25 tokens, plus 1 in 16 for a non-canonical reply.
+    const tokenizer = { countText: (t: string) => Math.ceil(t.length / 4) };
+    expect(outputTokenUpperBound("a".repeat(100), { tokenizer })).toBe(25 + 2 + OUTPUT_TOKEN_SLACK);
+    // Never above the byte bound, whatever the tokenizer says.
+    expect(outputTokenUpperBound("ab", { tokenizer: { countText: () => 50 } })).toBe(2 + OUTPUT_TOKEN_SLACK);
+  });
+
+  it("an honest reply cut at a stop string is billed the stop's tokens too: allowed when the stop strings are given", async () => {
+    // "General Kenobi!" and 20 tokens: 15 bytes + 8 slack hold it; 30 tokens only with the 9-byte stop's allowance.
+    const over = checkTurnUsage(await turn({ usage: { outputTokens: 30 }, input: { maxTokens: 64 } }));
+    expect(kinds(over)).toEqual(["output-over-text"]);
+    expect(checkTurnUsage(await turn({ usage: { outputTokens: 30 }, input: { stop: ["\n\nUser:  "] } })).status).toBe("ok");
   });
 
   it("input above the local count: pays the local count", async () => {
@@ -143,9 +173,10 @@ describe("checkTurnUsage", () => {
 
   it("several overcharges at once are all listed and all capped", async () => {
     const r = checkTurnUsage(await turn({ usage: { inputTokens: 80, cachedInputTokens: 0, outputTokens: 99 }, input: { expectedInputTokens: 30 } }));
-    expect(kinds(r)).toEqual(["output-over-max", "input-mismatch"]);
+    // Output: over maxTokens (64) and over what the 15-byte text holds (23, since attack 10): the lower is paid.
+    expect(kinds(r)).toEqual(["output-over-max", "output-over-text", "input-mismatch"]);
     if (r.status === "invalid") throw new Error("unreachable");
-    expect(r.billed).toEqual({ inputTokens: 30n, outputTokens: 64n });
+    expect(r.billed).toEqual({ inputTokens: 30n, outputTokens: 15n + BigInt(OUTPUT_TOKEN_SLACK) });
   });
 
   it("cached above input: the receipt cannot even be valid, so nothing is due", async () => {
@@ -193,10 +224,22 @@ describe("checkTurnUsage", () => {
     expect(kinds(checkTurnUsage(forged))).toEqual(["receipt-signature"]);
   });
 
+  it("attack 10: a reply of \"ok\" billed as 256 output tokens is an overcharge, paid at most what the text can hold", async () => {
+    // A provider streams "ok" (2 bytes) and bills 256 output tokens, within maxTokens: before, this passed as honest.
+    const input = await turn({ usage: { outputTokens: 256 }, input: { maxTokens: 256 } });
+    const r = checkTurnUsage({ ...input, outputText: "ok", receipt: { ...input.receipt, outputHash: hashOutput("ok") }, receiptSignature: await signReceipt(provider, { ...input.receipt, outputHash: hashOutput("ok") }, escrow) });
+    expect(r.status).toBe("overcharge");
+    expect(kinds(r)).toContain("output-over-text");
+    if (r.status === "invalid") throw new Error("unreachable");
+    // Every token but the special ones decodes to at least one byte: 2 bytes and the slack, no more.
+    expect(r.billed.outputTokens).toBe(2n + BigInt(OUTPUT_TOKEN_SLACK));
+    expect(r.cumulative.outputTokens).toBe(40n + r.billed.outputTokens);
+  });
+
   it("an integrity failure wins over an overcharge: nothing is paid", async () => {
     const r = checkTurnUsage(await turn({ usage: { outputTokens: 500 }, receipt: { turn: 9 } }));
     expect(r.status).toBe("invalid");
-    expect(kinds(r)).toEqual(["receipt-field", "output-over-max"]);
+    expect(kinds(r)).toEqual(["receipt-field", "output-over-max", "output-over-text"]);
   });
 });
 
