@@ -109,6 +109,10 @@ describe("ProviderMetrics", () => {
       error: { type: "session.rejected", code: "PersonaUnavailableError", message: "x", retryable: false },
     });
     protocols.emit("request:failed", { protocol: "voucher", error: new Error("boom") });
+    // Streams turned away unread (attack 5): counted apart from the requests that failed.
+    protocols.emit("stream:refused", { protocol: "voucher", reason: "peer-limit" });
+    protocols.emit("stream:refused", { protocol: "voucher", reason: "peer-limit" });
+    protocols.emit("stream:refused", { protocol: "inference", reason: "reserved" });
 
     // A real voucher accepted by the book: 60 input and 60 output tokens at 0.5 and 1.5 per million.
     const first = await voucher(1n, 1_000_000n, 2_000_000n);
@@ -131,6 +135,8 @@ describe("ProviderMetrics", () => {
     expect(sample(s, 'soulmesh_request_failures_total{code="InsufficientEscrowError",protocol="inference"}')).toBe(1);
     expect(sample(s, 'soulmesh_request_failures_total{code="PersonaUnavailableError",protocol="session"}')).toBe(1);
     expect(sample(s, 'soulmesh_request_failures_total{code="InternalError",protocol="voucher"}')).toBe(1);
+    expect(sample(s, 'soulmesh_streams_refused_total{protocol="voucher",reason="peer-limit"}')).toBe(2);
+    expect(sample(s, 'soulmesh_streams_refused_total{protocol="inference",reason="reserved"}')).toBe(1);
     expect(sample(s, "soulmesh_vouchers_accepted_total")).toBe(1);
     // 1M input at 0.5 + 2M output at 1.5 per million.
     expect(sample(s, "soulmesh_earnings_unsettled_units")).toBe(500_000 + 3_000_000);

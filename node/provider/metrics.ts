@@ -107,6 +107,7 @@ export class ProviderMetrics {
   readonly settlementPaid: Counter;
   readonly droppedVouchers: Counter<"reason" | "permanent">;
   readonly requestFailures: Counter<"protocol" | "code">;
+  readonly streamsRefused: Counter<"protocol" | "reason">;
 
   #engine: InferenceEngine | undefined;
   #protocols: Pick<ProviderProtocols, "sessions"> | undefined;
@@ -281,6 +282,14 @@ export class ProviderMetrics {
       labelNames: ["protocol", "code"],
       registers,
     });
+    this.streamsRefused = new Counter({
+      name: "soulmesh_streams_refused_total",
+      help:
+        "Streams answered ProviderBusyError before their request was read, by protocol and reason (peer-limit: the " +
+        "peer's own streams; reserved: the slots kept for peers with an open session; capacity: all slots taken).",
+      labelNames: ["protocol", "reason"],
+      registers,
+    });
   }
 
   /** Output tokens per second over the window (tokens of turns that ended in it, over its length). */
@@ -322,12 +331,19 @@ export class ProviderMetrics {
       const { protocol, error } = (e as CustomEvent<{ protocol: string; error: unknown }>).detail;
       this.requestFailures.inc({ protocol, code: failureCode(error) });
     });
+    this.#on(protocols, "stream:refused", (e) => {
+      const { protocol, reason } = (e as CustomEvent<{ protocol: string; reason: string }>).detail;
+      this.streamsRefused.inc({ protocol, reason });
+    });
   }
 
-  /** Counts failures of another protocol service (e.g. quote) under `protocol`. */
+  /** Counts failures and refused streams of another protocol service (e.g. quote) under `protocol`. */
   bindService(service: EventTarget, protocol: string): void {
     this.#on(service, "request:failed", (e) => {
       this.requestFailures.inc({ protocol, code: failureCode((e as CustomEvent<{ error: unknown }>).detail.error) });
+    });
+    this.#on(service, "stream:refused", (e) => {
+      this.streamsRefused.inc({ protocol, reason: (e as CustomEvent<{ reason: string }>).detail.reason });
     });
   }
 
