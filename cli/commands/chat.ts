@@ -1,8 +1,9 @@
 /**
  * `soulmesh chat AGENT`: talk with an agent you own. Interactive by default (a "you> " prompt, the reply
  * streaming as it is generated, one line of tokens and cost after each turn); `--message` sends one turn and
- * exits. Ctrl-C while a reply streams cancels that turn (nothing recorded or paid) and the chat goes on;
- * Ctrl-C at an empty prompt, Ctrl-D or /exit ends it, saving the memory and publishing its head.
+ * exits. Ctrl-C while a reply streams cancels that turn (nothing recorded; the part already delivered is
+ * paid, and its cost shown) and the chat goes on; Ctrl-C at an empty prompt, Ctrl-D or /exit ends it, saving
+ * the memory, closing the provider sessions (so that they settle now) and publishing the head.
  */
 import { createInterface } from "node:readline";
 import type { Interface } from "node:readline";
@@ -74,7 +75,7 @@ const SLASH_HELP = [
   "/memory   what the agent remembers about you (profile and notebook)",
   "/tokens N longest reply from now on, in tokens",
   "/exit     end the chat (also Ctrl-D, or Ctrl-C at an empty prompt)",
-  "Ctrl-C while a reply streams cancels that reply; nothing is paid for it.",
+  "Ctrl-C while a reply streams cancels that reply; only the part already delivered is paid.",
 ].join("\n");
 
 function parsePositiveInt(value: string): number {
@@ -103,6 +104,20 @@ export function costLine(reply: Pick<AgentReply, "billed" | "cost" | "totalSpent
   return (
     `${reply.billed.inputTokens} in / ${reply.billed.outputTokens} out tokens · ${showMoney(reply.cost, token)} · ` +
     `total ${showMoney(reply.totalSpent, token)} · provider ${shortAddress(reply.provider)}`
+  );
+}
+
+/**
+ * What a cancelled reply cost: the tokens delivered before the cancel, paid as any turn's (full price), and
+ * the chat's total. Worded apart from {@link costLine}: no reply was recorded.
+ *
+ * @example
+ * cancelledLine(err, agent.spent, token) // "2 in / 9 out tokens delivered · 0.00002 tUSD · total 0.00009 tUSD"
+ */
+export function cancelledLine(err: Pick<TurnCancelledError, "billed" | "cost">, totalSpent: bigint, token: Pick<TokenInfo, "symbol" | "decimals">): string {
+  return (
+    `${err.billed.inputTokens} in / ${err.billed.outputTokens} out tokens delivered · ${showMoney(err.cost, token)} · ` +
+    `total ${showMoney(totalSpent, token)}`
   );
 }
 
@@ -300,7 +315,7 @@ async function chatLoop(session: CliAgent, hooks: LoopHooks): Promise<ChatSummar
     } catch (err) {
       if (err instanceof TurnCancelledError) {
         cancelled++;
-        say("\n(cancelled)\n");
+        say(`\n(cancelled)${err.cost > 0n ? ` ${dim(cancelledLine(err, agent.spent, token), output)}` : ""}\n`);
       } else {
         const explained = explainTurnError(err);
         say(`\nerror: ${explained instanceof Error ? explained.message : String(explained)}\n`);
@@ -385,7 +400,7 @@ async function runSingleTurn(ctx: CommandContext, agentId: bigint, opts: ChatCom
 async function runChat(cmd: Command, agentId: bigint, opts: ChatCommandOptions): Promise<void> {
   if (opts.message !== undefined) {
     if (opts.message.trim() === "") throw new InvalidChatArgumentError("--message is empty: give the text to send");
-    // Ctrl-C aborts the context's signal: the turn is cancelled, nothing paid.
+    // Ctrl-C aborts the context's signal: the turn is cancelled (what was delivered paid), the session closed.
     await withContext(cmd, async (ctx) => {
       const { cap } = await resolveSpendingCap(ctx, opts.maxSpend);
       await runSingleTurn(ctx, agentId, opts, cap);
@@ -428,7 +443,7 @@ Examples:
   $ soulmesh chat 1 -m "Summarize our last talk" --max-tokens 400 --json
   $ soulmesh chat 7 --max-spend 0.5 --account savings
 
-In the chat: Ctrl-C cancels the reply being written (nothing is paid for it); Ctrl-C at an empty
+In the chat: Ctrl-C cancels the reply being written (only what was delivered is paid); Ctrl-C at an empty
 prompt, Ctrl-D or /exit ends the chat, saving the memory to IPFS and publishing its head on chain.`,
     )
     .action((agentId: bigint, opts: ChatCommandOptions, cmd: Command) => runChat(cmd, agentId, opts));

@@ -11,7 +11,7 @@ import { withContext } from "../context.js";
 import type { CommandContext } from "../context.js";
 import { normalizeOrigin } from "../serve/cors.js";
 import { createOpenAiGateway } from "../serve/openai-gateway.js";
-import { costLine } from "./chat.js";
+import { cancelledLine, costLine } from "./chat.js";
 import { money, parseTokenAmount, showMoney, tokenInfo } from "./escrow.js";
 import { parsePort } from "./options.js";
 
@@ -128,6 +128,9 @@ async function runServe(ctx: CommandContext, opts: ServeCommandOptions): Promise
       signal: ctx.signal,
     });
     agent.addEventListener("turn:done", (e) => ctx.out.progress(`turn: ${costLine(e.detail, token)}`));
+    agent.addEventListener("turn:cancelled", (e) =>
+      ctx.out.progress(`turn cancelled: ${e.detail.paid ? cancelledLine(e.detail, e.detail.totalSpent, token) : "nothing paid"}`),
+    );
     agent.addEventListener("head:published", (e) => ctx.out.progress(`memory head #${e.detail.seq} published (${e.detail.cid})`));
     gateway.addEventListener("request:failed", (e) => {
       const { method, path, status, error } = e.detail;
@@ -202,7 +205,8 @@ Each request is one turn of the agent: only the last message (the user's) is sen
 its own memory; earlier messages and system prompts are ignored (the persona is the system prompt). The
 request's \`user\` field, when set, is the speaker: the agent keeps each speaker's memories apart.
 \`temperature\` and \`top_p\` are accepted but the provider samples with its own settings. Turns run one at
-a time, others wait in line. A client that disconnects mid-reply cancels its turn: nothing is paid.
+a time, others wait in line. A client that disconnects mid-reply cancels its turn: nothing is recorded,
+and only the part already delivered is paid. Stopping closes the provider sessions, so that they settle now.
 
 Browsers: requests from a web page (they carry an Origin header) are refused unless --cors-origin allows
 that page's origin; allowed ones get CORS headers and their preflights are answered. --cors-origin '*'

@@ -52,23 +52,23 @@ export class ReplyRestartedError extends SoulmeshError {
   constructor(readonly provider: string) {
     super(
       `Provider ${provider} failed in the middle of the reply, after part of it was streamed: the turn was cancelled ` +
-        "(nothing recorded or paid) rather than stream a second, different reply after the first. Send the message again.",
+        "(nothing recorded; the part delivered paid) rather than stream a second, different reply after the first. Send the message again.",
     );
   }
 }
 
-/** The client went away before its reply was complete; its turn was cancelled (nothing recorded or paid). */
+/** The client went away before its reply was complete; its turn was cancelled (nothing recorded; the part delivered paid). */
 export class ClientDisconnectedError extends SoulmeshError {
   override readonly name = "ClientDisconnectedError";
   constructor() {
-    super("The client disconnected before the reply was complete: the turn was cancelled, nothing recorded or paid.");
+    super("The client disconnected before the reply was complete: the turn was cancelled: nothing recorded, and only the part delivered paid.");
   }
 }
 
-/** The gateway shut down while the request waited or streamed; its turn was cancelled (nothing recorded or paid). */
+/** The gateway shut down while the request waited or streamed; its turn was cancelled (nothing recorded; the part delivered paid). */
 export class GatewayClosedError extends SoulmeshError {
   override readonly name = "GatewayClosedError";
   constructor() {
-    super("The gateway is shutting down: the turn was cancelled, nothing recorded or paid. Send it again once `soulmesh serve` runs again.");
+    super("The gateway is shutting down: the turn was cancelled: nothing recorded, and only the part delivered paid. Send it again once `soulmesh serve` runs again.");
   }
 }

@@ -6,7 +6,7 @@
  * Each completion is one turn of the agent, with its memory: only the last message (the user's) is sent,
  * since the agent's own history is the source of truth (see chat-request.ts). Turns run one at a time; the
  * others wait in line, up to a limit, then get 429. A client that disconnects mid-reply cancels its turn:
- * nothing is recorded or paid. Errors come in OpenAI's shape with the usual statuses, so clients raise
+ * nothing is recorded, and only the part already delivered is paid. Errors come in OpenAI's shape with the usual statuses, so clients raise
  * their typed errors: 400 bad request, 401 API key, 402 escrow or spending cap, 403 web page of an origin not
  * allowed (see cors.ts), 404 model or path, 405, 413 body too large, 429 line full, 503 no provider.
  *
@@ -176,7 +176,7 @@ export class OpenAiGateway extends TypedEventTarget<OpenAiGatewayEvents> {
   }
 
   /**
-   * Stops taking requests, cancels the turns in progress or waiting (nothing recorded or paid; their
+   * Stops taking requests, cancels the turns in progress or waiting (nothing recorded, the part delivered paid; their
    * clients get 503 or an error event) and closes the connections. The agent stays open. Closing twice is harmless.
    *
    * @example

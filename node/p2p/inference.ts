@@ -29,6 +29,7 @@ import {
   ProviderBusyError,
   SessionExpiredError,
   SessionNotFoundError,
+  SessionSupersededError,
   signReceipt,
   UnexpectedMessageError,
   type InferenceChunk,
@@ -137,10 +138,14 @@ export function inferenceHandler(
     );
     let done = false;
     ctx.running.add(counted);
+    session.turnDone = counted;
     void counted
       .catch(() => {})
       .finally(() => {
         ctx.running.delete(counted);
+        if (session.turnDone === counted) session.turnDone = undefined;
+        // An ending session (closed or superseded meanwhile) whose turn served nothing unpaid leaves now.
+        session.finishIfPaid();
         done = true;
         wake?.();
       });
@@ -179,6 +184,12 @@ export function inferenceHandler(
 
 /** The checks of a turn, in the wire's order; on success the session is marked busy. */
 function admit(session: ProviderSession, request: InferenceRequest, now: number, table: SessionTable): void {
+  if (session.ending === "superseded") {
+    throw new SessionSupersededError(
+      `Session ${session.sessionId} was replaced by a newer session of the same payer and agent: open a new session.`,
+    );
+  }
+  if (session.ending === "closed") throw new SessionNotFoundError(`Session ${session.sessionId} was closed by its payer.`);
   if (BigInt(now) >= session.expiry - BigInt(TURN_EXPIRY_MARGIN_SECONDS)) {
     throw new SessionExpiredError(
       `Session ${session.sessionId} expires at ${session.expiry}; no turn starts within ${TURN_EXPIRY_MARGIN_SECONDS} s of it. Open a new session.`,

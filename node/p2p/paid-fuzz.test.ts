@@ -29,6 +29,7 @@ import {
   ProviderBusyError,
   SessionExpiredError,
   SessionNotFoundError,
+  SessionNumberTooLowError,
   SessionResponseSchema,
   UnexpectedMessageError,
   VoucherResponseSchema,
@@ -72,6 +73,8 @@ let providerWallet: Wallet, payer: Wallet, honestPayer: Wallet, creator: Wallet,
 let escrow: EscrowRef;
 let lifetime: bigint;
 let persona: bigint, agent: bigint, honestAgent: bigint, lateAgent: bigint;
+/** More agents of the payer: a channel each, as a newer session of a channel supersedes its older ones (attack 8). */
+let unpaidAgent: bigint, cappedAgent: bigint, lateTurnsAgent: bigint;
 
 let fx: TinyFixtures;
 let tiny: TinyEngine;
@@ -96,6 +99,9 @@ beforeAll(async () => {
   fx = await tinyFixtures();
   persona = await f.createPersona(creator, { adapterSha256: NO_ADAPTER, baseModelHash: fx.base.sha256 });
   agent = await f.mintAgent(payer, persona);
+  unpaidAgent = await f.mintAgent(payer, persona);
+  cappedAgent = await f.mintAgent(payer, persona);
+  lateTurnsAgent = await f.mintAgent(payer, persona);
   honestAgent = await f.mintAgent(honestPayer, persona);
   lateAgent = await f.mintAgent(latePayer, persona);
   await f.registerProvider(providerWallet);
@@ -484,17 +490,17 @@ describe("paid protocols under attack", () => {
     const victimServed = served(victim.sessionId);
     expect(info(victim.sessionId)).toMatchObject({ nextTurn: 2, vouched: victimServed });
 
-    const unpaid = await openSession(attackerHost);
+    const unpaid = await openSession(attackerHost, { agentId: unpaidAgent.toString() });
     await turn(attackerHost, inference(unpaid.sessionId, 0));
     const unpaidServed = served(unpaid.sessionId);
     expect(unpaidServed.outputTokens).toBe(BigInt(MAX_TOKENS));
 
     // A session with a small cap (30 units: less than 21 output tokens cost), and two that will be near their
     // expiry. lateVouchers is a second payer's: a payer has at most one unpaid turn and four sessions open.
-    const capped = await openSession(attackerHost, { spendingCap: "30" });
+    const capped = await openSession(attackerHost, { agentId: cappedAgent.toString(), spendingCap: "30" });
     const now = await chain.now();
     const lateVouchers = await openSession(attackerHost, { expiry: String(now + 100) }, latePayer);
-    const lateTurns = await openSession(attackerHost, { expiry: String(now + 80) });
+    const lateTurns = await openSession(attackerHost, { agentId: lateTurnsAgent.toString(), expiry: String(now + 80) });
     const late = await turn(attackerHost, inference(lateVouchers.sessionId, 0));
     await chain.increaseTime(50);
     chainClock = await chain.now();
@@ -567,9 +573,16 @@ describe("paid protocols under attack", () => {
     attack("open: expiring within a minute", SessionExpiredError, () => openAs({ expiry: String(chainNow + 30n) }));
     attack("open: far-future expiry", InvalidMessageError, () => openAs({ expiry: String(chainNow + lifetime + 600n) }));
     attack("open: prices below the provider's", InvalidMessageError, () => openAs({ priceOutputPerMillion: String(PRICES.output - 1n) }));
-    attack("open: the victim's session number under another request", InvalidMessageError, () =>
-      openAs({ session: victim.request.session, spendingCap: (11n * USD).toString() }),
-    );
+    attack("open: the victim's session number under another request", SessionNumberTooLowError, async () => {
+      const answer = await openAs({ session: victim.request.session, spendingCap: (11n * USD).toString() });
+      // Answered, not thrown: a number at or below the channel's latest, with that number (attack 8; the other
+      // attacks' opens on the channel, refused later on, raise it further).
+      const latest = answer.type === "session.rejected" ? BigInt(answer.latestSession ?? 0) : 0n;
+      if (answer.type === "session.rejected" && answer.code === "SessionNumberTooLowError" && latest >= BigInt(victim.request.session)) {
+        throw new SessionNumberTooLowError(answer.message, latest);
+      }
+      return answer;
+    });
 
     const vouch = (v: Voucher, signer: Wallet = payer, domain: EscrowRef = escrow) => async () =>
       requestProtocol(attackerHost.libp2p, tcp(), "voucher", await voucherMessage(v, signer, domain));

@@ -7,7 +7,7 @@ import { randomBytes } from "node:crypto";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { Stream } from "@libp2p/interface";
+import type { Connection, Stream } from "@libp2p/interface";
 import { hexlify, keccak256, toUtf8Bytes, Wallet } from "ethers";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { connectContracts } from "../../sdk/chain/contracts.js";
@@ -203,6 +203,17 @@ async function openSession(fields: Partial<SessionRequest> = {}, options: { adap
   const answer = await open(message);
   if (answer.type !== "session.accepted") throw new Error(`not accepted: ${JSON.stringify(answer)}`);
   return { sessionId: answer.sessionId, request: message.request };
+}
+
+/**
+ * Agents of `payer` on the plain persona besides agentPlain, minted on first use. Each is a channel of its own:
+ * a newer session of a channel supersedes the channel's older ones (attack 8), so sessions meant to be open
+ * side by side are opened on different agents.
+ */
+const extraAgents: bigint[] = [];
+async function plainAgent(i: number): Promise<string> {
+  while (extraAgents.length <= i) extraAgents.push(await f.mintAgent(payer, personaPlain));
+  return extraAgents[i]!.toString();
 }
 
 async function turn(request: InferenceRequestInput, options: { timeoutMs?: number } = {}) {
@@ -602,7 +613,8 @@ describe("inference and vouchers", () => {
 
   it("keeps serving a session while another is fuzzed with garbage inference frames", async () => {
     const victim = await openSession();
-    const healthy = await openSession();
+    // On another agent: a second session of the victim's channel would supersede it.
+    const healthy = await openSession({ agentId: await plainAgent(0) });
     const rand = prng(0x5e55_1011);
     const utf8 = new TextEncoder();
     const frame = (body: Uint8Array) => Uint8Array.from([...encodeVarint(body.length), ...body]);
@@ -621,8 +633,11 @@ describe("inference and vouchers", () => {
       }
     };
     const codes = new Map<string, number>();
+    // From two peers of their own, 4 streams each at a time: the node serves one peer at most 4 streams of a
+    // protocol at once (attack 5), so 8 garbage streams from the healthy session's own peer would take its slots.
+    const fuzzers = [await net.host(), await net.host()];
     const fuzz = async (i: number) => {
-      const stream: Stream = await client.libp2p.dialProtocol(target(), PROTOCOL_IDS.inference);
+      const stream: Stream = await fuzzers[i % 2]!.libp2p.dialProtocol(target(), PROTOCOL_IDS.inference);
       const bytes = garbage(i);
       if (!stream.send(bytes)) await stream.onDrain();
       await stream.close();
@@ -681,7 +696,8 @@ describe("session lifetime", () => {
   it("refuses turns near expiry, closes expired sessions on chain time, and drops engine-idle ones", async () => {
     const now = await chain.now();
     const short = await openSession({ expiry: String(now + 200) });
-    const long = await openSession({ expiry: String(now + 3000) });
+    // On another agent: a second session of short's channel would supersede it.
+    const long = await openSession({ agentId: await plainAgent(0), expiry: String(now + 3000) });
     expect(await protocols.closeExpired()).toBe(0);
     await chain.increaseTime(175); // 25 s before expiry: within the 30 s margin
     expect(await rejection(turn(inference(short.sessionId, 0, sea)))).toBeInstanceOf(SessionExpiredError);
@@ -735,13 +751,17 @@ describe("attacks on the provider's money", () => {
   });
 
   it("attack 3: a payer keeps at most 4 sessions open here", async () => {
-    for (let i = 0; i < 4; i++) expect(await open(await openMessage({ spendingCap: String(USD) }))).toMatchObject({ type: "session.accepted" });
-    expect(await open(await openMessage({ spendingCap: String(USD) }))).toMatchObject({ type: "session.rejected", code: "ProviderBusyError", retryable: true });
+    // Each on a channel of its own (agent): a newer session of one channel ends the channel's older ones.
+    for (let i = 0; i < 4; i++) {
+      expect(await open(await openMessage({ agentId: await plainAgent(i), spendingCap: String(USD) }))).toMatchObject({ type: "session.accepted" });
+    }
+    expect(await open(await openMessage({ agentId: await plainAgent(4), spendingCap: String(USD) }))).toMatchObject({ type: "session.rejected", code: "ProviderBusyError", retryable: true });
   });
 
   it("attack 3: one unpaid turn per payer, across all its sessions", async () => {
     const a = await openSession();
-    const b = await openSession();
+    // Another channel (agent) of the payer: a second session of a's channel would supersede a.
+    const b = await openSession({ agentId: await plainAgent(0) });
     // A turn still running on a counts already: it will be unpaid when it ends.
     const running = streamProtocol(client.libp2p, target(), "inference", inference(a.sessionId, 0, longText, { maxTokens: 200 }));
     expect((await running.next()).value).toMatchObject({ type: "inference.chunk" });
@@ -816,6 +836,306 @@ describe("attacks on the provider's money", () => {
     expect(info(sessionId)!.vouched).toEqual({ inputTokens: 0n, outputTokens: 0n });
     expect(await send(await voucherFor(request, totals))).toBeUndefined();
   });
+});
+
+/**
+ * Closing sessions, and session numbers (attack 8 of issue 14). Sessions of the channel of `payer`'s own agent
+ * here, numbered explicitly (above every number the rest of this file uses), so that no other test's channel moves.
+ */
+describe("closing sessions and session numbers", () => {
+  let agentClose: bigint;
+  let other: ProviderHost;
+  let number = BigInt(Date.now()) * 1000n + 10_000_000_000n;
+  const channelOpen = async (fields: Partial<SessionRequest> = {}) =>
+    openMessage({ agentId: agentClose.toString(), session: (++number).toString(), ...fields });
+  const accepted = async (message: SessionOpen) => {
+    const answer = await open(message);
+    if (answer.type !== "session.accepted") throw new Error(`not accepted: ${JSON.stringify(answer)}`);
+    return { sessionId: answer.sessionId, request: message.request };
+  };
+  const close = (sessionId: string, from: ProviderHost = client) =>
+    requestProtocol(from.libp2p, target(), "session", { type: "session.close", sessionId });
+
+  beforeAll(async () => {
+    agentClose = await f.mintAgent(payer, personaPlain);
+    other = await net.host();
+  });
+
+  it("attack 8: a session numbered at or below one the provider has seen on the channel is refused with the latest number, so no turn is served that the book would refuse to be paid for", async () => {
+    // A chat numbers its session by its clock; a second device (or the maintenance chat) whose clock is behind
+    // numbers its own lower.
+    const ahead = await accepted(await channelOpen({ session: (number + 10n).toString() }));
+    const { done } = await turn(inference(ahead.sessionId, 0, sea));
+    expect(await pay(ahead.request, done)).toMatchObject({ type: "voucher.ack" });
+    const behind = await channelOpen();
+    const answer = await open(behind);
+    expect(answer).toMatchObject({ type: "session.rejected", code: "SessionNumberTooLowError", latestSession: ahead.request.session });
+    // Numbered above the latest, it opens.
+    number = BigInt(ahead.request.session);
+    expect(await open(await channelOpen())).toMatchObject({ type: "session.accepted" });
+  });
+
+  it("attack 8: once a newer session of the channel opens, the older one serves no turn (SessionSupersededError), and leaves once what it served is paid", async () => {
+    const a = await accepted(await channelOpen());
+    const first = await turn(inference(a.sessionId, 0, sea));
+    // The other chat opens its session while a's turn is not paid yet.
+    const b = await accepted(await channelOpen());
+    expect(info(a.sessionId)).toMatchObject({ ending: "superseded" });
+    // b is the channel's latest: once its voucher is in the book, a's vouchers are refused. So a serves no more.
+    expect(await rejection(turn(inference(b.sessionId, 0, sea)))).toBeInstanceOf(PaymentRequiredError);
+    const closed = waitFor("session:closed", (d) => d.sessionId === a.sessionId);
+    expect(await pay(a.request, first.done)).toMatchObject({ type: "voucher.ack" });
+    expect(await closed).toMatchObject({ reason: "closed" });
+    expect(info(a.sessionId)).toBeUndefined();
+    const paid = await turn(inference(b.sessionId, 0, sea));
+    expect(await pay(b.request, paid.done)).toMatchObject({ type: "voucher.ack" });
+    const c = await accepted(await channelOpen());
+    // b owed nothing: it left as c opened, and a turn on it is refused for a new session.
+    expect(info(b.sessionId)).toBeUndefined();
+    expect(await rejection(turn(inference(b.sessionId, 1, sea)))).toBeInstanceOf(SessionNotFoundError);
+    // A superseded session still open (here: one with a turn running as the newer opens) refuses turns typed.
+    const d = await accepted(await channelOpen());
+    expect(info(c.sessionId)).toBeUndefined();
+    const running = streamProtocol(client.libp2p, target(), "inference", inference(d.sessionId, 0, longText, { maxTokens: 120 }));
+    expect((await running.next()).value).toMatchObject({ type: "inference.chunk" });
+    const e = await accepted(await channelOpen());
+    let last: InferenceDone | undefined;
+    for await (const m of running) if (m.type === "inference.done") last = m;
+    expect(info(d.sessionId)).toMatchObject({ ending: "superseded", busy: false });
+    expect(await rejection(turn(inference(d.sessionId, 1, sea)))).toMatchObject({ name: "SessionSupersededError", code: "SessionSupersededError" });
+    await pay(d.request, last!);
+    expect(info(d.sessionId)).toBeUndefined();
+    expect((await turn(inference(e.sessionId, 0, sea))).done.receipt.turn).toBe(0);
+  });
+
+  it("session.close: only the peer that opened a session may close it; a session that owes nothing leaves at once, to be settled", async () => {
+    const s = await accepted(await channelOpen());
+    const { done } = await turn(inference(s.sessionId, 0, sea));
+    await pay(s.request, done);
+    const foreign = await rejection(close(s.sessionId, other));
+    expect(foreign).toMatchObject({ name: "NotSessionOpenerError", code: "NotSessionOpenerError" });
+    expect(info(s.sessionId)).toMatchObject({ ending: undefined, nextTurn: 1 });
+    const closedEvent = waitFor("session:closed", (d) => d.sessionId === s.sessionId);
+    const totals = { inputTokens: done.receipt.cumulativeInputTokens, outputTokens: done.receipt.cumulativeOutputTokens };
+    expect(await close(s.sessionId)).toEqual({ type: "session.closed", sessionId: s.sessionId, served: totals, vouched: totals });
+    expect(await closedEvent).toMatchObject({ reason: "closed", sessionKey: sessionKeyOf({ ...s.request, agentId: BigInt(s.request.agentId), session: BigInt(s.request.session) }) });
+    expect(info(s.sessionId)).toBeUndefined();
+    expect(await rejection(close(s.sessionId))).toBeInstanceOf(SessionNotFoundError);
+  });
+
+  it("a reply cancelled mid-stream is paid for what was served: close waits for its count, takes only the voucher for exactly the served totals, and the payer's other sessions are served again", async () => {
+    const a = await accepted(await channelOpen());
+    // Another agent's session of the same payer: the one-unpaid-turn rule spans them.
+    const b = await openSession();
+    const stop = new AbortController();
+    let received = "";
+    try {
+      for await (const m of streamProtocol(client.libp2p, target(), "inference", inference(a.sessionId, 0, longText, { maxTokens: 400 }), { signal: stop.signal })) {
+        if (m.type === "inference.chunk") received += m.text;
+        if (received.length >= 3) stop.abort(new Error("the user pressed Ctrl-C"));
+      }
+    } catch {
+      // aborted
+    }
+    const closed = await close(a.sessionId);
+    if (closed.type !== "session.closed") throw new Error("not closed");
+    const served = { inputTokens: BigInt(closed.served.inputTokens), outputTokens: BigInt(closed.served.outputTokens) };
+    expect(closed.vouched).toEqual({ inputTokens: "0", outputTokens: "0" });
+    expect(served.outputTokens).toBeGreaterThanOrEqual(1n);
+    expect(served.outputTokens).toBeLessThan(400n);
+    expect(info(a.sessionId)).toMatchObject({ ending: "closed", busy: false, served });
+    // No more turns on it, and the payer's other sessions wait for its voucher.
+    expect(await rejection(turn(inference(a.sessionId, 1, sea)))).toBeInstanceOf(SessionNotFoundError);
+    expect(await rejection(turn(inference(b.sessionId, 0, sea)))).toBeInstanceOf(PaymentRequiredError);
+    const send = async (totals: { inputTokens: bigint; outputTokens: bigint }) => {
+      const { voucher, signature } = await voucherFor(a.request, totals);
+      return requestProtocol(client.libp2p, target(), "voucher", { type: "voucher", voucher: wire(voucher), signature });
+    };
+    expect(await rejection(send({ ...served, outputTokens: served.outputTokens - 1n }))).toBeInstanceOf(InvalidMessageError);
+    const left = waitFor("session:closed", (d) => d.sessionId === a.sessionId);
+    expect(await send(served)).toMatchObject({ type: "voucher.ack", outputTokens: served.outputTokens.toString() });
+    expect(await left).toMatchObject({ reason: "closed" });
+    expect(info(a.sessionId)).toBeUndefined();
+    expect((await book.get(sessionKeyOf({ payer: payer.address, provider: providerWallet.address, agentId: agentClose, session: BigInt(a.request.session) })))!.voucher).toMatchObject(served);
+    expect((await turn(inference(b.sessionId, 0, sea))).done.receipt.turn).toBe(0);
+  });
+});
+
+/**
+ * Attack 5: two peers open every stream libp2p lets them (32 per protocol and connection) on /voucher (and
+ * /inference and /session), and hold them: half send nothing, half send half a frame. A node that counts
+ * streams over all peers alone refuses the paying clients' turns and vouchers (ProviderBusyError) for as long
+ * as the attackers keep reopening what it drops; the provider loses those turns. The per-peer limit stops two
+ * peers; against many peers (free to make), the slots kept for peers with an open session do.
+ */
+describe("attack 5: stalled streams do not keep paying clients' turns and vouchers out", () => {
+  const HONEST = 3;
+  const TURNS = 3;
+  type Stalled = "voucher" | "inference" | "session";
+
+  /** A payer of its own (one unpaid turn per payer), with a lane, an agent and a client host. */
+  async function paying() {
+    const wallet = new Wallet(Wallet.createRandom().privateKey, chain.provider);
+    await chain.provider.send("hardhat_setBalance", [wallet.address, "0x8AC7230489E80000"]);
+    await f.depositAndCommit(wallet, providerWallet.address, 10n * USD);
+    const agentId = await f.mintAgent(wallet, personaPlain);
+    return { wallet, agentId, host: await net.host() };
+  }
+
+  async function openAs(who: Awaited<ReturnType<typeof paying>>) {
+    const request = await buildSessionRequest({ ...requestDefaults(), payer: who.wallet.address, agentId: who.agentId });
+    const answer = await requestProtocol(who.host.libp2p, target(), "session", await signedSessionOpen(request, who.wallet));
+    return { answer, request };
+  }
+
+  /**
+   * Keeps `perProtocol` streams of each stalled protocol open from `host`, over one connection: each is
+   * reopened 300 ms after the node drops it (answered or timed out), as long as the attack runs.
+   */
+  async function stall(host: ProviderHost, stalled: readonly Stalled[], perProtocol: number, signal: AbortSignal) {
+    const established = new Set<string>();
+    let connection: Connection | undefined;
+    const connect = async () => {
+      if (connection === undefined || connection.status !== "open") connection = await host.libp2p.dial(target(), { signal });
+      return connection;
+    };
+    const once = async (protocol: Stalled, slot: number) => {
+      const stream = await (await connect()).newStream(PROTOCOL_IDS[protocol], { signal });
+      established.add(`${protocol} ${slot}`);
+      // Half of them send nothing at all, half a frame: a length prefix of 300 bytes and 10 of them.
+      if (slot % 2 === 1) stream.send(Uint8Array.from([...encodeVarint(300), ...new Uint8Array(10)]));
+      return stream;
+    };
+    const hold = async (protocol: Stalled, slot: number, first: Stream | undefined) => {
+      let stream = first;
+      while (!signal.aborted) {
+        try {
+          stream ??= await once(protocol, slot);
+          const ended = (async () => {
+            for await (const _ of readStream(stream)); // whatever the node answers, until it closes its side
+          })().catch(() => {});
+          const stop = new Promise((resolve) => signal.addEventListener("abort", resolve, { once: true }));
+          await Promise.race([ended, stop]);
+          stream.abort(new Error("next"));
+        } catch {
+          // refused by libp2p (its per-connection cap) or the attack is over: try again
+        }
+        stream = undefined;
+        await new Promise((r) => setTimeout(r, 300));
+      }
+    };
+    // Opened 8 at a time: yamux drops a connection whose peer opens more than 10 streams not yet acknowledged.
+    const loops: Promise<void>[] = [];
+    const slots = stalled.flatMap((p) => Array.from({ length: perProtocol }, (_, i) => [p, i] as const));
+    for (let i = 0; i < slots.length; i += 8) {
+      const batch = await Promise.all(slots.slice(i, i + 8).map(([p, n]) => once(p, n).catch(() => undefined)));
+      batch.forEach((stream, j) => loops.push(hold(slots[i + j]![0], slots[i + j]![1], stream)));
+    }
+    return { done: Promise.all(loops), established: () => established.size };
+  }
+
+  // 32 streams per protocol and peer is libp2p's own cap per connection (maxInboundStreams).
+  it.each<{ who: string; peers: number; streams: number; stalled: Stalled[] }>([
+    { who: "two peers", peers: 2, streams: 32, stalled: ["voucher"] },
+    { who: "two peers", peers: 2, streams: 32, stalled: ["voucher", "inference", "session"] },
+    { who: "16 peers", peers: 16, streams: 4, stalled: ["voucher", "inference"] },
+  ])("attack 5: 64 stalled streams from $who on $stalled: every turn of a paying client is served and every voucher acknowledged", async ({ peers: ATTACKERS, streams: STREAMS_PER_PROTOCOL, stalled: STALLED }) => {
+    const honest = [];
+    for (let i = 0; i <= HONEST; i++) honest.push(await paying()); // one at a time: the deployer mints for each
+    const latecomer = honest.pop()!;
+    // The paying clients open their sessions before the attack starts.
+    const sessions = [];
+    for (const who of honest) {
+      const { answer, request } = await openAs(who);
+      expect(answer.type).toBe("session.accepted");
+      sessions.push({ who, request, sessionId: (answer as { sessionId: string }).sessionId });
+    }
+    const refused: string[] = [];
+    const onRefused = (e: ProviderProtocolEvents["stream:refused"]) => refused.push(e.detail.protocol);
+    protocols.addEventListener("stream:refused", onRefused);
+
+    const attack = new AbortController();
+    const attackers = await Promise.all(Array.from({ length: ATTACKERS }, () => net.host()));
+    const stalls = await Promise.all(attackers.map((host) => stall(host, STALLED, STREAMS_PER_PROTOCOL, attack.signal)));
+    try {
+      // Every stream libp2p lets the attackers open has been open (held, or answered by the node) before the
+      // honest clients start; on a loaded machine some first opens fail and are retried.
+      const wanted = ATTACKERS * STALLED.length * STREAMS_PER_PROTOCOL;
+      for (let t = 0; stalls.reduce((n, s) => n + s.established(), 0) < wanted && t < 150; t++) await new Promise((r) => setTimeout(r, 100));
+      expect(stalls.reduce((n, s) => n + s.established(), 0)).toBe(wanted);
+      await new Promise((r) => setTimeout(r, 300));
+
+      const lost: string[] = [];
+      const voucherMs: number[] = [];
+      await Promise.all(
+        sessions.map(async ({ who, request, sessionId }, c) => {
+          for (let t = 0; t < TURNS; t++) {
+            let done: InferenceDone | undefined;
+            try {
+              const prompt: Prompt = { kind: "chat", messages: [{ role: "user", content: `Tell me about the sea, ${c} ${t}.` }] };
+              for await (const m of streamProtocol(who.host.libp2p, target(), "inference", inference(sessionId, t, prompt), { timeoutMs: 30_000 })) {
+                if (m.type === "inference.done") done = m;
+              }
+            } catch (err) {
+              lost.push(`client ${c} turn ${t}: ${(err as Error).name}`);
+              return;
+            }
+            const totals = { inputTokens: BigInt(done!.receipt.cumulativeInputTokens), outputTokens: BigInt(done!.receipt.cumulativeOutputTokens) };
+            const voucher: Voucher = {
+              payer: request.payer,
+              provider: request.provider,
+              agentId: BigInt(request.agentId),
+              session: BigInt(request.session),
+              priceInputPerMillion: PRICES.input,
+              priceOutputPerMillion: PRICES.output,
+              royaltyPerMillion: BigInt(request.royaltyPerMillion),
+              feeBps: BigInt(request.feeBps),
+              expiry: BigInt(request.expiry),
+              ...totals,
+            };
+            const signature = await signVoucher(who.wallet, voucher, escrow);
+            const begin = performance.now();
+            try {
+              // The client's own timeout for a voucher (sdk/client: requestTimeoutMs, 10 s).
+              const ack = await requestProtocol(who.host.libp2p, target(), "voucher", { type: "voucher", voucher: wire(voucher), signature }, { timeoutMs: 10_000 });
+              expect(ack).toMatchObject({ type: "voucher.ack", outputTokens: totals.outputTokens.toString() });
+              voucherMs.push(performance.now() - begin);
+            } catch (err) {
+              lost.push(`client ${c} voucher ${t}: ${(err as Error).name}`);
+              return;
+            }
+          }
+        }),
+      );
+      // A client without a session yet still gets one: the attackers hold only their own share of the slots.
+      const late = await rejection(openAs(latecomer).then(({ answer }) => expect(answer.type).toBe("session.accepted")));
+
+      expect(lost).toEqual([]);
+      expect(late).toBeUndefined();
+      // Answered, not left waiting for a slot (generous: the attackers share this machine's CPU).
+      expect(Math.max(...voucherMs)).toBeLessThan(5_000);
+      for (const { sessionId } of sessions) {
+        expect(info(sessionId)).toMatchObject({ nextTurn: TURNS, busy: false });
+        expect(info(sessionId)!.vouched).toEqual(info(sessionId)!.served);
+      }
+      // The attackers were turned away at the door, on every protocol they stalled (over their own limit, after
+      // waiting up to 2 s for a slot of theirs).
+      for (let t = 0; new Set(refused).size < STALLED.length && t < 50; t++) await new Promise((r) => setTimeout(r, 100));
+      expect(new Set(refused)).toEqual(new Set(STALLED));
+      // A peer's standing lasts as long as its session: closed, the peer has none.
+      for (const { who, sessionId } of sessions) {
+        expect(protocols.peers.has(who.host.peerId)).toBe(true);
+        await protocols.close(sessionId);
+        expect(protocols.peers.has(who.host.peerId)).toBe(false);
+      }
+      expect(attackers.some((a) => protocols.peers.has(a.peerId))).toBe(false);
+    } finally {
+      attack.abort();
+      protocols.removeEventListener("stream:refused", onRefused);
+      await Promise.all(stalls.map((s) => s.done));
+      await Promise.all(attackers.map((a) => a.stop()));
+    }
+  }, 120_000);
 });
 
 describe("rates and lane releases that would leave before a session's vouchers settle", () => {

@@ -2,7 +2,12 @@
  * The provider's paid protocols, composed: session open, inference and voucher over one table of open
  * sessions. The daemon (node/provider) serves them next to the quote protocol, listens to the events for
  * its metrics and logs, and hands each closed session's key to the settlement worker.
+ *
+ * The rule for stream slots: a peer that opened a session here (it pays) is never starved of them by peers
+ * that did not. The libp2p peer over which each session opened is remembered until the session closes, and
+ * each protocol keeps half of its slots for such peers (handler.ts), besides its limit per peer.
  */
+import type { PeerId } from "@libp2p/interface";
 import { getAddress, type Signer } from "ethers";
 import type { Libp2p } from "libp2p";
 import type { EscrowRef } from "../../sdk/chain/voucher.js";
@@ -11,9 +16,9 @@ import { errorFromWire } from "../../sdk/protocol/index.js";
 import type { VoucherBook } from "../billing/voucher-book.js";
 import { SessionNotFoundError as EngineSessionNotFoundError, type InferenceEngine } from "../engine/index.js";
 import { ProviderProtocolsConfigError } from "./errors.js";
-import { handleProtocol, type ProtocolService } from "./handler.js";
+import { handleProtocol, type HandleProtocolOptions, type ProtocolService, type StreamRefusal } from "./handler.js";
 import { inferenceHandler, type ServedTurn } from "./inference.js";
-import { sessionOpener } from "./session.js";
+import { MAX_SESSIONS_PER_PAYER, sessionCloser, sessionOpener } from "./session.js";
 import { ChainClock, SessionTable, type ProviderChainView, type ProviderSession, type ProviderSessionInfo } from "./sessions.js";
 import { voucherHandler } from "./voucher.js";
 
@@ -42,8 +47,19 @@ export interface ProviderProtocolsOptions {
    * that move the chain's clock).
    */
   chainTimeMaxAgeMs?: number;
-  /** Passed to handleProtocol for each protocol (timeouts, concurrency), optional. */
-  handlerOptions?: { maxConcurrentStreams?: number; requestTimeoutMs?: number; responseTimeoutMs?: number };
+  /**
+   * Passed to handleProtocol for each protocol (timeouts, concurrency, per-peer limits, the reserve for peers
+   * with an open session), optional; handler.ts documents the defaults.
+   */
+  handlerOptions?: Pick<
+    HandleProtocolOptions<"session">,
+    | "maxConcurrentStreams"
+    | "maxStreamsPerPeer"
+    | "reservedForPriority"
+    | "firstByteTimeoutMs"
+    | "requestTimeoutMs"
+    | "responseTimeoutMs"
+  >;
 }
 
 export interface ProviderProtocolEvents {
@@ -53,12 +69,63 @@ export interface ProviderProtocolEvents {
   "turn:served": CustomEvent<{ sessionId: string } & Omit<ServedTurn, "session">>;
   "request:failed": CustomEvent<{ protocol: "session" | "inference" | "voucher"; error: unknown }>;
   "voucher:accepted": CustomEvent<{ sessionId: string; sessionKey: string; inputTokens: bigint; outputTokens: bigint }>;
+  /** A stream answered ProviderBusyError before its request was read (handler.ts `stream:refused`). */
+  "stream:refused": CustomEvent<{ protocol: PaidProtocol; peer: PeerId; reason: StreamRefusal }>;
 }
 
 type PaidProtocol = "session" | "inference" | "voucher";
 
 /** Why a session closed: its expiry came, the engine dropped it idle, the node stopped, or close() was called. */
 export type SessionCloseReason = "expired" | "idle" | "stopped" | "closed";
+
+/**
+ * Which libp2p peers have open sessions here: the peers over which each session's open was answered accepted,
+ * until the session closes. The open's signature proved a payer with a funded lane stands behind the peer, so
+ * its streams may take the slots kept for paying clients. A repeated open over another peer adds that peer; it
+ * takes nothing from the first.
+ *
+ * @example
+ * const peers = new SessionPeers()
+ * peers.bind(connection.remotePeer, sessionId)
+ * peers.has(connection.remotePeer) // true until peers.unbind(sessionId)
+ */
+export class SessionPeers {
+  readonly #byPeer = new Map<string, Set<string>>();
+  readonly #bySession = new Map<string, Set<string>>();
+
+  /** Whether `peer` has at least one open session here. */
+  has(peer: PeerId | string): boolean {
+    return this.#byPeer.has(peer.toString());
+  }
+
+  /** Peers with an open session, for status and tests. */
+  get size(): number {
+    return this.#byPeer.size;
+  }
+
+  /** Records that `sessionId` was opened over `peer`. */
+  bind(peer: PeerId | string, sessionId: string): void {
+    const id = sessionId.toLowerCase();
+    const key = peer.toString();
+    let peers = this.#bySession.get(id);
+    if (peers === undefined) this.#bySession.set(id, (peers = new Set()));
+    peers.add(key);
+    let sessions = this.#byPeer.get(key);
+    if (sessions === undefined) this.#byPeer.set(key, (sessions = new Set()));
+    sessions.add(id);
+  }
+
+  /** Forgets `sessionId` (it closed): its peers keep standing only through their other open sessions. */
+  unbind(sessionId: string): void {
+    const id = sessionId.toLowerCase();
+    for (const key of this.#bySession.get(id) ?? []) {
+      const sessions = this.#byPeer.get(key);
+      sessions?.delete(id);
+      if (sessions?.size === 0) this.#byPeer.delete(key);
+    }
+    this.#bySession.delete(id);
+  }
+}
 
 /**
  * The session, inference and voucher protocols being served, with their open sessions. Created by
@@ -76,6 +143,8 @@ export class ProviderProtocols extends TypedEventTarget<ProviderProtocolEvents> 
   readonly #marginSeconds: bigint;
   readonly #running: Set<Promise<unknown>>;
   readonly #services: ProtocolService[] = [];
+  /** The peers with an open session here, whose streams may take the slots kept for paying clients. */
+  readonly peers = new SessionPeers();
   readonly #onEngineClosed = (event: Event): void => {
     const { sessionId } = (event as CustomEvent<{ sessionId: string }>).detail;
     const session = this.#table.get(sessionId);
@@ -159,6 +228,16 @@ export class ProviderProtocols extends TypedEventTarget<ProviderProtocolEvents> 
       const { error } = (event as CustomEvent<{ error: unknown }>).detail;
       this._failed(protocol, error);
     });
+    service.addEventListener("stream:refused", (event) => {
+      const { peer, reason } = (event as CustomEvent<{ peer: PeerId; reason: StreamRefusal }>).detail;
+      this.dispatchEvent(new CustomEvent("stream:refused", { detail: { protocol, peer, reason } }));
+    });
+  }
+
+  /** @internal The session open answered accepted over `peer`. */
+  _opened(peer: PeerId, sessionId: string): void {
+    // The session may have closed meanwhile (expiry, stop): a closed one gives no standing.
+    if (this.#table.get(sessionId) !== undefined) this.peers.bind(peer, sessionId);
   }
 
   /** @internal */
@@ -194,6 +273,7 @@ export class ProviderProtocols extends TypedEventTarget<ProviderProtocolEvents> 
   }
 
   #closed(session: ProviderSession, reason: SessionCloseReason): void {
+    this.peers.unbind(session.sessionId);
     this.dispatchEvent(
       new CustomEvent("session:closed", { detail: { sessionId: session.sessionId, sessionKey: session.sessionKey, reason } }),
     );
@@ -235,6 +315,12 @@ export async function serveProviderProtocols(options: ProviderProtocolsOptions):
   const emit = <K extends keyof ProviderProtocolEvents & string>(type: K, detail: ProviderProtocolEvents[K]["detail"]) =>
     protocols.dispatchEvent(new CustomEvent(type, { detail }));
 
+  // A session closed by its payer, or superseded by a newer one of its channel, leaves once it owes nothing:
+  // closed as by close(), so that the daemon has it settled at once.
+  const finish = (s: ProviderSession): void => {
+    protocols.close(s.sessionId).catch((error: unknown) => protocols._failed("session", error));
+  };
+  const closeSession = sessionCloser({ table, finish });
   const open = sessionOpener({
     engine,
     book,
@@ -245,6 +331,7 @@ export async function serveProviderProtocols(options: ProviderProtocolsOptions):
     escrow,
     prices: options.prices,
     onOpened: (s) => emit("session:opened", { sessionId: s.sessionId, payer: s.payer, agentId: s.agentId, personaId: s.personaId }),
+    finish,
   });
   const infer = inferenceHandler({
     engine,
@@ -261,15 +348,23 @@ export async function serveProviderProtocols(options: ProviderProtocolsOptions):
     onAccepted: (s, totals) => emit("voucher:accepted", { sessionId: s.sessionId, sessionKey: s.sessionKey, ...totals }),
   });
 
-  const handlerOptions = options.handlerOptions ?? {};
+  // Each protocol keeps half its slots (handler.ts's default reserve) for peers with an open session, and
+  // serves one peer at most one stream per session it may hold: one turn, then its voucher, at a time.
+  const slots = {
+    maxStreamsPerPeer: MAX_SESSIONS_PER_PAYER,
+    isPriority: (peer: PeerId) => protocols.peers.has(peer),
+    ...options.handlerOptions,
+  };
   try {
     protocols._serve(
       await handleProtocol(libp2p, "session", {
-        ...handlerOptions,
-        handler: async (request, { signal }) => {
-          const answer = await open(request, signal);
+        ...slots,
+        handler: async (request, { peer, signal }) => {
+          if (request.type === "session.close") return closeSession(request, peer, signal);
+          const answer = await open(request, signal, peer);
           // A refusal is answered, not thrown, but it is a failed request all the same for logs and metrics.
           if (answer.type === "session.rejected") protocols._failed("session", errorFromWire({ ...answer, type: "error" }));
+          else protocols._opened(peer, answer.sessionId);
           return answer;
         },
       }),
@@ -280,13 +375,13 @@ export async function serveProviderProtocols(options: ProviderProtocolsOptions):
         // A long generation on a slow CPU outlasts the control protocols' minute; a stalled client is caught by
         // the stream's backpressure, and a stalled provider by the client's own chunk timeout.
         responseTimeoutMs: INFERENCE_RESPONSE_TIMEOUT_MS,
-        ...handlerOptions,
+        ...slots,
         handler: (request, { signal }) => infer(request, signal),
       }),
       "inference",
     );
     protocols._serve(
-      await handleProtocol(libp2p, "voucher", { ...handlerOptions, handler: (message, { signal }) => accept(message, signal) }),
+      await handleProtocol(libp2p, "voucher", { ...slots, handler: (message, { signal }) => accept(message, signal) }),
       "voucher",
     );
   } catch (err) {

@@ -11,6 +11,17 @@
  * vouchers could settle backs nothing. The signature is checked first and the lane is the one chain read
  * before any other work, so a key with nothing committed here costs one cached read.
  *
+ * Session numbers: a channel (payer, provider, agent) settles only its latest session, so a session numbered
+ * at or below one this node has seen (opened here, or vouched in the book) or the escrow has settled on the
+ * channel is refused with SessionNumberTooLowError and the latest number (attack 8 of issue 14: two chats of
+ * a channel alternating as "latest" would have this node serve turns whose vouchers it must refuse). And when
+ * a session opens, the channel's older open sessions serve no more turns (SessionSupersededError): each is
+ * removed and settled once what it served is vouched.
+ *
+ * Closing: `session.close` from the peer that opened a session (and only from it) ends it the same way: no
+ * more turns, its totals answered as `session.closed`, removed and settled at once when fully vouched, else
+ * once the voucher for exactly the served totals comes (node/p2p/voucher.ts).
+ *
  * Refusals come two ways, as the wire defines them: a request this node could never accept as written
  * (another provider or escrow, a forged signature, an expiry out of range, prices, royalty or fee below what
  * applies) is thrown as a ProtocolError; a refusal the payer can act on without changing the request's terms
@@ -18,7 +29,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { getAddress, getBytes } from "ethers";
-import { sessionKeyOf, type VoucherBook } from "../billing/voucher-book.js";
+import { channelKeyOf, sessionKeyOf, type VoucherBook } from "../billing/voucher-book.js";
 import {
   AdapterBaseMismatchError,
   AdapterNotFoundError,
@@ -33,12 +44,17 @@ import {
   InternalError,
   InvalidMessageError,
   InvalidSignatureError,
+  NotSessionOpenerError,
   PersonaUnavailableError,
   ProtocolError,
   ProviderBusyError,
   SessionExpiredError,
+  SessionNotFoundError,
+  SessionNumberTooLowError,
   verifySessionRequest,
   type SessionAccepted,
+  type SessionClose,
+  type SessionClosed,
   type SessionOpen,
   type SessionRejected,
 } from "../../sdk/protocol/index.js";
@@ -85,6 +101,11 @@ export interface SessionOpenContext {
   escrow: { chainId: bigint; address: string };
   prices: () => { input: bigint; output: bigint };
   onOpened: (session: ProviderSession) => void;
+  /**
+   * Removes an ending session that owes nothing (closed by its payer, or superseded by a newer one of its
+   * channel) and has it settled: the provider's close(). Default: removed from the table only.
+   */
+  finish?: (session: ProviderSession) => void;
 }
 
 /** A business refusal, answered as SessionRejected instead of thrown. */
@@ -97,31 +118,40 @@ class Refusal {
  * on; throws a ProtocolError for a request that cannot be accepted as written. Opening the same request again
  * (or while its first open is still running) is answered like the first: accepted, with the same id.
  *
+ * `peer` (the Noise-authenticated remote peer) is recorded on the session it opens: the one that may close it.
+ *
  * @example
  * const open = sessionOpener({ engine, book, chain, clock, table, provider, escrow, prices, onOpened })
- * await handleProtocol(libp2p, "session", { handler: (request, { signal }) => open(request, signal) })
+ * await handleProtocol(libp2p, "session", { handler: (request, { peer, signal }) => open(request, signal, peer) })
  */
 export function sessionOpener(
   ctx: SessionOpenContext,
-): (open: SessionOpen, signal: AbortSignal) => Promise<SessionAccepted | SessionRejected> {
+): (open: SessionOpen, signal: AbortSignal, peer?: { toString(): string }) => Promise<SessionAccepted | SessionRejected> {
   // Opens in flight by session id: a client retrying a slow open (an adapter download) joins the first.
   const pending = new Map<string, Promise<SessionAccepted | SessionRejected>>();
 
   const lanes = new LaneReader(ctx.chain, ctx.provider);
   const reservations = new Reservations();
 
-  return async (open, signal) => {
+  return async (open, signal, peer) => {
     checkAddressing(open, ctx);
     const sessionId = hashSessionRequest(open.request).toLowerCase();
     const accepted: SessionAccepted = { type: "session.accepted", sessionId, expiry: open.request.expiry };
     if (ctx.table.get(sessionId) !== undefined) return accepted;
     const running = pending.get(sessionId);
     if (running !== undefined) return running;
-    const attempt = openChecked(open, sessionId, ctx, lanes, reservations, signal)
+    const attempt = openChecked(open, sessionId, ctx, lanes, reservations, signal, peer?.toString())
       .then(() => accepted)
       .catch((err: unknown): SessionRejected => {
         if (!(err instanceof Refusal)) throw err;
-        return { type: "session.rejected", code: err.error.name, message: err.error.message, retryable: err.error.retryable };
+        const { error } = err;
+        return {
+          type: "session.rejected",
+          code: error.name,
+          message: error.message,
+          retryable: error.retryable,
+          ...(error instanceof SessionNumberTooLowError && { latestSession: error.latestSession.toString() }),
+        };
       })
       .finally(() => pending.delete(sessionId));
     pending.set(sessionId, attempt);
@@ -153,6 +183,7 @@ async function openChecked(
   lanes: LaneReader,
   reservations: Reservations,
   signal: AbortSignal,
+  peer: string | undefined,
 ): Promise<void> {
   const { request } = open;
   const payer = getAddress(request.payer);
@@ -211,6 +242,16 @@ async function openChecked(
       ),
     );
   }
+  // The number, against what this node knows without another chain read: sessions asked for here and the
+  // book's unsettled vouchers of the channel (in memory). The escrow's settled session is read with the persona.
+  const channel = channelKeyOf({ payer, provider: ctx.provider, agentId });
+  const number = BigInt(request.session);
+  let latest = ctx.table.latestSession(channel);
+  for (const v of ctx.book.outstandingOf(payer).vouched.values()) {
+    if (v.agentId === agentId && v.session > latest) latest = v.session;
+  }
+  if (number <= latest) throw new Refusal(numberTooLow(number, latest));
+  ctx.table.seeSession(channel, number);
   if (ctx.table.byKey(sessionKey) !== undefined) {
     throw new InvalidMessageError(
       `Session ${request.session} of this payer and agent is already open here under another request; number a new ` +
@@ -242,7 +283,7 @@ async function openChecked(
   }
   const reservation = reservations.reserve(payer, cap);
   try {
-    await openReserved(open, sessionId, sessionKey, { payer, agentId, personaId, expiry }, ctx, read, signal);
+    await openReserved(open, sessionId, sessionKey, { payer, agentId, personaId, expiry, channel, peer }, ctx, read, signal);
   } finally {
     reservation.release();
   }
@@ -253,20 +294,26 @@ async function openReserved(
   open: SessionOpen,
   sessionId: string,
   sessionKey: string,
-  ids: { payer: string; agentId: bigint; personaId: bigint; expiry: bigint },
+  ids: { payer: string; agentId: bigint; personaId: bigint; expiry: bigint; channel: string; peer: string | undefined },
   ctx: SessionOpenContext,
   read: <T>(p: Promise<T>) => Promise<T>,
   signal: AbortSignal,
 ): Promise<void> {
   const { request } = open;
-  const { agentId, personaId, expiry } = ids;
-  const [agentPersona, persona, royalty, fee, previous] = await Promise.all([
+  const { payer, agentId, personaId, expiry, channel } = ids;
+  const [agentPersona, persona, royalty, fee, previous, settled] = await Promise.all([
     read(ctx.chain.agentPersonaOf(agentId, { signal })),
     read(ctx.chain.personaOf(personaId, { signal })),
     read(ctx.chain.royaltyScheduleOf(personaId, { signal })),
     read(ctx.chain.protocolFee({ signal })),
     read(ctx.book.get(sessionKey, { signal })),
+    read(ctx.chain.settledSessionOf(payer, ctx.provider, agentId, { signal })),
   ]);
+
+  // 4b. the number, against the escrow's settled session of the channel (after a restart, all this node knows
+  // of the channel's settled past)
+  ctx.table.seeSession(channel, settled);
+  if (BigInt(request.session) <= settled) throw new Refusal(numberTooLow(BigInt(request.session), ctx.table.latestSession(channel)));
 
   // 5. agent and persona
   if (agentPersona === undefined) throw new Refusal(new PersonaUnavailableError(`Agent ${agentId} does not exist on chain.`));
@@ -316,8 +363,64 @@ async function openReserved(
     ? { inputTokens: 0n, outputTokens: 0n }
     : { inputTokens: previous.voucher.inputTokens, outputTokens: previous.voucher.outputTokens };
   const session = new ProviderSession(sessionId, sessionKey, request, persona.baseModelHash, adapter === undefined ? [] : [adapter], start);
+  session.openedBy = ids.peer;
+  // The channel's older sessions serve no more turns: once this one's vouchers settle, theirs cannot.
+  const finish = ctx.finish ?? ((s: ProviderSession) => void ctx.table.delete(s));
+  for (const older of ctx.table.ofPayer(payer)) {
+    if (older.agentId === agentId && older.session < session.session) older.end("superseded", finish);
+  }
   ctx.table.add(session);
   ctx.onOpened(session);
+}
+
+function numberTooLow(number: bigint, latest: bigint): SessionNumberTooLowError {
+  return new SessionNumberTooLowError(
+    `Session ${number} is at or below session ${latest}, the latest this provider has seen or settled on the channel ` +
+      `(payer, provider, agent): number the session above ${latest}.`,
+    latest,
+  );
+}
+
+/** What the session protocol's close needs of the provider. */
+export interface SessionCloseContext {
+  table: SessionTable;
+  /** Removes a session that owes nothing and has it settled (the provider's close()). */
+  finish: (session: ProviderSession) => void;
+}
+
+/**
+ * The session protocol's close: from the peer that opened the session only (else NotSessionOpenerError, and
+ * nothing changes), it ends the session (no more turns), waits for a running turn's tokens to be counted,
+ * and answers the session's served and vouched totals. A session that owes nothing is removed and settled at
+ * once; one with an unpaid turn stays until the voucher for exactly its served totals arrives.
+ *
+ * @example
+ * const close = sessionCloser({ table, finish: (s) => void protocols.close(s.sessionId) })
+ * const closed = await close({ type: "session.close", sessionId }, connection.remotePeer, signal)
+ * @throws SessionNotFoundError when no such session is open; NotSessionOpenerError; the signal's reason.
+ */
+export function sessionCloser(
+  ctx: SessionCloseContext,
+): (close: SessionClose, peer: { toString(): string }, signal: AbortSignal) => Promise<SessionClosed> {
+  return async (close, peer, signal) => {
+    const session = ctx.table.get(close.sessionId);
+    if (session === undefined) throw new SessionNotFoundError(`No open session ${close.sessionId} on this provider.`);
+    if (session.openedBy === undefined || session.openedBy !== peer.toString()) {
+      throw new NotSessionOpenerError(`Session ${close.sessionId} was opened by another peer; only that peer may close it.`);
+    }
+    // No turn starts from here on; one running ends (the client aborted it) and is counted first.
+    session.end("closed", ctx.finish);
+    const running = session.turnDone;
+    if (running !== undefined) await abortable(running.catch(() => {}), signal);
+    const answer: SessionClosed = {
+      type: "session.closed",
+      sessionId: session.sessionId,
+      served: { inputTokens: session.served.inputTokens.toString(), outputTokens: session.served.outputTokens.toString() },
+      vouched: { inputTokens: session.vouched.inputTokens.toString(), outputTokens: session.vouched.outputTokens.toString() },
+    };
+    session.finishIfPaid();
+    return answer;
+  };
 }
 
 /** The signed rate must be at least the one in force, and at least any rise that takes effect by `expiry`. */

@@ -46,6 +46,8 @@ export interface ProviderChainView {
   ): Promise<{ adapterSha256: string; baseModelHash: string } | undefined>;
   /** The escrow's maxVoucherLifetime() in seconds (cache it: immutable). */
   maxVoucherLifetime(options?: { signal?: AbortSignal }): Promise<bigint>;
+  /** The latest session number settled on the channel (payer, provider, agent): the escrow's settledOf(...).session. */
+  settledSessionOf(payer: string, provider: string, agentId: bigint, options?: { signal?: AbortSignal }): Promise<bigint>;
 }
 
 /** The adapter hash a persona without an adapter registers. */
@@ -113,6 +115,10 @@ export function chainViewOf(contracts: SoulmeshContracts): ProviderChainView {
         throw err;
       });
       return abortable(lifetime, options.signal);
+    },
+    async settledSessionOf(payer, provider, agentId, options = {}) {
+      const [session] = await abortable(inferenceEscrow.settledOf(payer, provider, agentId), options.signal);
+      return session;
     },
   };
 }
@@ -202,6 +208,8 @@ export interface ProviderSessionInfo {
   served: { inputTokens: bigint; outputTokens: bigint };
   vouched: { inputTokens: bigint; outputTokens: bigint };
   busy: boolean;
+  /** Why the session serves no more turns, if it does not (see ProviderSession.end). */
+  ending: SessionEnding | undefined;
   /** ms */
   openedAt: number;
 }
@@ -213,8 +221,17 @@ export interface Totals {
 }
 
 /**
+ * Why an open session serves no more turns: its payer closed it ("closed"), or a newer session of the same
+ * channel opened ("superseded": this one's vouchers could not settle once the newer one's do).
+ */
+export type SessionEnding = "closed" | "superseded";
+
+/**
  * An open session: the payer's signed request and the running totals that the credit rule and the receipts
  * are made of. Mutated only by the inference and voucher handlers, one turn at a time (`busy`).
+ *
+ * An ending session (`ending` set) serves no turn; it stays in the table only until what it served is vouched
+ * (and its running turn, if any, counted), then `finish` removes it and has it settled.
  */
 export class ProviderSession {
   readonly payer: string;
@@ -231,6 +248,13 @@ export class ProviderSession {
   busy = false;
   served: Totals;
   vouched: Totals;
+  /** The libp2p peer (as a string) whose open was accepted first: the one peer that may close the session. */
+  openedBy: string | undefined = undefined;
+  /** Set once the session serves no more turns; see the class comment. */
+  ending: SessionEnding | undefined = undefined;
+  /** The running turn's end (its tokens counted), while one runs. */
+  turnDone: Promise<unknown> | undefined = undefined;
+  #finish: ((session: ProviderSession) => void) | undefined = undefined;
 
   constructor(
     readonly sessionId: string,
@@ -257,6 +281,24 @@ export class ProviderSession {
     this.expiry = BigInt(request.expiry);
     this.served = { ...start };
     this.vouched = { ...start };
+  }
+
+  /**
+   * Stops serving turns on this session (a first reason stays), and has `finish` called once nothing it served
+   * is unpaid and no turn runs: at once if that is so now, else when the voucher (or the turn's end) comes.
+   */
+  end(reason: SessionEnding, finish: (session: ProviderSession) => void): void {
+    this.ending ??= reason;
+    this.#finish ??= finish;
+    this.finishIfPaid();
+  }
+
+  /** Called after a voucher or a turn's end: an ending session with nothing unpaid and no turn is finished. */
+  finishIfPaid(): void {
+    if (this.ending === undefined || this.busy || this.unpaid || this.#finish === undefined) return;
+    const finish = this.#finish;
+    this.#finish = undefined;
+    finish(this);
   }
 
   /** Whether a turn was served that no voucher covers yet. */
@@ -292,6 +334,7 @@ export class ProviderSession {
       served: { ...this.served },
       vouched: { ...this.vouched },
       busy: this.busy,
+      ending: this.ending,
       openedAt: this.openedAt,
     };
   }
@@ -342,4 +385,29 @@ export class SessionTable {
   values(): ProviderSession[] {
     return [...this.#byId.values()];
   }
+
+  /**
+   * The highest session number opened (or asked to open) here on `channel` (the book's channelKeyOf) since this
+   * process started, 0n if none. With the book's unsettled vouchers and the chain's settled session it is what
+   * a new session must be numbered above.
+   */
+  latestSession(channel: string): bigint {
+    return this.#latest.get(channel) ?? 0n;
+  }
+
+  /** Records that `session` was asked for on `channel`. */
+  seeSession(channel: string, session: bigint): void {
+    if (session <= (this.#latest.get(channel) ?? 0n)) return;
+    // Bounded: the oldest channels are forgotten first; the book and the chain still know what they vouched.
+    if (this.#latest.size >= MAX_REMEMBERED_CHANNELS && !this.#latest.has(channel)) {
+      const oldest = this.#latest.keys().next().value;
+      if (oldest !== undefined) this.#latest.delete(oldest);
+    }
+    this.#latest.set(channel, session);
+  }
+
+  readonly #latest = new Map<string, bigint>();
 }
+
+/** Channels whose latest session number a SessionTable remembers. */
+const MAX_REMEMBERED_CHANNELS = 100_000;

@@ -4,7 +4,8 @@
  * voucher can never stand for tokens still to come), at exactly the session's rates (prices, royalty and fee:
  * the escrow charges what the voucher carries), and its full cumulative cost must stay within the session's
  * spending cap, which its open reserved against the payer's lane; the voucher book then checks the signature,
- * domain and expiry and keeps it for settlement, and the session counts it as paid.
+ * domain and expiry and keeps it for settlement, and the session counts it as paid. A session its payer closed
+ * takes only the voucher for exactly its served totals, and is removed (and settled) once it holds it.
  */
 import { InvalidVoucherError } from "../../sdk/chain/errors.js";
 import { sessionCost, type Voucher } from "../../sdk/chain/voucher.js";
@@ -81,6 +82,17 @@ export function voucherHandler(ctx: VoucherContext): (message: VoucherMessage, s
           `session was opened at ${session.rates.royaltyPerMillion} and ${session.rates.feeBps}.`,
       );
     }
+    // A session its payer closed with a turn unpaid takes one voucher more: exactly the served totals that its
+    // session.closed answered, nothing less (it then leaves and is settled).
+    if (
+      session.ending === "closed" &&
+      (voucher.inputTokens !== session.served.inputTokens || voucher.outputTokens !== session.served.outputTokens)
+    ) {
+      throw new InvalidMessageError(
+        `Session ${session.sessionId} is closing: it takes only the voucher for its served totals ` +
+          `${session.served.inputTokens}/${session.served.outputTokens}, not ${voucher.inputTokens}/${voucher.outputTokens}.`,
+      );
+    }
     const cost = sessionCost(voucher, session.rates);
     if (cost > session.spendingCap) {
       throw new InvalidMessageError(
@@ -112,6 +124,8 @@ export function voucherHandler(ctx: VoucherContext): (message: VoucherMessage, s
       outputTokens: max(session.vouched.outputTokens, voucher.outputTokens),
     };
     ctx.onAccepted(session, { inputTokens: voucher.inputTokens, outputTokens: voucher.outputTokens });
+    // Closed or superseded, and now fully vouched: removed and settled.
+    session.finishIfPaid();
     return {
       type: "voucher.ack",
       session: voucher.session.toString(),

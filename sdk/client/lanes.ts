@@ -9,7 +9,7 @@
 import { getAddress, Signature, type Signer } from "ethers";
 import { TestStablecoin__factory, type InferenceEscrow } from "../chain/contracts.js";
 import { withRevertDecoding } from "../chain/revert.js";
-import { sessionCost, type VoucherRates } from "../chain/voucher.js";
+import { nextSessionNumber, sessionCost, type VoucherRates } from "../chain/voucher.js";
 import { LaneCommitError } from "./errors.js";
 import type { TokenTotals } from "./usage.js";
 
@@ -66,12 +66,64 @@ export interface LedgerSession extends LaneSession {
  * one): what each has vouched, and what the open ones reserve on their provider's lane, so that a chat
  * asking for a session counts what its sibling holds.
  *
+ * It is also the one source of session numbers per channel (payer, provider, agent) for those chats, and
+ * the turn lock per provider:
+ * - A channel settles only its latest session, and a provider refuses a number at or below the latest it has
+ *   seen (attack 8 of issue 14): numbers drawn by each chat from its own clock would collide or alternate,
+ *   so every number of a channel comes from {@link LaneLedger.nextSession}, strictly increasing, above any
+ *   number the provider or the chain reported.
+ * - A provider refuses a turn while another session of the same payer has a turn running or unpaid (one
+ *   unpaid turn per payer). The chats sharing a ledger therefore run their turns with one provider one at a
+ *   time ({@link LaneLedger.exclusive}): a user's turn waits for the maintenance turn in progress (and its
+ *   voucher), and the other way round, rather than being refused.
+ *
  * @example
  * const lanes = new LaneLedger()
  * await openChat({ ...options, lanes }); await openChat({ ...maintenance, lanes })
  */
 export class LaneLedger {
   readonly #sessions: LedgerSession[] = [];
+  readonly #numbers = new Map<string, bigint>();
+  readonly #locks = new Map<string, Promise<void>>();
+
+  /**
+   * A fresh session number for the channel (`provider`, `agentId`) of this ledger's payer: above every number
+   * drawn here and above `floor` (the latest the escrow settled, or the provider reported), by the clock
+   * when it is ahead ({@link nextSessionNumber}).
+   *
+   * @example
+   * const number = lanes.nextSession(provider, 7n, settledSession)
+   */
+  nextSession(provider: string, agentId: bigint, floor = 0n): bigint {
+    const key = `${provider}:${agentId}`;
+    const last = this.#numbers.get(key) ?? 0n;
+    const number = nextSessionNumber(last > floor ? last : floor);
+    this.#numbers.set(key, number);
+    return number;
+  }
+
+  /**
+   * Runs `work` once no other work of this ledger with `provider` runs (first come, first served). A wait cut
+   * short by `signal` rejects with its reason and leaves the queue as it was.
+   *
+   * @example
+   * await lanes.exclusive(provider, signal, () => runTurnAndPay())
+   */
+  async exclusive<T>(provider: string, signal: AbortSignal | undefined, work: () => Promise<T>): Promise<T> {
+    const before = this.#locks.get(provider) ?? Promise.resolve();
+    let release!: () => void;
+    const mine = new Promise<void>((resolve) => (release = resolve));
+    // The next caller waits for this one's work, and for the wait before it (whoever leaves early).
+    const tail = before.then(() => mine);
+    this.#locks.set(provider, tail);
+    try {
+      await abortable(before, signal);
+      return await work();
+    } finally {
+      release();
+      if (this.#locks.get(provider) === tail) this.#locks.delete(provider);
+    }
+  }
 
   add(session: LedgerSession): void {
     this.#sessions.push(session);

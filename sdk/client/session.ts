@@ -12,12 +12,24 @@
  * at prices no higher than the quote its provider was ranked with (and the ranking's maxPrices), only on a
  * lane that covers its cap (the client commits the shortfall first, the one transaction it ever sends), and
  * the client never signs a voucher above the session's cap.
+ *
+ * A cancelled turn is paid for what was delivered. When the caller aborts a turn mid-stream (Ctrl-C, a
+ * gateway client gone), the provider has generated tokens that it counts as served, and it serves the payer
+ * nothing more until they are paid. The client closes the session (`session.close`), which answers the
+ * session's served totals once the provider has counted the aborted turn; it pays them when they are
+ * plausible: the aborted turn's output at most the UTF-8 bytes of the text received (a token covers at least
+ * one byte) plus CANCEL_OUTPUT_SLACK_TOKENS for tokens generated while the abort travelled to the provider,
+ * and its input at most the prompt's bound. A provider claiming more is paid nothing and dropped. The cost is
+ * counted in `spent` as any turn's, reported by `turn:cancelled`, and the next turn opens a new session.
+ *
+ * Sessions are closed when the chat closes (`close()`), so providers settle them at once; a provider gone
+ * away does not hold the close up beyond CLOSE_TIMEOUT_MS, and its failure is only reported
+ * (`session:close-failed`).
  */
 import { getAddress, hexlify, randomBytes, type Signer } from "ethers";
 import type { Libp2p } from "libp2p";
 import type { SoulmeshContracts } from "../chain/contracts.js";
 import {
-  nextSessionNumber,
   sessionCost,
   signVoucher,
   voucherCost,
@@ -37,6 +49,7 @@ import {
   SessionExpiredError,
   SessionNotFoundError,
 } from "../protocol/errors.js";
+import { SessionSupersededError } from "../protocol/messages.js";
 import type {
   ChatMessage,
   InferenceDone,
@@ -98,6 +111,14 @@ const LANE_READ_SETTLE_MS = 1_100;
 const MAX_CAP_RETRIES = 8;
 /** The shortest session worth opening: below it, the higher rate of a pending rise is signed instead. */
 const MIN_WORKABLE_SESSION_S = RENEW_MARGIN_S + 60;
+/**
+ * Output tokens a cancelled turn may bill beyond the UTF-8 bytes of the text received: tokens generated while
+ * the abort travelled to the provider (one network trip at the model's speed), tokens that decode to no text
+ * (an end-of-sequence, a multi-byte character cut between tokens) and text held back by stop sequences.
+ */
+export const CANCEL_OUTPUT_SLACK_TOKENS = 64;
+/** Longest wait for a provider's answer to a session close (and the voucher after it). */
+const CLOSE_TIMEOUT_MS = 5_000;
 
 /** What a turn sends: a wire prompt, chat messages, or one user message as a string. */
 export type ChatPrompt = Prompt | ChatMessage[] | string;
@@ -220,6 +241,15 @@ export interface ChatEvents {
   "voucher:sent": CustomEvent<{ provider: string; voucher: Voucher; signature: string; ack: VoucherAck }>;
   /** A signed voucher could not be delivered (the provider went away after the turn); its session is left. */
   "voucher:failed": CustomEvent<{ provider: string; voucher: Voucher; signature: string; error: unknown }>;
+  /**
+   * A turn was cancelled mid-stream: what the provider served of it was paid (`paid`, at `cost`, counted in
+   * `spent`) when plausible against `text`, the text received; else the provider is dropped and paid nothing.
+   */
+  "turn:cancelled": CustomEvent<{ provider: string; turn: number; text: string; billed: TokenTotals; cost: TurnCost; paid: boolean }>;
+  /** A session was closed with its provider (chat closed, turn cancelled, session renewed). */
+  "session:closed": CustomEvent<{ provider: string; sessionId: string; served: TokenTotals }>;
+  /** A session could not be closed (the provider is gone or slow): it lapses on its own; nothing else fails. */
+  "session:close-failed": CustomEvent<{ provider: string; sessionId: string; error: unknown }>;
 }
 
 /** A session with one provider, as the client tracks it. */
@@ -232,6 +262,8 @@ interface ProviderSession extends LedgerSession {
   vouched: TokenTotals;
   /** False once a turn failed or was not paid in full: the provider's counters and ours may differ. */
   usable: boolean;
+  /** Set once a session.close was sent (or the provider no longer has it). */
+  closed: boolean;
 }
 
 /** Input tokens a turn may bill at most: the tokenizer's count, else the bound `checkTurnUsage` caps input to. */
@@ -255,7 +287,7 @@ const wallNow = () => BigInt(Math.floor(Date.now() / 1000));
  * const chat = await openChat({ libp2p, contracts, signer: wallet, escrow, agentId, personaId, modelSha256,
  *   spendingCap: 5_000_000n, stallTimeoutMs: 15_000 })
  * const { text } = await chat.turn({ prompt: "Hello!", maxTokens: 256, onChunk: (t) => process.stdout.write(t) })
- * chat.close()
+ * await chat.close()
  * @throws NoProviderError when no reachable provider serves the model; PersonaMismatchError when the
  *   agent, persona, model or adapter disagree with the chain; InvalidChatOptionsError.
  */
@@ -332,11 +364,13 @@ export class ChatSession extends TypedEventTarget<ChatEvents> {
   readonly #lanes: LaneLedger;
   /** The payment token, for the wallet's balance when a permit could fund a lane. */
   #token: string | undefined;
-  readonly #lastSessionNumber = new Map<string, bigint>();
   /** The provider of the last successful turn: kept while it works, for its warm KV cache. */
   #current: string | undefined;
   #running = false;
+  /** The running turn, for close() to wait for (its cancelled part paid). */
+  #turnDone: Promise<unknown> | undefined;
   readonly #closing = new AbortController();
+  #closed: Promise<void> | undefined;
   #turns = 0;
 
   /** @internal Use {@link openChat}. */
@@ -435,16 +469,31 @@ export class ChatSession extends TypedEventTarget<ChatEvents> {
     if (this.#running) throw new TurnInProgressError();
     if (!Number.isInteger(options.maxTokens) || options.maxTokens < 1) throw new InvalidChatOptionsError("maxTokens must be a positive integer");
     this.#running = true;
+    const run = this.#turn(options);
+    this.#turnDone = run.catch(() => undefined);
     try {
-      return await this.#turn(options);
+      return await run;
     } finally {
       this.#running = false;
     }
   }
 
-  /** Ends the chat: a running turn is aborted (and not paid). Provider sessions lapse on their own. */
-  close(): void {
-    this.#closing.abort(new ChatClosedError());
+  /**
+   * Ends the chat: a running turn is aborted (what it delivered paid, as for any cancelled turn), then every
+   * session still open is closed with its provider, so that it settles them now rather than at expiry. Never
+   * fails: a provider that does not answer within CLOSE_TIMEOUT_MS is reported by `session:close-failed`.
+   * Closing twice returns the first close.
+   *
+   * @example
+   * await chat.close()
+   */
+  close(): Promise<void> {
+    this.#closed ??= (async () => {
+      this.#closing.abort(new ChatClosedError());
+      await this.#turnDone;
+      await Promise.all(this.#allSessions.filter((s) => !s.closed).map((s) => this.#closeSession(s).catch(() => undefined)));
+    })();
+    return this.#closed;
   }
 
   #eligible(address: string): boolean {
@@ -537,8 +586,33 @@ export class ChatSession extends TypedEventTarget<ChatEvents> {
     return new AllProvidersFailedError(this.#config.modelSha256, failures);
   }
 
-  /** One attempt at the turn on `provider`. Any throw leaves its session: our counters may no longer match. */
+  /**
+   * One attempt at the turn on `provider`, run while no other chat of the ledger runs a turn there (the
+   * provider refuses a payer's turn while another of its turns runs or is unpaid). Any throw leaves its
+   * session: our counters may no longer match. A session a newer one of its channel replaced is renewed once.
+   */
   async #attempt(
+    provider: QuotedProvider,
+    prompt: Prompt,
+    options: TurnOptions,
+    signal: AbortSignal,
+    partial: { text: string },
+    expectedInputTokens: number | undefined,
+  ): Promise<Omit<TurnResult, "failovers">> {
+    return this.#lanes.exclusive(provider.address, signal, async () => {
+      try {
+        return await this.#attemptOn(provider, prompt, options, signal, partial, expectedInputTokens);
+      } catch (err) {
+        // Refused before it started because the session is gone: another chat of the channel opened a newer one
+        // (the provider refuses the older one's turns, or already removed it), or the provider restarted. Once,
+        // on a new session with the same provider.
+        if (!(err instanceof SessionSupersededError || err instanceof SessionNotFoundError) || partial.text !== "") throw err;
+        return this.#attemptOn(provider, prompt, options, signal, partial, expectedInputTokens);
+      }
+    });
+  }
+
+  async #attemptOn(
     provider: QuotedProvider,
     prompt: Prompt,
     options: TurnOptions,
@@ -570,6 +644,9 @@ export class ChatSession extends TypedEventTarget<ChatEvents> {
         session.nextTurn--;
       } else {
         session.usable = false;
+        if (err instanceof SessionSupersededError || err instanceof SessionNotFoundError) session.closed = true;
+        // Cancelled by the caller (or the chat closing): what the provider delivered is paid, and the session ends.
+        else if (signal.aborted) await this.#settleCancelled(session, request.turn, prompt, expectedInputTokens, options.maxTokens, partial.text);
       }
       throw err;
     }
@@ -751,11 +828,17 @@ export class ChatSession extends TypedEventTarget<ChatEvents> {
     const sessionCap = () => [remaining, available, needed * SESSION_CAP_TURNS].reduce((a, b) => (a < b ? a : b));
     let cap = sessionCap();
     let refunded = false;
+    let renumbered = false;
+    let floor = settled[0];
+    // The session it replaces is closed first: the provider then stops holding its cap against the lane.
+    if (existing !== undefined && !existing.closed) {
+      existing.usable = false;
+      await this.#closeSession(existing).catch(() => undefined);
+    }
     for (let attempt = 0; ; attempt++) {
-      // A fresh number for every open asked: a provider refuses a number at or below one it has seen.
-      const last = [settled[0], this.#lastSessionNumber.get(provider.address) ?? 0n].reduce((a, b) => (a > b ? a : b));
-      const number = nextSessionNumber(last);
-      this.#lastSessionNumber.set(provider.address, number);
+      // A fresh number for every open asked, from the one source of the channel's numbers that this payer's
+      // chats share: a provider refuses a number at or below one it has seen (attack 8 of issue 14).
+      const number = this.#lanes.nextSession(provider.address, c.agentId, floor);
       const request: SessionRequest = {
         payer: this.payer,
         provider: provider.address,
@@ -786,7 +869,17 @@ export class ChatSession extends TypedEventTarget<ChatEvents> {
         },
         { signal, timeoutMs: c.requestTimeoutMs ?? 10_000 },
       );
+      if (response.type === "session.closed") {
+        throw new ProviderStreamCorruptError(provider.address, "a session open answered session.closed");
+      }
       if (response.type === "session.rejected") {
+        // Another chat of the channel (another device, a clock behind) numbered a session higher: once above it.
+        if (response.code === "SessionNumberTooLowError" && response.latestSession !== undefined && !renumbered) {
+          renumbered = true;
+          const latest = BigInt(response.latestSession);
+          if (latest > floor) floor = latest;
+          continue;
+        }
         // The provider counts more against the lane than this client knows of (another process's sessions
         // still open there, vouchers it holds unsettled): commit once more from the free deposit, then ask
         // for smaller caps, down to the turn's worst case.
@@ -828,6 +921,7 @@ export class ChatSession extends TypedEventTarget<ChatEvents> {
         nextTurn: 0,
         vouched: ZERO_TOTALS,
         usable: true,
+        closed: false,
       };
       this.#sessions.set(provider.address, session);
       this.#allSessions.push(session);
@@ -891,6 +985,99 @@ export class ChatSession extends TypedEventTarget<ChatEvents> {
   }
 
   /**
+   * Closes `session` with its provider (bounded by CLOSE_TIMEOUT_MS) and returns the served totals it
+   * answered. Only this client's libp2p peer, which opened the session, may close it.
+   * @throws what the session protocol answered (SessionNotFoundError once the provider dropped the session), or
+   *   the timeout; `session:close-failed` reports it.
+   */
+  async #closeSession(session: ProviderSession): Promise<{ served: TokenTotals; vouched: TokenTotals }> {
+    const c = this.#config;
+    session.closed = true;
+    session.usable = false;
+    try {
+      const answer = await requestProtocol(
+        c.libp2p,
+        session.quoted.peerId,
+        "session",
+        { type: "session.close", sessionId: session.sessionId },
+        { timeoutMs: Math.min(c.requestTimeoutMs ?? 10_000, CLOSE_TIMEOUT_MS) },
+      );
+      if (answer.type !== "session.closed" || answer.sessionId.toLowerCase() !== session.sessionId.toLowerCase()) {
+        throw new ProviderStreamCorruptError(session.provider, `a session close answered ${answer.type}`);
+      }
+      const totals = (t: { inputTokens: string; outputTokens: string }): TokenTotals => ({ inputTokens: BigInt(t.inputTokens), outputTokens: BigInt(t.outputTokens) });
+      const served = totals(answer.served);
+      this.dispatchEvent(new CustomEvent("session:closed", { detail: { provider: session.provider, sessionId: session.sessionId, served } }));
+      return { served, vouched: totals(answer.vouched) };
+    } catch (error) {
+      this.dispatchEvent(new CustomEvent("session:close-failed", { detail: { provider: session.provider, sessionId: session.sessionId, error } }));
+      throw error;
+    }
+  }
+
+  /**
+   * After the caller aborted turn `turn` mid-stream: closes the session and pays what the provider served of
+   * the turn, when plausible against `text` (the text received) and the prompt's bound; else pays nothing and
+   * drops the provider. Never throws: a provider that does not answer is left to its session's expiry.
+   */
+  async #settleCancelled(
+    session: ProviderSession,
+    turn: number,
+    prompt: Prompt,
+    expectedInputTokens: number | undefined,
+    maxTokens: number,
+    text: string,
+  ): Promise<void> {
+    let served: TokenTotals;
+    try {
+      ({ served } = await this.#closeSession(session));
+    } catch {
+      return;
+    }
+    const base = session.vouched;
+    const owed: TokenTotals = {
+      inputTokens: served.inputTokens > base.inputTokens ? served.inputTokens - base.inputTokens : 0n,
+      outputTokens: served.outputTokens > base.outputTokens ? served.outputTokens - base.outputTokens : 0n,
+    };
+    const detail = { provider: session.provider, turn, text, billed: owed };
+    if (owed.inputTokens === 0n && owed.outputTokens === 0n) {
+      this.dispatchEvent(new CustomEvent("turn:cancelled", { detail: { ...detail, cost: ZERO_COST, paid: false } }));
+      return;
+    }
+    // A provider's counts below ours, on either side, would make its totals a decrease: nothing is signed.
+    const outputBound = BigInt(new TextEncoder().encode(text).length + CANCEL_OUTPUT_SLACK_TOKENS);
+    const maxOutput = outputBound < BigInt(maxTokens) ? outputBound : BigInt(maxTokens);
+    const inputMax = inputBound(prompt, expectedInputTokens);
+    const violations: UsageViolation[] = [];
+    if (served.inputTokens < base.inputTokens || served.outputTokens < base.outputTokens) {
+      violations.push({ kind: "cumulative-mismatch", message: `served totals ${served.inputTokens}/${served.outputTokens} below the vouched ${base.inputTokens}/${base.outputTokens}` });
+    }
+    if (owed.outputTokens > maxOutput) {
+      violations.push({
+        kind: "output-over-max",
+        message: `a cancelled turn billed ${owed.outputTokens} output tokens for ${text.length} characters received (at most ${maxOutput})`,
+      });
+    }
+    if (owed.inputTokens > inputMax) {
+      violations.push({ kind: "input-over-bound", message: `a cancelled turn billed ${owed.inputTokens} input tokens for a prompt of at most ${inputMax}` });
+    }
+    if (violations.length > 0) {
+      this.blocklist.drop(session.provider, violations);
+      this.dispatchEvent(new CustomEvent("provider:dropped", { detail: { provider: session.provider, violations } }));
+      this.dispatchEvent(new CustomEvent("turn:cancelled", { detail: { ...detail, cost: ZERO_COST, paid: false } }));
+      return;
+    }
+    try {
+      const { payment, cost } = await this.#pay(session, served);
+      this.dispatchEvent(new CustomEvent("turn:cancelled", { detail: { ...detail, cost, paid: payment?.ack !== undefined } }));
+    } catch (error) {
+      // Above the session's cap (VoucherAboveCapError): not signed; the provider keeps its turn unpaid.
+      this.dispatchEvent(new CustomEvent("turn:cancelled", { detail: { ...detail, cost: ZERO_COST, paid: false } }));
+      void error;
+    }
+  }
+
+  /**
    * Signs and sends the voucher for `cumulative`, unless it adds nothing. Not tied to the turn's signal: the
    * turn was delivered, so it is paid even if the caller has meanwhile given up on it. Never signs above the
    * session's cap.
@@ -925,7 +1112,8 @@ export class ChatSession extends TypedEventTarget<ChatEvents> {
         session.quoted.peerId,
         "voucher",
         { type: "voucher", voucher: voucherToWire(voucher), signature },
-        { timeoutMs: c.requestTimeoutMs ?? 10_000, signal: this.#closing.signal },
+        // Not cut by close(): the turn was delivered, and its voucher is what close() waits for.
+        { timeoutMs: c.requestTimeoutMs ?? 10_000 },
       );
       if (ack.session !== r.session || BigInt(ack.inputTokens) !== voucher.inputTokens || BigInt(ack.outputTokens) !== voucher.outputTokens) {
         throw new ProviderStreamCorruptError(provider, `voucher acknowledged as ${ack.inputTokens}/${ack.outputTokens} of session ${ack.session}`);
@@ -962,6 +1150,8 @@ function failureKind(err: unknown): ProviderFailureKind | undefined {
   if (err instanceof ProviderBusyError) return "busy";
   if (err instanceof ProtocolStreamError) return "died";
   if (err instanceof SessionRejectedError) return "rejected";
+  // Replaced by a newer session of the channel twice in a row: another chat is using the provider; next one.
+  if (err instanceof SessionSupersededError) return "rejected";
   if (err instanceof UsageViolationError) return "receipt";
   // The session is gone on the provider (restart, expiry) or its counters disagree with ours: the provider
   // may well serve a new session later, so it is only skipped for this turn.

@@ -2,12 +2,16 @@ import { Wallet } from "ethers";
 import { describe, expect, it } from "vitest";
 import { signVoucher, verifyVoucher } from "../chain/voucher.js";
 import type { Voucher } from "../chain/voucher.js";
-import { decodeFrame, encodeFrame } from "./codec.js";
+import { decodeFrame, encodeFrame, errorToWire } from "./codec.js";
 import { InvalidMessageError, InvalidSignatureError } from "./errors.js";
 import { MAX_CONTROL_FRAME_BYTES, MAX_PROMPT_FRAME_BYTES } from "./limits.js";
 import {
   Uint64String,
   InferenceRequestSchema,
+  NotSessionOpenerError,
+  SESSION_WIRE_ERRORS,
+  SessionNumberTooLowError,
+  SessionSupersededError,
   InferenceResponseSchema,
   PROTOCOL_SCHEMAS,
   QuoteRequestSchema,
@@ -112,6 +116,39 @@ describe("messages round trip through frames", () => {
     expect(roundTrip(accepted, SessionResponseSchema)).toEqual(accepted);
     const rejected = { type: "session.rejected", code: "InsufficientEscrowError", message: "top up", retryable: false };
     expect(roundTrip(rejected, SessionResponseSchema)).toEqual(rejected);
+  });
+
+  it("session close: the request is an open or a close, the close answered with served and vouched totals, and a too-low number with the latest", async () => {
+    const open = { type: "session.open", request: sessionRequest(), signature: await signSessionRequest(payer, sessionRequest()) };
+    const close = { type: "session.close", sessionId: h("22") };
+    const request = PROTOCOL_SCHEMAS.session.request;
+    expect(roundTrip(open, request)).toEqual(open);
+    expect(roundTrip(close, request)).toEqual(close);
+    for (const bad of [{ ...close, sessionId: "0x12" }, { ...close, extra: 1 }, { type: "session.close" }, { ...close, type: "session.closing" }]) {
+      expect(() => encodeFrame(bad, { maxFrameBytes: MAX_CONTROL_FRAME_BYTES, schema: request })).toThrow(InvalidMessageError);
+    }
+    const closed = {
+      type: "session.closed",
+      sessionId: h("22"),
+      served: { inputTokens: "40", outputTokens: "18446744073709551615" },
+      vouched: { inputTokens: "12", outputTokens: "0" },
+    };
+    expect(roundTrip(closed, SessionResponseSchema)).toEqual(closed);
+    expect(() => encodeFrame({ ...closed, served: { inputTokens: "-1", outputTokens: "0" } }, { maxFrameBytes: MAX_CONTROL_FRAME_BYTES, schema: SessionResponseSchema })).toThrow(InvalidMessageError);
+    const tooLow = { type: "session.rejected", code: "SessionNumberTooLowError", message: "number above 7", retryable: true, latestSession: "7" };
+    expect(roundTrip(tooLow, SessionResponseSchema)).toEqual(tooLow);
+    expect(() => encodeFrame({ ...tooLow, latestSession: "18446744073709551616" }, { maxFrameBytes: MAX_CONTROL_FRAME_BYTES, schema: SessionResponseSchema })).toThrow(InvalidMessageError);
+  });
+
+  it("the session protocol's refusals travel under their own codes and are rebuilt as their classes", () => {
+    for (const err of [new SessionSupersededError("replaced"), new NotSessionOpenerError("not yours")]) {
+      const wire = errorToWire(err);
+      expect(wire).toEqual({ type: "error", code: err.name, message: err.message, retryable: false });
+      const Ctor = SESSION_WIRE_ERRORS[wire.code as keyof typeof SESSION_WIRE_ERRORS];
+      expect(new Ctor(wire.message)).toBeInstanceOf(err.constructor);
+    }
+    const low = new SessionNumberTooLowError("above 9", 9n);
+    expect(low).toMatchObject({ name: "SessionNumberTooLowError", code: "SessionNumberTooLowError", latestSession: 9n, retryable: true });
   });
 
   it("inference", async () => {

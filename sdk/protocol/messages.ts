@@ -1,5 +1,6 @@
 import { isAddress } from "ethers";
 import { z } from "zod";
+import { UnknownRemoteError, type ProtocolError } from "./errors.js";
 import {
   MAX_CHAT_MESSAGES,
   MAX_CHUNK_TEXT_CHARS,
@@ -152,18 +153,54 @@ export const SessionAcceptedSchema = z.strictObject({
 });
 export type SessionAccepted = z.infer<typeof SessionAcceptedSchema>;
 
-/** A refusal the payer could act on (top up escrow, pick another persona); `code` as in ErrorMessage. */
+/**
+ * A refusal the payer could act on (top up escrow, pick another persona); `code` as in ErrorMessage. A session
+ * number at or below one the provider has seen or settled on the channel is refused with code
+ * `SessionNumberTooLowError` and `latestSession`, the highest it knows: the client numbers the session above it.
+ */
 export const SessionRejectedSchema = z.strictObject({
   type: z.literal("session.rejected"),
   code: ErrorMessageSchema.shape.code,
   message: ErrorMessageSchema.shape.message,
   retryable: z.boolean(),
+  /** The highest session number the provider has seen or settled on the request's channel. */
+  latestSession: Uint64String.optional(),
 });
 export type SessionRejected = z.infer<typeof SessionRejectedSchema>;
+
+/**
+ * The payer is done with a session (its chat ended, or it aborted a turn): the provider serves no more turns
+ * on it, and removes it and settles it at once when everything it served is vouched; else it keeps it only
+ * to take the voucher for exactly the served totals that `session.closed` reports. Only the libp2p peer that
+ * opened the session may close it.
+ */
+export const SessionCloseSchema = z.strictObject({
+  type: z.literal("session.close"),
+  sessionId: Bytes32,
+});
+export type SessionClose = z.infer<typeof SessionCloseSchema>;
+
+/** What the session protocol takes: an open, or the close of a session the same peer opened. */
+export const SessionRequestMessageSchema = z.discriminatedUnion("type", [SessionOpenSchema, SessionCloseSchema]);
+export type SessionRequestMessage = z.infer<typeof SessionRequestMessageSchema>;
+
+/**
+ * A session closed (or closing): its cumulative totals as the provider counts them, served and vouched. When
+ * `served` exceeds `vouched`, the provider waits for the voucher of exactly `served` before it removes the
+ * session; the payer checks those totals against what it received before signing.
+ */
+export const SessionClosedSchema = z.strictObject({
+  type: z.literal("session.closed"),
+  sessionId: Bytes32,
+  served: z.strictObject({ inputTokens: Uint64String, outputTokens: Uint64String }),
+  vouched: z.strictObject({ inputTokens: Uint64String, outputTokens: Uint64String }),
+});
+export type SessionClosed = z.infer<typeof SessionClosedSchema>;
 
 export const SessionResponseSchema = z.discriminatedUnion("type", [
   SessionAcceptedSchema,
   SessionRejectedSchema,
+  SessionClosedSchema,
   ErrorMessageSchema,
 ]);
 export type SessionResponse = z.infer<typeof SessionResponseSchema>;
@@ -332,7 +369,66 @@ export type VoucherResponse = z.infer<typeof VoucherResponseSchema>;
  */
 export const PROTOCOL_SCHEMAS = {
   quote: { request: QuoteRequestSchema, response: QuoteResponseSchema },
-  session: { request: SessionOpenSchema, response: SessionResponseSchema },
+  session: { request: SessionRequestMessageSchema, response: SessionResponseSchema },
   inference: { request: InferenceRequestSchema, response: InferenceResponseSchema },
   voucher: { request: VoucherMessageSchema, response: VoucherResponseSchema },
 } as const;
+
+// ------------------------------------------------------------------------------ the session protocol's refusals
+
+/*
+ * errorToWire sends a ProtocolError under its own code only when WIRE_ERRORS (errors.ts) lists it, and
+ * UnknownRemoteError under the code it carries: these refusals are UnknownRemoteErrors with a fixed code, so
+ * they travel under that code, and the client's streamProtocol rebuilds them by it (SESSION_WIRE_ERRORS).
+ * Each has one stable runtime `name`, equal to its code (set after the base class's own `name` field).
+ */
+function named<T extends Error>(error: T, name: string): T {
+  Object.defineProperty(error, "name", { value: name, enumerable: false, configurable: true, writable: false });
+  return error;
+}
+
+/**
+ * A turn (or a close) names a session that a newer session of the same channel (payer, provider, agent) has
+ * replaced: its vouchers could no longer settle once the newer one's do, so the provider serves no turn on it.
+ * The client opens a new session and sends the turn there.
+ */
+export class SessionSupersededError extends UnknownRemoteError {
+  constructor(message: string) {
+    super("SessionSupersededError", message, false);
+    named(this, "SessionSupersededError");
+  }
+}
+
+/** A session.close from a libp2p peer other than the one that opened the session: nothing changes. */
+export class NotSessionOpenerError extends UnknownRemoteError {
+  constructor(message: string) {
+    super("NotSessionOpenerError", message, false);
+    named(this, "NotSessionOpenerError");
+  }
+}
+
+/**
+ * A session open numbered at or below the highest session number the provider has seen or settled on the
+ * channel: answered as SessionRejected with this code and `latestSession`.
+ */
+export class SessionNumberTooLowError extends UnknownRemoteError {
+  constructor(
+    message: string,
+    /** The highest number the provider knows on the channel. */
+    readonly latestSession: bigint = 0n,
+  ) {
+    super("SessionNumberTooLowError", message, true);
+    named(this, "SessionNumberTooLowError");
+  }
+}
+
+/**
+ * The session protocol's own refusals, by wire code, for the receiving side to rebuild.
+ *
+ * @example
+ * const ctor = SESSION_WIRE_ERRORS[msg.code as keyof typeof SESSION_WIRE_ERRORS]
+ */
+export const SESSION_WIRE_ERRORS = {
+  SessionSupersededError,
+  NotSessionOpenerError,
+} as const satisfies Record<string, new (message: string) => ProtocolError>;

@@ -4,7 +4,7 @@
  * and a deposit made for dev account 1. Single turns with --json are paid and journaled, the memory head is
  * published and a new home (no local agent folder) loads the same turns from IPFS by it; the interactive chat
  * runs in a pseudo-terminal (util-linux `script`): streamed replies with cost lines, Ctrl-C cancelling a reply
- * while the session goes on, /exit publishing the head. Bad inputs get typed errors.
+ * (its delivered part paid and shown) while the chat goes on, /exit publishing the head. Bad inputs get typed errors.
  */
 import { spawn } from "node:child_process";
 import { mkdir, mkdtemp, rm } from "node:fs/promises";
@@ -219,9 +219,10 @@ function ptyChat(args: string[]) {
 }
 
 const COST_LINE = /(\d+) in \/ (\d+) out tokens · ([\d.]+) tUSD · total ([\d.]+) tUSD · provider 0x[0-9a-fA-F]{4}…[0-9a-fA-F]{4}/;
+const CANCELLED_LINE = /\(cancelled\)\s*(?:\x1b\[\d+m)?(\d+) in \/ (\d+) out tokens delivered · ([\d.]+) tUSD · total ([\d.]+) tUSD/;
 
 describe("interactive chat in a terminal", () => {
-  it("streams replies with a cost line, cancels a reply on Ctrl-C and goes on, and /exit publishes the head", async () => {
+  it("streams replies with a cost line, cancels a reply on Ctrl-C (paying and showing what was delivered) and goes on, and /exit publishes the head", async () => {
     const before = (await readPublishedHead(contracts.agentRegistry, agentId))?.seq ?? 0n;
     let turnsBefore = 0;
     const chat = ptyChat(["chat", String(agentId), "--max-tokens", "3000", "--home", home, "--deployment", devnet.deploymentPath]);
@@ -234,10 +235,17 @@ describe("interactive chat in a terminal", () => {
       // A long reply (the tiny model never stops by itself): cancel it as soon as it streams.
       at = chat.output().length;
       chat.write("Tell me a very long story.\n");
-      await chat.until((t) => /Mira> [^\n]{3,}/.test(t), at);
+      // Streamed text, not the progress line of the lane's first commit that may come first.
+      await chat.until((t) => /Mira> \s*\S{3,}/.test(t.replace(/committed [^\n]*\n/g, "")), at);
       chat.write("\x03");
       const cancelled = await chat.until((t) => t.includes("(cancelled)") && t.trimEnd().endsWith("you>"), at);
       expect(cancelled).not.toMatch(COST_LINE);
+      // What was delivered before Ctrl-C is paid (the provider would otherwise refuse the next turns), and shown.
+      expect(cancelled).toMatch(CANCELLED_LINE);
+      const cancelledCost = CANCELLED_LINE.exec(cancelled);
+      expect(cancelledCost).not.toBeNull();
+      expect(Number(cancelledCost![2])).toBeGreaterThan(0);
+      expect(Number(cancelledCost![3])).toBeGreaterThan(0);
 
       at = chat.output().length;
       chat.write("/memory\n");
@@ -255,7 +263,7 @@ describe("interactive chat in a terminal", () => {
       const two = COST_LINE.exec(await chat.until((t) => COST_LINE.test(t), at))!;
       expect(Number(one[3])).toBeGreaterThan(0);
       expect(Number(two[4])).toBeGreaterThan(Number(one[4]));
-      expect(Number(two[4])).toBeCloseTo(Number(one[3]) + Number(two[3]), 6);
+      expect(Number(two[4])).toBeCloseTo(Number(cancelledCost![3]) + Number(one[3]) + Number(two[3]), 6);
 
       at = chat.output().length;
       chat.write("/exit\n");

@@ -2,7 +2,8 @@
  * The OpenAI-compatible gateway over a real agent on the real test network (EDR chain, provider protocols over
  * libp2p on the tiny model), driven by the official `openai` client: completions streamed and not match what
  * the agent recorded and was paid for, bad requests get the client's typed errors and change nothing, the API
- * key is enforced, and a client that goes away mid-stream cancels its turn (nothing recorded or paid). CORS:
+ * key is enforced, and a client that goes away mid-stream cancels its turn (nothing recorded; what was
+ * delivered paid, so that the provider serves the next turn). CORS:
  * allowed web origins get their preflights answered and every answer marked, others (and all, without
  * --cors-origin) are refused, checked with fetch and from a real Chromium page on another loopback port.
  */
@@ -248,8 +249,10 @@ describe("OpenAI gateway", () => {
     }
   });
 
-  it("cancels the turn of a client that goes away mid-stream, and the next request works", async () => {
+  it("cancels the turn of a client that goes away mid-stream (what was delivered paid, nothing recorded), and the next request works", async () => {
     const before = snapshot();
+    const cancelled: bigint[] = [];
+    agent.addEventListener("turn:cancelled", (e) => cancelled.push(e.detail.cost), { once: true });
     const stream = await client.chat.completions.create({
       model,
       messages: [{ role: "user", content: "Tell me a long story about the sea." }],
@@ -269,7 +272,10 @@ describe("OpenAI gateway", () => {
     const turn = done.at(-1)!;
     expect(r.choices[0]!.message.content).toBe(turn.reply);
     expect(agent.history().slice(before.turns).map((t) => t.text)).toEqual(["Are you still there?", turn.reply]);
-    expect(agent.spent).toBe(before.spent + turn.cost);
+    // The cancelled turn's delivered part was paid (else the provider would refuse the payer's next turns).
+    expect(cancelled).toHaveLength(1);
+    expect(cancelled[0]).toBeGreaterThan(0n);
+    expect(agent.spent).toBe(before.spent + cancelled[0]! + turn.cost);
   }, 30_000);
 
   it("serves concurrent requests one after the other", async () => {

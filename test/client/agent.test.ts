@@ -1,7 +1,8 @@
 /**
  * The agent runtime on the real test network (EDR chain, provider protocols over libp2p on the tiny model):
  * turns are journaled, committed and paid, the head is published on its schedule and on close, a fresh
- * machine recovers the agent from the published head alone, a cancelled turn leaves nothing behind, and the
+ * machine recovers the agent from the published head alone, a cancelled turn leaves nothing recorded and pays
+ * only what was delivered, the agent's two chats share one provider without refusing each other's turns, and the
  * prompt stays within its budget however long the history.
  */
 import { existsSync } from "node:fs";
@@ -11,12 +12,15 @@ import { join } from "node:path";
 import { Wallet, type TransactionRequest, type TransactionResponse } from "ethers";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { connectContracts } from "../../sdk/chain/contracts.js";
+import { sessionKeyOf } from "../../node/billing/voucher-book.js";
+import { LaneLedger } from "../../sdk/client/lanes.js";
 import {
   InvalidAgentOptionsError,
   loadLocalTokenizer,
   MemoryHeadUnreadableError,
   NotAgentOwnerError,
   openAgent,
+  openChat,
   TurnCancelledError,
   type Agent,
   type HeadPublished,
@@ -254,7 +258,9 @@ describe("agent runtime", () => {
     expect(existsSync(dataDir)).toBe(false);
   }, 30_000);
 
-  it("cancels a turn mid-stream with nothing recorded or paid, and the next turn works", async () => {
+  // Paid for what was delivered (issue 14): unpaid, the provider would refuse the payer's next turns until the
+  // session expired (it was "nothing paid" before).
+  it("cancels a turn mid-stream with nothing recorded, pays what was delivered (counted in spent), and the next turn works", async () => {
     const agent = await openAgent(await options(await adopt(), { store: new MemoryBlockStore(), dataDir: freshDir(), maxTokens: 48 }));
     await agent.send("Hello there.");
     const spent = agent.spent;
@@ -274,13 +280,80 @@ describe("agent runtime", () => {
     expect(chunks).toBe(1);
     expect(agent.memory.turns).toHaveLength(2);
     expect(agent.vault.head!.cid.equals(head.cid)).toBe(true);
-    expect(agent.spent).toBe(spent);
+    const { cost, billed } = err as TurnCancelledError;
+    expect(cost).toBeGreaterThan(0n);
+    expect(billed.outputTokens).toBeGreaterThanOrEqual(1n);
+    expect(agent.spent).toBe(spent + cost);
 
     const r = await agent.send("Are you still there?");
     expect(r.turns).toEqual([2, 3]);
     expect(r.cost).toBeGreaterThan(0n);
     expect(agent.history().map((t) => t.text).filter((t) => t.includes("sea"))).toEqual([]);
     await agent.close();
+  }, 60_000);
+
+  it("the user's turns are not refused while the maintenance chat runs a turn with the same provider, and every turn of both is paid", async () => {
+    const agent = await openAgent(
+      await options(await adopt(), { store: new MemoryBlockStore(), dataDir: freshDir(), maintenance: { segmentTurns: 2, spendingCap: USD } }),
+    );
+    const failures: unknown[] = [];
+    net.protocols.addEventListener("request:failed", (e) => failures.push(e.detail.error));
+    const accepted: bigint[] = [];
+    const onVoucher = (e: CustomEvent<{ outputTokens: bigint }>) => accepted.push(e.detail.outputTokens);
+    net.protocols.addEventListener("voucher:accepted", onVoucher);
+    try {
+      // Each send closes a segment: the maintenance chat asks for its summary while the next send starts.
+      let user = 0n;
+      for (const message of ["I adopted a cat named Miso.", "She likes tuna.", "And she sleeps all day."]) user += (await agent.send(message)).cost;
+      await agent.close();
+      expect(agent.spent).toBeGreaterThan(user);
+      expect(failures.filter((e) => (e as Error).name === "PaymentRequiredError")).toEqual([]);
+    } finally {
+      net.protocols.removeEventListener("voucher:accepted", onVoucher);
+    }
+  }, 90_000);
+
+  it("attack 8: a second device whose clock is an hour behind chats with the same agent and provider: its numbers are refused below the latest and renumbered, superseded sessions are renewed, and every turn is paid", async () => {
+    const ids = await adopt();
+    const contracts = connectContracts(net.f.deployment, net.chain.provider);
+    const chatOptions = { libp2p: await net.client.start(), contracts, signer: net.payer, escrow: net.escrow, ...ids, modelSha256: net.fx.base.sha256, spendingCap: USD };
+    // The other device's numbers come from a clock an hour behind (its first number only: after a refusal it
+    // numbers above the provider's latest).
+    class BehindLedger extends LaneLedger {
+      #first = true;
+      override nextSession(provider: string, agentId: bigint, floor?: bigint): bigint {
+        const n = super.nextSession(provider, agentId, floor);
+        if (!this.#first) return n;
+        this.#first = false;
+        return n - 3_600_000n;
+      }
+    }
+    const here = await openChat(chatOptions);
+    const there = await openChat({ ...chatOptions, lanes: new BehindLedger() });
+    const failed: unknown[] = [];
+    for (const chat of [here, there]) chat.addEventListener("voucher:failed", (e) => failed.push(e.detail.error));
+    const rejected: string[] = [];
+    // A refused open is reported as the error its SessionRejected stands for: by code.
+    const onFailed = (e: CustomEvent<{ error: unknown }>) => rejected.push((e.detail.error as { code?: string }).code ?? (e.detail.error as Error).name);
+    net.protocols.addEventListener("request:failed", onFailed);
+    try {
+      const turns = [];
+      turns.push(await here.turn({ prompt: "Hello from here", maxTokens: 4 }));
+      turns.push(await there.turn({ prompt: "Hello from there", maxTokens: 4 }));
+      turns.push(await here.turn({ prompt: "Here again", maxTokens: 4 }));
+      turns.push(await there.turn({ prompt: "There again", maxTokens: 4 }));
+      expect(failed).toEqual([]);
+      expect(turns.every((t) => t.payment?.ack !== undefined)).toBe(true);
+      expect(rejected).toContain("SessionNumberTooLowError");
+      // Each chat's latest voucher is held by the provider's book (none was refused as superseded).
+      for (const t of turns.slice(-2)) {
+        const entry = await net.book.get(sessionKeyOf(t.payment!.voucher));
+        expect(entry?.voucher.outputTokens).toBe(t.payment!.voucher.outputTokens);
+      }
+    } finally {
+      net.protocols.removeEventListener("request:failed", onFailed);
+      await Promise.all([here.close(), there.close()]);
+    }
   }, 60_000);
 
   it("refuses a wallet that does not own the agent, opening nothing", async () => {

@@ -24,6 +24,7 @@ import {
   type LocalTokenizer,
   type OpenChatOptions,
 } from "../../sdk/client/index.js";
+import { LaneLedger } from "../../sdk/client/lanes.js";
 import { hashSessionRequest, verifySessionRequest } from "../../sdk/protocol/signing.js";
 import { Fixture as P2pFixture } from "../../node/p2p/test-support.js";
 import { createTestChain, type TestChain } from "../helpers/chain.js";
@@ -378,7 +379,8 @@ describe("chat", () => {
     // The text was delivered and is kept; the payment is capped: output at maxTokens, input at the local count.
     expect(result.provider).toBe(a.address);
     expect(result.text).toBe("A0 A1 A2 A3 A4 ");
-    expect(result.violations.map((v) => v.kind)).toEqual(["output-over-max", "input-mismatch"]);
+    // (55 output tokens are above maxTokens and above what the 15 bytes streamed can hold.)
+    expect(result.violations.map((v) => v.kind)).toEqual(["output-over-max", "output-over-text", "input-mismatch"]);
     const local = BigInt(fakeTokenCount({ kind: "chat", messages: [{ role: "user", content: prompt }] }));
     expect(result.billed).toEqual({ inputTokens: local, outputTokens: 8n });
     expect(a.vouchers).toHaveLength(1);
@@ -487,10 +489,14 @@ describe("chat", () => {
     expect(w.fakes[0]!.inferences).toHaveLength(1);
   });
 
-  it("aborts a turn on its signal without paying it, and the next turn opens a fresh session", async () => {
+  // A cancelled turn is paid for what the provider delivered: unpaid, it would lock the payer out of every
+  // session with that provider (one unpaid turn per payer) until expiry. (It was "not paid" before issue 14.)
+  it("aborts a turn on its signal, closes its session and pays what was delivered, counted in spent; the next turn opens a fresh session", async () => {
     const w = await world([{ label: "A", prices: PRICE, chunkDelayMs: 100, outputLength: 20 }]);
     const [a] = w.fakes as [FakeProvider];
     const chat = await chatFor(w, { stallTimeoutMs: 5_000 });
+    const cancelled: ChatEvents["turn:cancelled"]["detail"][] = [];
+    chat.addEventListener("turn:cancelled", (e) => cancelled.push(e.detail));
     const controller = new AbortController();
     const reason = new Error("user pressed stop");
     const pending = chat.turn({
@@ -500,14 +506,76 @@ describe("chat", () => {
       onChunk: (_t, { index }) => index === 1 && controller.abort(reason),
     });
     await expect(pending).rejects.toBe(reason);
-    expect(a.vouchers).toEqual([]);
+    // The session was closed, and the voucher for exactly what it served was sent and accepted.
+    expect(a.closes).toHaveLength(1);
+    expect(a.vouchers).toHaveLength(1);
+    const paid = a.vouchers[0]!.voucher;
+    expect({ input: paid.inputTokens, output: paid.outputTokens }).toEqual(a.closes[0]!.served);
+    // Two words received; a third may have been generated (and counted) while the abort travelled.
+    expect(paid.outputTokens >= 2n && paid.outputTokens <= 3n).toBe(true);
+    expect(cancelled).toHaveLength(1);
+    expect(cancelled[0]).toMatchObject({ provider: a.address, text: "A0 A1 ", paid: true, billed: { inputTokens: paid.inputTokens, outputTokens: paid.outputTokens } });
+    expect(cancelled[0]!.cost.total).toBe(sessionCost(paid, ratesOf(a.opens[0]!.request)));
+    expect(chat.spent).toBe(cancelled[0]!.cost.total);
+
     const next = await chat.turn({ prompt: "Short then", maxTokens: 2 });
     expect(next.text).toBe("A0 A1 ");
     expect(a.opens).toHaveLength(2);
     expect(next.receipt.turn).toBe(0);
-    expect(a.vouchers).toHaveLength(1);
-    chat.close();
+    expect(a.vouchers).toHaveLength(2);
+    expect(chat.spent).toBe(cancelled[0]!.cost.total + next.cost.total);
+    // Closing the chat closes its open session with the provider (so that it settles it now).
+    await chat.close();
+    expect(a.closes.map((c) => c.sessionId)).toEqual([a.vouchers[0]!.sessionId, a.vouchers[1]!.sessionId]);
     await expect(chat.turn({ prompt: "x", maxTokens: 1 })).rejects.toMatchObject({ name: "ChatClosedError" });
+  });
+
+  it("pays nothing for a cancelled turn whose provider claims more than the text received could hold, and drops it", async () => {
+    const w = await world([{ label: "A", prices: PRICE, chunkDelayMs: 100, outputLength: 20, behavior: { kind: "inflate-close", extraOutput: 500 } }]);
+    const [a] = w.fakes as [FakeProvider];
+    const blocklist = new ProviderBlocklist();
+    const chat = await chatFor(w, { stallTimeoutMs: 5_000, blocklist });
+    const events = record(chat);
+    const controller = new AbortController();
+    const pending = chat.turn({ prompt: "Long answer please", maxTokens: 600, signal: controller.signal, onChunk: () => controller.abort() });
+    await expect(pending).rejects.toBeDefined();
+    expect(a.closes).toHaveLength(1);
+    expect(a.vouchers).toEqual([]);
+    expect(chat.spent).toBe(0n);
+    expect(blocklist.has(a.address)).toBe(true);
+    expect(events.find((e) => e.type === "provider:dropped")!.detail["violations"]).toMatchObject([{ kind: "output-over-max" }]);
+    await chat.close();
+  });
+
+  it("closing a chat whose provider is gone does not fail, and reports it", async () => {
+    const w = await world([{ label: "A", prices: PRICE }]);
+    const [a] = w.fakes as [FakeProvider];
+    const chat = await chatFor(w);
+    await chat.turn({ prompt: "Hi", maxTokens: 2 });
+    const failed: ChatEvents["session:close-failed"]["detail"][] = [];
+    chat.addEventListener("session:close-failed", (e) => failed.push(e.detail));
+    await a.host.stop();
+    const started = Date.now();
+    await chat.close();
+    expect(Date.now() - started).toBeLessThan(6_000);
+    expect(failed.map((f) => f.provider)).toEqual([a.address]);
+  });
+
+  it("attack 8: two chats of one agent sharing a ledger draw their session numbers from one source, above the provider's latest, and each turn is paid", async () => {
+    const w = await world([{ label: "A", prices: PRICE }]);
+    const [a] = w.fakes as [FakeProvider];
+    const lanes = new LaneLedger();
+    const user = await chatFor(w, { lanes });
+    const maintenance = await chatFor(w, { lanes });
+    for (let i = 0; i < 2; i++) {
+      await user.turn({ prompt: `user ${i}`, maxTokens: 2 });
+      await maintenance.turn({ prompt: `maintenance ${i}`, maxTokens: 2 });
+    }
+    const numbers = a.opens.map((o) => BigInt(o.request.session));
+    expect(numbers).toEqual([...numbers].sort((x, y) => (x < y ? -1 : x > y ? 1 : 0)));
+    expect(new Set(numbers).size).toBe(numbers.length);
+    expect(a.vouchers).toHaveLength(4);
+    await Promise.all([user.close(), maintenance.close()]);
   });
 });
 

@@ -1,7 +1,9 @@
 // A provider for the client's tests, built on the node's handleProtocol: it answers quotes, sessions,
 // inference and vouchers by the wire semantics of /tmp/spec issue 5, without an engine (its "model" emits
 // numbered words), and can misbehave on demand: stall, die, answer busy, overcharge, sign a bad receipt,
-// quote cheaply and then ask more. Its money checks are the real provider's (issue 14): the session's
+// quote cheaply and then ask more, or bill a cancelled turn for more than it streamed. Sessions close as the
+// real provider's do: only by the peer that opened them, answering the served and vouched totals once a
+// running turn has stopped, and then taking only the voucher for exactly the served totals. Its money checks are the real provider's (issue 14): the session's
 // royalty and fee at least those in force, the payer's lane (not its deposit) covering the caps of its open
 // sessions here, vouchers at the session's rates, and each turn's worst full cost within the session's cap.
 import { getAddress, parseEther, Wallet, ZeroHash } from "ethers";
@@ -15,6 +17,7 @@ import {
   InsufficientEscrowError,
   InvalidMessageError,
   InvalidSignatureError,
+  NotSessionOpenerError,
   PaymentRequiredError,
   PersonaUnavailableError,
   ProviderBusyError,
@@ -52,7 +55,9 @@ export type Behavior =
   /** Refuses every session open with this code. */
   | { kind: "reject"; code: string }
   /** Quotes its prices once (the ranking), then `raised` at each quote after (the bait and switch of issue 14). */
-  | { kind: "bait"; raised: { input: bigint; output: bigint } };
+  | { kind: "bait"; raised: { input: bigint; output: bigint } }
+  /** Answers a session close with `extraOutput` more output tokens served than it counted. */
+  | { kind: "inflate-close"; extraOutput: number };
 
 /**
  * The fake model's token count of a prompt: 4 bytes a token, plus 4 per message. The tests' LocalTokenizer
@@ -68,6 +73,10 @@ interface FakeSession {
   id: string;
   /** Replaced by a later session of the channel: its cap no longer held. */
   closed: boolean;
+  /** Closed by its payer: no more turns, only the voucher for exactly `served`. */
+  closedByPayer: boolean;
+  /** The peer whose open was accepted first: the one that may close it. */
+  openedBy: string;
   request: SessionRequest;
   adapters: string[];
   nextTurn: number;
@@ -172,13 +181,36 @@ export class FakeProvider {
           };
         },
       }),
-      await handleProtocol(this.host.libp2p, "session", { ...opts, handler: (req) => this.open(req) }),
+      await handleProtocol(this.host.libp2p, "session", {
+        ...opts,
+        handler: (req, ctx) => (req.type === "session.close" ? this.close(req.sessionId, ctx.peer.toString()) : this.open(req, ctx.peer.toString())),
+      }),
       await handleProtocol(this.host.libp2p, "inference", { ...opts, handler: (req, ctx) => this.infer(req, ctx.signal) }),
       await handleProtocol(this.host.libp2p, "voucher", { ...opts, handler: async (req) => this.voucher(req.voucher, req.signature) }),
     );
   }
 
-  private async open(open: SessionOpen): Promise<ResponseOf<"session">> {
+  /** Every session close received, with the totals answered. */
+  readonly closes: { sessionId: string; served: { input: bigint; output: bigint } }[] = [];
+
+  private async close(sessionId: string, peer: string): Promise<ResponseOf<"session">> {
+    const s = this.sessions.get(sessionId.toLowerCase());
+    if (s === undefined) throw new SessionNotFoundError("no such session");
+    if (s.openedBy !== peer) throw new NotSessionOpenerError("opened by another peer");
+    s.closedByPayer = true;
+    // The aborted turn ends (and is counted) first.
+    for (let i = 0; s.busy && i < 400; i++) await new Promise((r) => setTimeout(r, 5));
+    if (this.behavior.kind === "inflate-close") s.served.output += BigInt(this.behavior.extraOutput);
+    this.closes.push({ sessionId: s.id, served: { ...s.served } });
+    return {
+      type: "session.closed",
+      sessionId: s.id,
+      served: { inputTokens: s.served.input.toString(), outputTokens: s.served.output.toString() },
+      vouched: { inputTokens: s.vouched.input.toString(), outputTokens: s.vouched.output.toString() },
+    };
+  }
+
+  private async open(open: SessionOpen, peer: string): Promise<ResponseOf<"session">> {
     this.opens.push(open);
     const r = open.request;
     if (getAddress(r.provider) !== this.address) throw new InvalidMessageError("not this provider");
@@ -229,6 +261,8 @@ export class FakeProvider {
       this.sessions.set(id, {
         id,
         closed: false,
+        closedByPayer: false,
+        openedBy: peer,
         request: r,
         adapters,
         nextTurn: 0,
@@ -245,6 +279,7 @@ export class FakeProvider {
     this.inferences.push(req);
     const s = this.sessions.get(req.sessionId.toLowerCase());
     if (s === undefined) throw new SessionNotFoundError("no such session");
+    if (s.closedByPayer) throw new SessionNotFoundError("closed by its payer");
     if ((await this.chainNow()) >= BigInt(s.request.expiry) - 30n) throw new SessionExpiredError("expired");
     const same = (a: string[], b: string[]) => a.length === b.length && a.every((x, i) => x.toLowerCase() === b[i]!.toLowerCase());
     if (!this.options.models.some((m) => m.toLowerCase() === req.model.toLowerCase()) || !same(req.adapters, s.adapters)) {
@@ -322,6 +357,9 @@ export class FakeProvider {
     );
     if (s === undefined) throw new SessionNotFoundError("no session for this voucher");
     if (v.inputTokens > s.served.input || v.outputTokens > s.served.output) throw new InvalidMessageError("voucher above what was served");
+    if (s.closedByPayer && (v.inputTokens !== s.served.input || v.outputTokens !== s.served.output)) {
+      throw new InvalidMessageError("a closed session takes only the voucher for its served totals");
+    }
     const rates = ratesOf(s.request);
     if (
       v.priceInputPerMillion !== rates.priceInputPerMillion ||

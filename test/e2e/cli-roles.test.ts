@@ -260,9 +260,15 @@ describe("soulmesh end to end, one role per account", () => {
     expect(onChainHead?.cid.toString()).toBe(turns.at(-1)!.head.cid);
 
     // The first chat committed funds to the lane with the provider, the one transaction a client sends.
+    // Each `chat --message` closed its session as it exited, so the provider settles it at once rather than at
+    // its expiry (issue 14): all three sessions are settled before the provider stops.
+    const settledEvents = async () => contracts.inferenceEscrow.queryFilter(contracts.inferenceEscrow.filters.VoucherSettled(), fromBlock);
+    for (let waited = 0; (await settledEvents()).length < MESSAGES.length && waited < 30_000; waited += 250) await new Promise((r) => setTimeout(r, 250));
+    const settledSoFar = (await settledEvents()).reduce((sum, e) => sum + e.args.providerAmount + e.args.royaltyAmount + e.args.feeAmount, 0n);
+    expect((await settledEvents()).length).toBe(MESSAGES.length);
     const beforeSettlement = await money();
     expect(beforeSettlement.lane).toBeGreaterThan(0n);
-    expect(beforeSettlement.deposit + beforeSettlement.lane).toBe(DEPOSIT);
+    expect(beforeSettlement.deposit + beforeSettlement.lane + settledSoFar).toBe(DEPOSIT);
     await stopProvider();
 
     // Every settlement, recomputed from its session's cumulative totals and the quoted prices.
@@ -307,8 +313,9 @@ describe("soulmesh end to end, one role per account", () => {
     expect(shown).toBe(total.provider + total.royalty + total.fee);
 
     const after = await money();
-    // The payer's lane lost exactly what was shown; the free deposit did not move at settlement.
-    expect(beforeSettlement.lane - after.lane).toBe(shown);
+    // The payer's lane lost exactly what was shown (settled as each chat closed its session, and at the provider's
+    // stop); the free deposit did not move at settlement.
+    expect(beforeSettlement.lane + settledSoFar - after.lane).toBe(shown);
     expect(after.deposit).toBe(beforeSettlement.deposit);
     expect(before.deposit + before.lane - after.deposit - after.lane).toBe(shown);
     expect(after.provider - before.provider).toBe(total.provider);

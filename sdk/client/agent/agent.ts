@@ -159,6 +159,11 @@ export interface AgentEvents {
   "turn:done": CustomEvent<AgentReply & { message: string; speaker: string }>;
   /** The reply restarts on another provider: clear what was shown of it. */
   "turn:retry": CustomEvent<{ failed: string; discardedText: string }>;
+  /**
+   * A turn was cancelled mid-stream: nothing recorded; what was delivered was paid (`cost`, full price, counted
+   * in `totalSpent`), or nothing when the provider's count was not believable (`paid` false).
+   */
+  "turn:cancelled": CustomEvent<{ message: string; provider: string; billed: { inputTokens: bigint; outputTokens: bigint }; cost: bigint; paid: boolean; totalSpent: bigint }>;
   "head:published": CustomEvent<HeadPublished>;
   /** Committing to IPFS or publishing on chain failed; the turn is safe in the journal and it is tried again next time. */
   "head:failed": CustomEvent<{ stage: "commit" | "publish"; error: unknown; seq?: number }>;
@@ -518,7 +523,7 @@ export class Agent extends TypedEventTarget<AgentEvents> {
   /**
    * Sends a message and returns the agent's reply once it is journaled (it survives any crash from then on).
    * The prompt holds the persona, what the agent remembers for this speaker and the recent turns, within the
-   * budget. Cancelled while streaming, nothing is recorded or paid, and the next send works.
+   * budget. Cancelled while streaming, nothing is recorded; what was delivered is paid (TurnCancelledError.cost), and the next send works.
    *
    * @example
    * const ctl = new AbortController() // ctl.abort() on Ctrl-C
@@ -541,13 +546,27 @@ export class Agent extends TypedEventTarget<AgentEvents> {
 
   async #send(message: string, options: SendOptions): Promise<AgentReply> {
     const { signal } = options;
-    const cancelled = (err: unknown): unknown => (signal?.aborted === true ? new TurnCancelledError(signal.reason) : err);
     const o = this.#init.options;
     const speaker = options.speaker === undefined ? this.owner : isAddress(options.speaker) ? getAddress(options.speaker) : options.speaker;
     const started = Date.now();
     let prompt: Awaited<ReturnType<typeof assemblePrompt>>;
-    let chat: ChatSession;
+    let chat: ChatSession | undefined;
     let result: Awaited<ReturnType<ChatSession["turn"]>>;
+    // What the chat paid for a turn cancelled mid-stream (it was delivered).
+    let cancelledPart: ChatEvents["turn:cancelled"]["detail"] | undefined;
+    const onCancelled = (e: ChatEvents["turn:cancelled"]): void => void (cancelledPart = e.detail);
+    const cancelled = (err: unknown): unknown => {
+      if (signal?.aborted !== true) return err;
+      const part = cancelledPart;
+      if (part !== undefined) {
+        this.dispatchEvent(
+          new CustomEvent("turn:cancelled", {
+            detail: { message, provider: part.provider, billed: part.billed, cost: part.cost.total, paid: part.paid, totalSpent: this.spent },
+          }),
+        );
+      }
+      return new TurnCancelledError(signal.reason, part?.cost.total ?? 0n, part?.paid === true ? part.billed : undefined);
+    };
     try {
       signal?.throwIfAborted();
       prompt = await assemblePrompt({
@@ -560,6 +579,7 @@ export class Agent extends TypedEventTarget<AgentEvents> {
         ...(signal !== undefined && { signal }),
       });
       chat = await this.#chat(signal);
+      chat.addEventListener("turn:cancelled", onCancelled);
       result = await chat.turn({
         prompt: prompt.messages,
         maxTokens: options.maxTokens ?? o.maxTokens ?? 256,
@@ -568,6 +588,8 @@ export class Agent extends TypedEventTarget<AgentEvents> {
       });
     } catch (err) {
       throw cancelled(err);
+    } finally {
+      chat?.removeEventListener("turn:cancelled", onCancelled);
     }
     // Delivered and paid: recorded even if the caller gives up now, so no signal from here on.
     const cost = result.cost.total;
@@ -680,8 +702,8 @@ export class Agent extends TypedEventTarget<AgentEvents> {
         published = await this.#publishHead(this.vault.head, o).catch(() => undefined);
       }
     } finally {
-      this.#init.chat.close();
-      this.#init.background?.close();
+      // Closes the providers' sessions too, so that they settle them now; bounded, and never fails.
+      await Promise.all([this.#init.chat.close(), this.#init.background?.close()]);
       await this.#init.journal.close();
     }
     return { published };

@@ -35,13 +35,25 @@ export class MemoryHeadUnreadableError extends SoulmeshError {
   }
 }
 
-/** The turn was cancelled while it streamed: nothing was recorded or paid, and the next turn can be sent. */
+/**
+ * The turn was cancelled while it streamed: nothing was recorded, and the next turn can be sent. What the
+ * provider delivered before the cancel was paid for (`cost`, full price: provider, royalty and fee, counted in
+ * the agent's `spent`; `billed` its tokens), zero when nothing was delivered or the provider's count was not
+ * believable (it is then dropped, and paid nothing).
+ */
 export class TurnCancelledError extends SoulmeshError {
   override readonly name = "TurnCancelledError";
-  constructor(reason: unknown) {
-    super("The turn was cancelled before the reply was complete: nothing was recorded or paid. Send it again when you wish.", {
-      cause: reason,
-    });
+  constructor(
+    reason: unknown,
+    readonly cost: bigint = 0n,
+    readonly billed: { inputTokens: bigint; outputTokens: bigint } = { inputTokens: 0n, outputTokens: 0n },
+  ) {
+    super(
+      cost > 0n
+        ? "The turn was cancelled before the reply was complete: nothing was recorded, and the part delivered was paid for. Send it again when you wish."
+        : "The turn was cancelled before the reply was complete: nothing was recorded or paid. Send it again when you wish.",
+      { cause: reason },
+    );
   }
 }
 

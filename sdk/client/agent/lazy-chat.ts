@@ -7,7 +7,7 @@ import type { ChatSession } from "../session.js";
  * @example
  * const chat = new LazyChat((signal) => openChat({ ...options, signal }))
  * const { text } = await (await chat.get(signal)).turn({ prompt: "Hi", maxTokens: 64 })
- * chat.close()
+ * await chat.close()
  */
 export class LazyChat {
   readonly #open: (signal: AbortSignal | undefined) => Promise<ChatSession>;
@@ -28,7 +28,7 @@ export class LazyChat {
       run.then(
         (chat) => {
           // Closed while it opened: nobody will close it later.
-          if (this.#closed) chat.close();
+          if (this.#closed) void chat.close();
           else this.#chat = chat;
         },
         () => {
@@ -49,8 +49,9 @@ export class LazyChat {
     return this.#chat?.spent ?? 0n;
   }
 
-  close(): void {
+  /** Closes the chat (its provider sessions closed too, see ChatSession.close); never fails. */
+  async close(): Promise<void> {
     this.#closed = true;
-    this.#chat?.close();
+    await this.#chat?.close();
   }
 }
