@@ -22,11 +22,13 @@ import {
   InsufficientEscrowError,
   InvalidMessageError,
   InvalidSignatureError,
+  NotSessionOpenerError,
   PaymentRequiredError,
   PROTOCOL_IDS,
   ProviderBusyError,
   SessionExpiredError,
   SessionNotFoundError,
+  SessionSupersededError,
   UnexpectedMessageError,
   verifyReceipt,
   type InferenceChunk,
@@ -902,7 +904,7 @@ describe("closing sessions and session numbers", () => {
     let last: InferenceDone | undefined;
     for await (const m of running) if (m.type === "inference.done") last = m;
     expect(info(d.sessionId)).toMatchObject({ ending: "superseded", busy: false });
-    expect(await rejection(turn(inference(d.sessionId, 1, sea)))).toMatchObject({ name: "SessionSupersededError", code: "SessionSupersededError" });
+    expect(await rejection(turn(inference(d.sessionId, 1, sea)))).toBeInstanceOf(SessionSupersededError);
     await pay(d.request, last!);
     expect(info(d.sessionId)).toBeUndefined();
     expect((await turn(inference(e.sessionId, 0, sea))).done.receipt.turn).toBe(0);
@@ -913,7 +915,7 @@ describe("closing sessions and session numbers", () => {
     const { done } = await turn(inference(s.sessionId, 0, sea));
     await pay(s.request, done);
     const foreign = await rejection(close(s.sessionId, other));
-    expect(foreign).toMatchObject({ name: "NotSessionOpenerError", code: "NotSessionOpenerError" });
+    expect(foreign).toBeInstanceOf(NotSessionOpenerError);
     expect(info(s.sessionId)).toMatchObject({ ending: undefined, nextTurn: 1 });
     const closedEvent = waitFor("session:closed", (d) => d.sessionId === s.sessionId);
     const totals = { inputTokens: done.receipt.cumulativeInputTokens, outputTokens: done.receipt.cumulativeOutputTokens };

@@ -69,6 +69,36 @@ export class PaymentRequiredError extends ProtocolError {
   override readonly name = "PaymentRequiredError";
 }
 
+/**
+ * A turn (or a close) names a session that a newer session of the same channel (payer, provider, agent) has
+ * replaced: its vouchers could no longer settle once the newer one's do, so the provider serves no turn on it.
+ * The client opens a new session and sends the turn there.
+ */
+export class SessionSupersededError extends ProtocolError {
+  override readonly name = "SessionSupersededError";
+}
+
+/** A session.close from a libp2p peer other than the one that opened the session: nothing changes. */
+export class NotSessionOpenerError extends ProtocolError {
+  override readonly name = "NotSessionOpenerError";
+}
+
+/**
+ * A session open numbered at or below the highest session number the provider has seen or settled on the
+ * channel: answered as SessionRejected with this code and `latestSession`.
+ */
+export class SessionNumberTooLowError extends ProtocolError {
+  override readonly name = "SessionNumberTooLowError";
+  override readonly retryable = true;
+  constructor(
+    message: string,
+    /** The highest number the provider knows on the channel. */
+    readonly latestSession: bigint = 0n,
+  ) {
+    super(message);
+  }
+}
+
 /** The provider's queue is full; another provider, or the same one later, may serve the request. */
 export class ProviderBusyError extends ProtocolError {
   override readonly name = "ProviderBusyError";
@@ -121,6 +151,9 @@ export const WIRE_ERRORS = {
   PersonaUnavailableError,
   SessionNotFoundError,
   SessionExpiredError,
+  SessionSupersededError,
+  NotSessionOpenerError,
+  SessionNumberTooLowError,
   PaymentRequiredError,
   ProviderBusyError,
   ProtocolTimeoutError,

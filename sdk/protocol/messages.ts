@@ -1,6 +1,5 @@
 import { isAddress } from "ethers";
 import { z } from "zod";
-import { UnknownRemoteError, type ProtocolError } from "./errors.js";
 import {
   MAX_CHAT_MESSAGES,
   MAX_CHUNK_TEXT_CHARS,
@@ -374,61 +373,3 @@ export const PROTOCOL_SCHEMAS = {
   voucher: { request: VoucherMessageSchema, response: VoucherResponseSchema },
 } as const;
 
-// ------------------------------------------------------------------------------ the session protocol's refusals
-
-/*
- * errorToWire sends a ProtocolError under its own code only when WIRE_ERRORS (errors.ts) lists it, and
- * UnknownRemoteError under the code it carries: these refusals are UnknownRemoteErrors with a fixed code, so
- * they travel under that code, and the client's streamProtocol rebuilds them by it (SESSION_WIRE_ERRORS).
- * Each has one stable runtime `name`, equal to its code (set after the base class's own `name` field).
- */
-function named<T extends Error>(error: T, name: string): T {
-  Object.defineProperty(error, "name", { value: name, enumerable: false, configurable: true, writable: false });
-  return error;
-}
-
-/**
- * A turn (or a close) names a session that a newer session of the same channel (payer, provider, agent) has
- * replaced: its vouchers could no longer settle once the newer one's do, so the provider serves no turn on it.
- * The client opens a new session and sends the turn there.
- */
-export class SessionSupersededError extends UnknownRemoteError {
-  constructor(message: string) {
-    super("SessionSupersededError", message, false);
-    named(this, "SessionSupersededError");
-  }
-}
-
-/** A session.close from a libp2p peer other than the one that opened the session: nothing changes. */
-export class NotSessionOpenerError extends UnknownRemoteError {
-  constructor(message: string) {
-    super("NotSessionOpenerError", message, false);
-    named(this, "NotSessionOpenerError");
-  }
-}
-
-/**
- * A session open numbered at or below the highest session number the provider has seen or settled on the
- * channel: answered as SessionRejected with this code and `latestSession`.
- */
-export class SessionNumberTooLowError extends UnknownRemoteError {
-  constructor(
-    message: string,
-    /** The highest number the provider knows on the channel. */
-    readonly latestSession: bigint = 0n,
-  ) {
-    super("SessionNumberTooLowError", message, true);
-    named(this, "SessionNumberTooLowError");
-  }
-}
-
-/**
- * The session protocol's own refusals, by wire code, for the receiving side to rebuild.
- *
- * @example
- * const ctor = SESSION_WIRE_ERRORS[msg.code as keyof typeof SESSION_WIRE_ERRORS]
- */
-export const SESSION_WIRE_ERRORS = {
-  SessionSupersededError,
-  NotSessionOpenerError,
-} as const satisfies Record<string, new (message: string) => ProtocolError>;

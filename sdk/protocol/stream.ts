@@ -11,7 +11,7 @@ import { decodeFrames, encodeFrame, errorFromWire } from "./codec.js";
 import { MalformedFrameError, ProtocolError, ProtocolStreamError, ProtocolTimeoutError } from "./errors.js";
 import { PROTOCOL_IDS, type ProtocolName } from "./ids.js";
 import { FRAME_LIMITS } from "./limits.js";
-import { PROTOCOL_SCHEMAS, SESSION_WIRE_ERRORS } from "./messages.js";
+import { PROTOCOL_SCHEMAS } from "./messages.js";
 
 type Schemas = typeof PROTOCOL_SCHEMAS;
 /** A response as the client receives it (errors are thrown, not returned). */
@@ -117,7 +117,7 @@ export async function* streamProtocol<P extends ProtocolName>(
     try {
       for await (const msg of frames) {
         const message = msg as z.output<Schemas[P]["response"]>;
-        if (message.type === "error") throw wireError(message as Parameters<typeof errorFromWire>[0]);
+        if (message.type === "error") throw errorFromWire(message as Parameters<typeof errorFromWire>[0]);
         yield message as ReceivedResponseOf<P>;
       }
     } catch (err) {
@@ -151,8 +151,3 @@ export async function requestProtocol<P extends ProtocolName>(
   throw new MalformedFrameError(`The provider closed the ${name} stream without an answer.`);
 }
 
-/** The typed error an ErrorMessage stands for, the session protocol's own refusals included. */
-function wireError(msg: Parameters<typeof errorFromWire>[0]): ProtocolError {
-  const own = Object.hasOwn(SESSION_WIRE_ERRORS, msg.code) ? SESSION_WIRE_ERRORS[msg.code as keyof typeof SESSION_WIRE_ERRORS] : undefined;
-  return own === undefined ? errorFromWire(msg) : new own(msg.message);
-}
