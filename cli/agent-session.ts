@@ -13,11 +13,14 @@ import { ContractRevertError } from "../sdk/chain/errors.js";
 import { withRevertDecoding } from "../sdk/chain/revert.js";
 import { EscrowTooLowError, LaneReleasingError, NoProviderError, SpendingCapReachedError } from "../sdk/client/errors.js";
 import type { FundsShortfall } from "../sdk/client/errors.js";
+import { setSharedReputationCache } from "../sdk/client/discovery.js";
 import { createClientHost } from "../sdk/client/host.js";
 import type { ClientHost } from "../sdk/client/host.js";
 import { openAgent } from "../sdk/client/agent/agent.js";
 import type { Agent, HeadPublished } from "../sdk/client/agent/agent.js";
 import { NotAgentOwnerError } from "../sdk/client/agent/errors.js";
+import { fileReputationStore, ReputationCache } from "../sdk/client/reputation-cache.js";
+import type { LocalTokenizer } from "../sdk/client/tokenizer.js";
 import { SoulmeshError } from "../sdk/errors.js";
 import { readPersona } from "../sdk/memory/persona/publish.js";
 import type { PersonaInfo } from "../sdk/memory/persona/publish.js";
@@ -26,6 +29,7 @@ import { loadWordVectorEmbedder } from "../sdk/memory/retrieval/word-vectors.js"
 import type { WordVectorProgress } from "../sdk/memory/retrieval/word-vectors.js";
 import { BlockNotFoundError, BlockStoreLockedError, KuboUnreachableError } from "../sdk/vault/block-store-errors.js";
 import { readLanes, tokenInfo } from "./commands/escrow.js";
+import { loadModelTokenizer } from "./models.js";
 import type { TokenInfo } from "./commands/escrow.js";
 import type { CommandContext } from "./context.js";
 import type { LocalIpfs } from "./ipfs/local-ipfs.js";
@@ -275,9 +279,12 @@ export async function openCliAgent(ctx: CommandContext, agentId: bigint, options
     }
   }
 
+  // Reputation is read from the escrow's logs incrementally, from a cursor kept in the home across commands.
+  setSharedReputationCache(new ReputationCache({ store: fileReputationStore(join(ctx.home, "cache", "reputation")) }));
   const ipfs = await openIpfs(ctx);
   let host: ClientHost | undefined;
   let agent: Agent | undefined;
+  let tokenizer: LocalTokenizer | undefined;
   try {
     const personaId = await withRevertDecoding(contracts.agentRegistry.personaOf(agentId));
     const persona = await readPersona({ registry: contracts.personaRegistry, store: ipfs.store, personaId, ...(signal && { signal }) }).catch(
@@ -287,6 +294,9 @@ export async function openCliAgent(ctx: CommandContext, agentId: bigint, options
       },
     );
     const embedder = await loadEmbedder(onProgress, signal);
+    // The model's vocabulary, when this machine has the model file (soulmesh up, a provider's home): billed
+    // tokens are then checked against the model's own count of the text, not only against its bytes.
+    tokenizer = connect ? await loadModelTokenizer(persona.baseModelHash, { home: ctx.home, ...(signal && { signal }) }) : undefined;
     // Started even without `connect`: a later send opens its chat on it. With no listen address it opens no port.
     host = await createClientHost(signal ? { signal } : {});
     const libp2p = await host.start(signal ? { signal } : {});
@@ -308,6 +318,7 @@ export async function openCliAgent(ctx: CommandContext, agentId: bigint, options
         creator: persona.holder,
       },
       embedder,
+      ...(tokenizer !== undefined && { tokenizer }),
       spendingCap,
       ...(options.maxTokens !== undefined && { maxTokens: options.maxTokens }),
       maintenance: (options.maintenance ?? connect) ? {} : false,
@@ -324,6 +335,7 @@ export async function openCliAgent(ctx: CommandContext, agentId: bigint, options
     });
     const opened = agent;
     const openedHost = host;
+    const openedTokenizer = tokenizer;
     opened.addEventListener("lane:committed", (e) =>
       onProgress?.(
         `committed ${formatUnitsFixed(e.detail.amount, token.decimals)} ${token.symbol} to provider ${e.detail.provider} ` +
@@ -348,6 +360,7 @@ export async function openCliAgent(ctx: CommandContext, agentId: bigint, options
             // IPFS is the context's (cached by ctx.ipfs(), closed by ctx.close()): another agent of the same
             // command may still use it.
             await openedHost.stop().catch(() => undefined);
+            await openedTokenizer?.dispose();
           }
         })();
         return closing;
@@ -356,6 +369,7 @@ export async function openCliAgent(ctx: CommandContext, agentId: bigint, options
   } catch (err) {
     await agent?.close({ publish: false }).catch(() => undefined);
     await host?.stop().catch(() => undefined);
+    await tokenizer?.dispose();
     throw err;
   }
 }

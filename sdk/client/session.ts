@@ -48,8 +48,8 @@ import {
   ProviderBusyError,
   SessionExpiredError,
   SessionNotFoundError,
+  SessionSupersededError,
 } from "../protocol/errors.js";
-import { SessionSupersededError } from "../protocol/messages.js";
 import type {
   ChatMessage,
   InferenceDone,
@@ -88,7 +88,7 @@ import {
 } from "./errors.js";
 import { gatherQuotes, rankProviders, requestQuote, type QuotedProvider, type RankOptions } from "./selection.js";
 import type { LocalTokenizer } from "./tokenizer.js";
-import { checkTurnUsage, promptTokenUpperBound, ZERO_TOTALS, type TokenTotals, type UsageViolation } from "./usage.js";
+import { checkTurnUsage, outputTokenUpperBound, promptTokenUpperBound, ZERO_TOTALS, type TokenTotals, type UsageViolation } from "./usage.js";
 import { commitToLane, LaneLedger, unsettledVouched, type LaneFunding, type LedgerSession } from "./lanes.js";
 import { sleep } from "../time.js";
 
@@ -657,6 +657,10 @@ export class ChatSession extends TypedEventTarget<ChatEvents> {
       ...(expectedInputTokens !== undefined && { expectedInputTokens }),
       promptUpperBound: promptTokenUpperBound(prompt),
       outputText: partial.text,
+      outputUpperBound: outputTokenUpperBound(partial.text, {
+        stop: request.stop ?? [],
+        ...(c.tokenizer !== undefined && { tokenizer: c.tokenizer }),
+      }),
       previous: session.vouched,
       receipt: done.receipt,
       receiptSignature: done.signature,
