@@ -25,12 +25,13 @@
  *
  *   npm run bench -- settlement-gas [--opcodes]   (--opcodes: also log where "other" goes, by opcode)
  */
-import { Signature, Wallet, getBytes } from "ethers";
+import { Wallet, getBytes } from "ethers";
 import type { ContractTransactionResponse, TransactionReceipt } from "ethers";
 import { createTestChain } from "../test/helpers/chain.js";
 import { deployFixture, USD } from "../test/helpers/soulmesh.js";
 import type { Fixture } from "../test/helpers/soulmesh.js";
 import type { Voucher } from "../sdk/chain/voucher.js";
+import { signPermit } from "../sdk/client/lanes.js";
 import { log } from "./_util.js";
 
 type Signed = { voucher: Voucher; signature: string };
@@ -241,30 +242,9 @@ async function main(): Promise<void> {
   // Its agent was adopted before, apart from paying any provider.
   const newcomerAgent = await f.mintAgent(newcomer, personaId);
   const nonceBefore = await chain.provider.getTransactionCount(newcomer.address);
-  const token = f.as(newcomer).token;
   const deadline = BigInt((await chain.now()) + 3600);
-  const [, name, version, chainId, verifyingContract] = await token.eip712Domain();
-  const permit = Signature.from(
-    await newcomer.signTypedData(
-      { name, version, chainId, verifyingContract },
-      {
-        Permit: [
-          { name: "owner", type: "address" },
-          { name: "spender", type: "address" },
-          { name: "value", type: "uint256" },
-          { name: "nonce", type: "uint256" },
-          { name: "deadline", type: "uint256" },
-        ],
-      },
-      {
-        owner: newcomer.address,
-        spender: f.deployment.contracts.inferenceEscrow,
-        value: 10n * USD,
-        nonce: await token.nonces(newcomer.address),
-        deadline,
-      },
-    ),
-  );
+  // Signed as the client signs it (sdk/client/lanes.ts): a permit is no transaction.
+  const permit = await signPermit(newcomer, f.deployment.contracts.token, f.deployment.contracts.inferenceEscrow, 10n * USD, deadline);
   const depositWithPermitAndCommitGas = await gasOf(
     f.as(newcomer).inferenceEscrow.depositWithPermitAndCommit(provider.address, 10n * USD, deadline, permit.v, permit.r, permit.s),
   );
