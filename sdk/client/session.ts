@@ -604,9 +604,10 @@ export class ChatSession extends TypedEventTarget<ChatEvents> {
         return await this.#attemptOn(provider, prompt, options, signal, partial, expectedInputTokens);
       } catch (err) {
         // Refused before it started because the session is gone: another chat of the channel opened a newer one
-        // (the provider refuses the older one's turns, or already removed it), or the provider restarted. Once,
-        // on a new session with the same provider.
-        if (!(err instanceof SessionSupersededError || err instanceof SessionNotFoundError) || partial.text !== "") throw err;
+        // (the provider refuses the older one's turns, or already removed it), the provider restarted, or chain
+        // time passed the session's expiry while this clock did not (a devnet's time travel: opening a new
+        // session reads the chain's time again). Once, on a new session with the same provider.
+        if (!sessionGone(err) || partial.text !== "") throw err;
         return this.#attemptOn(provider, prompt, options, signal, partial, expectedInputTokens);
       }
     });
@@ -644,7 +645,7 @@ export class ChatSession extends TypedEventTarget<ChatEvents> {
         session.nextTurn--;
       } else {
         session.usable = false;
-        if (err instanceof SessionSupersededError || err instanceof SessionNotFoundError) session.closed = true;
+        if (sessionGone(err)) session.closed = true;
         // Cancelled by the caller (or the chat closing): what the provider delivered is paid, and the session ends.
         else if (signal.aborted) await this.#settleCancelled(session, request.turn, prompt, expectedInputTokens, options.maxTokens, partial.text);
       }
@@ -1146,6 +1147,11 @@ function rateFor([current, next, effectiveAt]: readonly [bigint, bigint, bigint]
   if (expiry <= before) return { rate: current, expiry };
   if (before - now >= BigInt(MIN_WORKABLE_SESSION_S)) return { rate: current, expiry: before };
   return { rate: next, expiry };
+}
+
+/** Whether the provider refused a turn because its session is over (replaced, unknown, or expired). */
+function sessionGone(err: unknown): boolean {
+  return err instanceof SessionSupersededError || err instanceof SessionNotFoundError || err instanceof SessionExpiredError;
 }
 
 /** Which failures move a turn to another provider; undefined for those that would fail anywhere. */

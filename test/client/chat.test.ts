@@ -665,6 +665,23 @@ describe("attacks on the payer", () => {
     expect(BigInt(w.fakes[0]!.opens[0]!.request.spendingCap)).toBeLessThanOrEqual(1n * USD);
   });
 
+  it("attack 14: after chain time moves past the session's expiry (a devnet's time travel), the next turn opens a fresh session with the same provider instead of blaming it", async () => {
+    const traveller = await fundedWallet(f);
+    await f.deposit(traveller, 3n * USD);
+    const w = await world([{ label: "A", prices: PRICE }]);
+    const agentId = await f.mintAgent(traveller, w.personaId);
+    const chat = await chatFor({ ...w, agentId }, { signer: traveller, spendingCap: 2n * USD });
+    const first = await chat.turn({ prompt: "Hello", maxTokens: 8 });
+    expect(first.payment!.ack).toBeDefined();
+    // Past the session's expiry on the chain, while this client's clock has not moved.
+    await chain.increaseTime(2 * 3600);
+    const second = await chat.turn({ prompt: "Still there?", maxTokens: 8 });
+    expect(second.provider).toBe(w.fakes[0]!.address);
+    expect(second.failovers).toEqual([]);
+    expect(second.payment!.ack).toBeDefined();
+    expect(w.fakes[0]!.opens).toHaveLength(2);
+  });
+
   it("rates: signs the royalty in force and ends the session before a pending rise; signs the higher rate once the rise is too near", async () => {
     const w = await world([{ label: "A", prices: PRICE }]);
     const [a] = w.fakes as [FakeProvider];
