@@ -14,6 +14,7 @@ import type { LocalIpfs } from "./ipfs/local-ipfs.js";
 import type { Account } from "./accounts/resolve.js";
 import type { SecretIo } from "./accounts/secrets.js";
 import { globalOptions } from "./commands/options.js";
+import { abortable } from "../sdk/time.js";
 import { createOutput } from "./output.js";
 import type { Output } from "./output.js";
 
@@ -155,7 +156,8 @@ export function commandContext(cmd: Command, options: CommandContextOptions = {}
       return ipfs;
     },
     abortable(promise) {
-      return untilAborted(promise, signal);
+      // The work itself goes on, which is why the interruption message says to check the outcome.
+      return abortable(promise, signal);
     },
     async close() {
       if (closed) return;
@@ -235,32 +237,4 @@ export async function withContext<T>(
   } finally {
     await ctx.close();
   }
-}
-
-/**
- * Settles like `promise`, or rejects with the signal's reason as soon as it aborts (the work itself goes on,
- * which is why the interruption message says to check the outcome).
- *
- * @example
- * const receipt = await untilAborted(tx.wait(), signal)
- */
-export function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) {
-    promise.catch(() => {});
-    return Promise.reject(signal.reason as Error);
-  }
-  return new Promise<T>((resolvePromise, reject) => {
-    const onAbort = (): void => reject(signal.reason as Error);
-    signal.addEventListener("abort", onAbort, { once: true });
-    promise.then(
-      (v) => {
-        signal.removeEventListener("abort", onAbort);
-        resolvePromise(v);
-      },
-      (err: unknown) => {
-        signal.removeEventListener("abort", onAbort);
-        reject(err as Error);
-      },
-    );
-  });
 }

@@ -21,6 +21,7 @@ import type { ModelProbe } from "../../node/engine/model-probe.js";
 import { hfUriProblem, isHuggingFaceUri, resolveModelFile } from "../../node/engine/models.js";
 import type { ResolveModelOptions } from "../../node/engine/models.js";
 import { TINY, writeTinyLlama } from "../../node/engine/tiny-llama.js";
+import { abortable } from "../../sdk/time.js";
 
 /** The default model: Qwen2.5 0.5B Instruct, Q4_K_M (about 400 MB), a small real chat model. */
 export const DEFAULT_MODEL_URI = "hf:Qwen/Qwen2.5-0.5B-Instruct-GGUF/qwen2.5-0.5b-instruct-q4_k_m.gguf";
@@ -102,7 +103,8 @@ export async function resolveUpModel(options: ResolveUpModelOptions): Promise<Up
       const probe = options.probe ?? probeModelHost;
       await probe(source, { timeoutMs: options.probeTimeoutMs ?? DEFAULT_PROBE_TIMEOUT_MS, ...(signal && { signal }) });
       const download = options.download ?? resolveModelFile;
-      const path = await untilAborted(
+      // The download may go on after an abort (node-llama-cpp does not stop its retries): its outcome is dropped.
+      const path = await abortable(
         download(source, {
           modelsDir,
           download: true,
@@ -154,17 +156,3 @@ export async function writeTinyModel(modelsDir: string): Promise<string> {
   return path;
 }
 
-function untilAborted<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
-  if (signal === undefined) return promise;
-  // The download may go on after an abort (node-llama-cpp does not stop its retries): its outcome is dropped.
-  promise.catch(() => {});
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = (): void => reject(signal.reason as Error);
-    if (signal.aborted) return onAbort();
-    signal.addEventListener("abort", onAbort, { once: true });
-    promise.then(
-      (v) => (signal.removeEventListener("abort", onAbort), resolve(v)),
-      (err: unknown) => (signal.removeEventListener("abort", onAbort), reject(err as Error)),
-    );
-  });
-}

@@ -6,6 +6,7 @@
 import { getAddress } from "ethers";
 import type { SoulmeshContracts } from "../../sdk/chain/contracts.js";
 import { decodeRevert } from "../../sdk/chain/revert.js";
+import { abortable } from "../../sdk/time.js";
 import { sessionCost, type VoucherRates } from "../../sdk/chain/voucher.js";
 import type { SessionRequest } from "../../sdk/protocol/index.js";
 
@@ -123,28 +124,8 @@ export function chainViewOf(contracts: SoulmeshContracts): ProviderChainView {
   };
 }
 
-/** `promise`, or the signal's reason as soon as it aborts (ethers calls take no signal; the call itself runs on). */
-export function abortable<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
-  if (signal === undefined) return promise;
-  if (signal.aborted) {
-    promise.catch(() => {});
-    return Promise.reject(signal.reason);
-  }
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener("abort", onAbort, { once: true });
-    promise.then(
-      (value) => {
-        signal.removeEventListener("abort", onAbort);
-        resolve(value);
-      },
-      (err: unknown) => {
-        signal.removeEventListener("abort", onAbort);
-        reject(err);
-      },
-    );
-  });
-}
+// The SDK's; re-exported for the provider's modules that take it from here.
+export { abortable } from "../../sdk/time.js";
 
 /**
  * Chain time without an RPC round trip on every turn: the last reading plus the wall time since. Chain time

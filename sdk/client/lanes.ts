@@ -12,6 +12,7 @@ import { withRevertDecoding } from "../chain/revert.js";
 import { nextSessionNumber, sessionCost, type VoucherRates } from "../chain/voucher.js";
 import { LaneCommitError } from "./errors.js";
 import type { TokenTotals } from "./usage.js";
+import { abortable } from "../time.js";
 
 /** A permit is valid this long: long enough for a slow block, short enough to be useless if it leaks. */
 const PERMIT_TTL_S = 3_600n;
@@ -235,23 +236,4 @@ export async function signPermit(
     { owner, spender, value, nonce, deadline },
   );
   return Signature.from(signature);
-}
-
-function abortable<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
-  if (signal === undefined) return promise;
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    if (signal.aborted) return onAbort();
-    signal.addEventListener("abort", onAbort, { once: true });
-    promise.then(
-      (v) => {
-        signal.removeEventListener("abort", onAbort);
-        resolve(v);
-      },
-      (e: unknown) => {
-        signal.removeEventListener("abort", onAbort);
-        reject(e);
-      },
-    );
-  });
 }
