@@ -189,6 +189,25 @@ export class StateStoreStoppedError extends SoulmeshError {
   }
 }
 
+/**
+ * A session state larger than the state store's per-state limit: the save is skipped (the previous state, if any,
+ * stays), so one very long context can neither fill the provider's disk nor push every other state out.
+ */
+export class StateTooLargeError extends SoulmeshError {
+  override readonly name = "StateTooLargeError";
+  constructor(
+    readonly sessionId: string,
+    /** The size the state file would have had (a lower bound when the save was refused from its tokens alone). */
+    readonly bytes: number,
+    readonly maxStateBytes: number,
+  ) {
+    super(
+      `The state of session ${sessionId} would take ${bytes} bytes, above the limit of ${maxStateBytes} bytes per ` +
+        `saved state: it is not saved, and the session's next turn evaluates its prompt again.`,
+    );
+  }
+}
+
 /** A SHA-256 that is not written as "0x" and 64 hex digits (the form of an on-chain bytes32). */
 export class InvalidHashError extends SoulmeshError {
   override readonly name = "InvalidHashError";

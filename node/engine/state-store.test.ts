@@ -10,6 +10,7 @@ import {
   InvalidStateBindingError,
   SessionStateError,
   StateStoreStoppedError,
+  StateTooLargeError,
 } from "./errors.js";
 import {
   bindingId,
@@ -469,6 +470,123 @@ describe("SessionStateStore", () => {
     expect(store.has("b") && store.has("c")).toBe(true);
     expect(store.totalBytes).toBe(2 * size);
     expect(discarded).toEqual([expect.objectContaining({ reason: "evicted", fileId: stateFileId("a") })]);
+  });
+
+  // Issue 14, attack 3: a payer opening and abandoning sessions (each evicted session leaves a state file until its
+  // TTL) must not fill the provider's disk. The store stays under maxBytes after every save, and what it deletes
+  // first is the state least recently used (saved or restored), never one a call is using.
+  it("attack 3: saved KV states stay within maxBytes, least recently used deleted first", async () => {
+    await store.stop();
+    const state = fakeState();
+    const size = HEADER_BYTES + tokens.length * 4 + state.length + 16;
+    store = new SessionStateStore({ dir, ttlMs: TTL, stagingDir: staging, now: () => clock, maxBytes: 3 * size });
+    store.addEventListener("discard", (e) => discarded.push(e.detail));
+    await store.start();
+    const onDisk = async (): Promise<number> => {
+      let total = 0;
+      for (const name of await readdir(dir)) if (name.endsWith(".state")) total += (await stat(join(dir, name))).size;
+      return total;
+    };
+    for (const id of ["a", "b", "c"]) {
+      await store.save(id, key, binding, tokens, writer(state));
+      clock += 1;
+    }
+    // "a" is the oldest save but was used last: "b" is the least recently used.
+    expect((await store.restore("a", key, binding, async () => {}))?.tokens).toEqual(tokens);
+    clock += 1;
+    await store.save("d", key, binding, tokens, writer(state));
+    clock += 1;
+    expect(["a", "b", "c", "d"].map((id) => store.has(id))).toEqual([true, false, true, true]);
+    expect(discarded).toEqual([expect.objectContaining({ reason: "evicted", fileId: stateFileId("b") })]);
+
+    // The attacker's many abandoned sessions: the total never passes the limit, on disk as in the accounting.
+    for (let i = 0; i < 12; i++) {
+      await store.save(`abandoned-${i}`, key, binding, tokens, writer(state));
+      clock += 1;
+      expect(store.totalBytes).toBeLessThanOrEqual(3 * size);
+      expect(await onDisk()).toBe(store.totalBytes);
+    }
+    expect(["abandoned-9", "abandoned-10", "abandoned-11"].every((id) => store.has(id))).toBe(true);
+
+    // The least recently used state is being saved again (its session was evicted once more): in use, so the save
+    // that overflows the store deletes the next one instead of waiting for it or deleting it under the call.
+    let writing!: () => void;
+    const started = new Promise<void>((resolve) => (writing = resolve));
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    const resaving = store.save("abandoned-9", key, binding, tokens, async (p) => {
+      writing();
+      await held;
+      await writeFile(p, state);
+    });
+    await started;
+    discarded = [];
+    await store.save("e", key, binding, tokens, writer(state));
+    clock += 1;
+    expect(discarded).toEqual([expect.objectContaining({ reason: "evicted", fileId: stateFileId("abandoned-10") })]);
+    expect(store.totalBytes).toBeLessThanOrEqual(3 * size);
+    release();
+    await resaving;
+    expect(["abandoned-9", "abandoned-11", "e"].map((id) => store.has(id))).toEqual([true, true, true]);
+    expect(store.totalBytes).toBe(3 * size);
+
+    // A restart rebuilds the accounting from the folder and enforces a lower limit, oldest first.
+    await store.stop();
+    discarded = [];
+    store = new SessionStateStore({ dir, ttlMs: TTL, stagingDir: staging, now: () => clock, maxBytes: 2 * size });
+    store.addEventListener("discard", (e) => discarded.push(e.detail));
+    await store.start();
+    expect(store.totalBytes).toBe(2 * size);
+    expect(await onDisk()).toBe(2 * size);
+    expect(["abandoned-11", "e", "abandoned-9"].map((id) => store.has(id))).toEqual([false, true, true]);
+  });
+
+  it("has a finite default limit, and refuses limits that cannot hold", async () => {
+    const plain = new SessionStateStore({ dir, ttlMs: TTL });
+    expect(plain.maxBytes).toBe(2 * 2 ** 30);
+    expect(plain.maxStateBytes).toBe(256 * 2 ** 20);
+    expect(new SessionStateStore({ dir, ttlMs: TTL, maxBytes: 2 ** 20 }).maxStateBytes).toBe(2 ** 20);
+    expect(() => new SessionStateStore({ dir, ttlMs: TTL, maxBytes: 0 })).toThrow(RangeError);
+    expect(() => new SessionStateStore({ dir, ttlMs: TTL, maxStateBytes: -1 })).toThrow(RangeError);
+    expect(() => new SessionStateStore({ dir, ttlMs: TTL, maxBytes: 100, maxStateBytes: 101 })).toThrow(RangeError);
+  });
+
+  // Attack 3 with one very long context: one state alone is refused above maxStateBytes, so it can neither fill the
+  // disk nor evict every other session's state. The save is skipped with a typed error (the engine treats it as any
+  // failed save: the session recomputes its prompt next turn), and the previous state stays as it was.
+  it("skips a save whose state would exceed maxStateBytes, with StateTooLargeError", async () => {
+    await store.stop();
+    const small = fakeState("SMALL").subarray(0, 1000);
+    const big = fakeState("BIG");
+    const limit = HEADER_BYTES + tokens.length * 4 + 16 + 20_000;
+    store = new SessionStateStore({ dir, ttlMs: TTL, stagingDir: staging, now: () => clock, maxStateBytes: limit });
+    store.addEventListener("discard", (e) => discarded.push(e.detail));
+    await store.start();
+    const { bytes } = await store.save("s1", key, binding, tokens, writer(small));
+    expect(bytes).toBe(HEADER_BYTES + tokens.length * 4 + small.length + 16);
+
+    const err = await store.save("s1", key, binding, [...tokens, 1], writer(big)).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(StateTooLargeError);
+    expect(err).toMatchObject({
+      name: "StateTooLargeError",
+      sessionId: "s1",
+      bytes: HEADER_BYTES + (tokens.length + 1) * 4 + big.length + 16,
+      maxStateBytes: limit,
+    });
+    expect(store.totalBytes).toBe(bytes);
+    expect(await stagedFiles()).toEqual([]);
+    expect((await readdir(dir)).sort()).toEqual([".staging", `${stateFileId("s1")}.state`]);
+    const got: { bytes?: Buffer; paths: string[] } = { paths: [] };
+    expect((await store.restore("s1", key, binding, reader(got)))?.tokens).toEqual(tokens);
+    expect(got.bytes?.equals(small)).toBe(true);
+
+    // Tokens alone above the limit: refused before the engine is asked to write anything.
+    const written: string[] = [];
+    const many = Array.from({ length: limit / 4 }, (_, i) => i);
+    await expect(store.save("s2", key, binding, many, writer(small, written))).rejects.toThrow(StateTooLargeError);
+    expect(written).toEqual([]);
+    expect(store.has("s2")).toBe(false);
+    expect(discarded).toEqual([]);
   });
 
   it("cleans up after a crash on start: temporary files, staged plaintext, expired states", async () => {

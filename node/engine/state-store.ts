@@ -15,6 +15,12 @@
  *   and is removed as soon as the call ends, whatever happens.
  * - States expire: each save stamps an expiry (`ttlMs` after it), and restore and the periodic sweep delete
  *   expired files.
+ * - States are bounded in size, because whoever opens a session decides how many there are and how long they are:
+ *   a payer opening and abandoning sessions, or one very long context, must not fill the provider's disk (issue 14,
+ *   attack 3). One state above `maxStateBytes` is not saved (StateTooLargeError; the session evaluates its prompt
+ *   again next turn), and a save that takes the whole folder above `maxBytes` deletes the least recently used
+ *   states (saved or restored), never one a call is using, until it fits. Sizes are kept in memory, built by the
+ *   sweep at start, so a save never scans the folder.
  *
  * On-disk format, `<dir>/<fileId>.state`, where fileId = SHA-256 of the session id (so no id can name a path
  * outside the folder, and file names do not reveal session ids):
@@ -43,6 +49,7 @@ import {
   InvalidStateBindingError,
   SessionStateError,
   StateStoreStoppedError,
+  StateTooLargeError,
 } from "./errors.js";
 import { TypedEventTarget } from "../../sdk/events.js";
 import { isProcessAlive } from "../process.js";
@@ -77,7 +84,7 @@ export type StateDiscardReason =
   | "corrupt"
   /** Decrypted, but the engine's `read` callback failed to load it. */
   | "unloadable"
-  /** Removed, oldest first, to keep the store under `maxBytes`. */
+  /** Removed, least recently used first, to keep the store under `maxBytes`. */
   | "evicted";
 
 /** The detail of a `discard` event. */
@@ -109,8 +116,18 @@ export interface SessionStateStoreInit {
    * state does not fit there, a 0700 folder inside `dir`.
    */
   stagingDir?: string;
-  /** The most bytes of state files to keep; above it the oldest states are evicted. Default: no limit. */
+  /**
+   * The most bytes of state files to keep; above it the least recently used states are evicted. Default
+   * {@link DEFAULT_MAX_STATE_STORE_BYTES}: the folder must stay bounded whatever clients do, and a state is only a
+   * cache (an evicted one costs its session one prompt evaluation).
+   */
   maxBytes?: number;
+  /**
+   * The most bytes of one state file; a larger state is not saved (StateTooLargeError). Default
+   * {@link DEFAULT_MAX_STATE_BYTES}, or `maxBytes` when that is lower: without it one long context could take the
+   * whole budget and evict every other session's state at each save.
+   */
+  maxStateBytes?: number;
   /** How often the background sweep runs (ms). Default: ttlMs, at most 5 minutes, at least 1 second. */
   sweepIntervalMs?: number;
   /** The clock (ms since the epoch); injectable for tests. */
@@ -130,6 +147,17 @@ export type WriteState = (plainPath: string, options: AbortOptions) => Promise<u
  * `(p) => sequence.loadStateFromFile(p, { acceptRisk: true })`.
  */
 export type ReadState = (plainPath: string, options: AbortOptions) => Promise<unknown>;
+
+/**
+ * Default of {@link SessionStateStoreInit.maxBytes}: 2 GiB, room for some hundred states of a small model's full
+ * context (a 0.5B model's KV cache is about 12 KiB per token) on any disk that can hold a model at all.
+ */
+export const DEFAULT_MAX_STATE_STORE_BYTES = 2 * 2 ** 30;
+/**
+ * Default of {@link SessionStateStoreInit.maxStateBytes}: 256 MiB, a full 8K context of a model with grouped-query
+ * attention and a few billion parameters in f16; longer states are cheaper to recompute than to keep in eight.
+ */
+export const DEFAULT_MAX_STATE_BYTES = 256 * 2 ** 20;
 
 const MAGIC = Buffer.from("SMKV", "ascii");
 const VERSION = 1;
@@ -223,6 +251,8 @@ interface IndexEntry {
   bytes: number;
   savedAt: number;
   expiresAt: number;
+  /** The last save or restore (the save time for states found by a sweep): eviction order. */
+  lastUsed: number;
 }
 
 interface Header {
@@ -251,8 +281,11 @@ interface Header {
 export class SessionStateStore extends TypedEventTarget<SessionStateStoreEvents> {
   /** The folder of the encrypted state files. */
   readonly dir: string;
+  /** The most bytes of state files kept (see {@link SessionStateStoreInit.maxBytes}). */
+  readonly maxBytes: number;
+  /** The most bytes of one state file (see {@link SessionStateStoreInit.maxStateBytes}). */
+  readonly maxStateBytes: number;
   private readonly ttlMs: number;
-  private readonly maxBytes: number;
   private readonly sweepIntervalMs: number;
   private readonly now: () => number;
   private readonly stagingBase: string | undefined;
@@ -261,7 +294,9 @@ export class SessionStateStore extends TypedEventTarget<SessionStateStoreEvents>
   private started = false;
   private timer: NodeJS.Timeout | undefined;
   private sweeping: Promise<number> | undefined;
+  // Least recently used first: Map keeps insertion order, and touch() re-inserts, so eviction takes from the front.
   private readonly index = new Map<string, IndexEntry>();
+  private indexedBytes = 0;
   private readonly locks = new Map<string, Promise<void>>();
   // Temporary and staging files of calls in progress: a sweep must not take them for crash leftovers.
   private readonly inFlight = new Set<string>();
@@ -275,9 +310,17 @@ export class SessionStateStore extends TypedEventTarget<SessionStateStoreEvents>
     if (init.maxBytes !== undefined && !(init.maxBytes > 0)) {
       throw new RangeError(`maxBytes must be positive, not ${init.maxBytes}`);
     }
+    const maxBytes = init.maxBytes ?? DEFAULT_MAX_STATE_STORE_BYTES;
+    if (init.maxStateBytes !== undefined && !(init.maxStateBytes > 0 && init.maxStateBytes <= maxBytes)) {
+      // A state larger than the whole store would be saved only to be evicted at once.
+      throw new RangeError(
+        `maxStateBytes must be positive and at most maxBytes (${maxBytes}), not ${init.maxStateBytes}`,
+      );
+    }
     this.dir = init.dir;
     this.ttlMs = init.ttlMs;
-    this.maxBytes = init.maxBytes ?? Number.POSITIVE_INFINITY;
+    this.maxBytes = maxBytes;
+    this.maxStateBytes = init.maxStateBytes ?? Math.min(DEFAULT_MAX_STATE_BYTES, maxBytes);
     this.sweepIntervalMs = init.sweepIntervalMs ?? Math.max(1000, Math.min(init.ttlMs, 300_000));
     this.now = init.now ?? Date.now;
     this.stagingBase = init.stagingDir;
@@ -333,14 +376,16 @@ export class SessionStateStore extends TypedEventTarget<SessionStateStoreEvents>
   /**
    * Saves a session's state, replacing the previous one atomically: `write` writes the plaintext state into a
    * private staging file, which is encrypted into `<dir>/<fileId>.state` through a temporary file and a rename, and
-   * removed in all cases. If anything fails (or the signal aborts), the previous state is left as it was.
+   * removed in all cases. If anything fails (or the signal aborts), the previous state is left as it was. A state
+   * above `maxStateBytes` is not saved (StateTooLargeError); when the store is then above `maxBytes`, the least
+   * recently used states not in use are deleted (`discard` events, reason "evicted") before save() returns.
    *
    * @param key the client's 32-byte session key; not kept.
    * @param tokens the token ids the state covers (the sequence's context tokens).
    * @example
    * const { bytes } = await store.save(id, key, binding, sequence.contextTokens, (p) => sequence.saveStateToFile(p))
    * @throws InvalidSessionIdError, InvalidSessionKeyError, InvalidStateBindingError, StateStoreStoppedError;
-   *   whatever `write` throws; the signal's reason when it aborts.
+   *   StateTooLargeError (nothing changed); whatever `write` throws; the signal's reason when it aborts.
    */
   async save(
     sessionId: string,
@@ -356,8 +401,13 @@ export class SessionStateStore extends TypedEventTarget<SessionStateStoreEvents>
     const tokenBytes = encodeTokens(tokens);
     this.ensureStarted();
     options.signal?.throwIfAborted();
+    // The tokens alone can prove a state too large before the engine writes it out (into RAM, usually).
+    const floor = HEADER_BYTES + tokenBytes.length + TAG_BYTES;
+    if (floor > this.maxStateBytes) throw new StateTooLargeError(sessionId, floor, this.maxStateBytes);
     const result = await this.track(
-      this.withLock(fileId, () => this.saveLocked(fileId, key, binding32, tokens.length, tokenBytes, write, options)),
+      this.withLock(fileId, () =>
+        this.saveLocked(sessionId, fileId, key, binding32, tokens.length, tokenBytes, write, options),
+      ),
     );
     await this.track(this.enforceBudget(fileId, sessionId));
     return result;
@@ -404,7 +454,7 @@ export class SessionStateStore extends TypedEventTarget<SessionStateStoreEvents>
     options.signal?.throwIfAborted();
     return this.track(
       this.withLock(fileId, async () => {
-        this.index.delete(fileId);
+        this.forget(fileId);
         try {
           await rm(this.pathOf(fileId));
           return true;
@@ -429,9 +479,7 @@ export class SessionStateStore extends TypedEventTarget<SessionStateStoreEvents>
 
   /** The bytes of all state files (as of the last save, restore or sweep). */
   get totalBytes(): number {
-    let total = 0;
-    for (const entry of this.index.values()) total += entry.bytes;
-    return total;
+    return this.indexedBytes;
   }
 
   /**
@@ -446,8 +494,8 @@ export class SessionStateStore extends TypedEventTarget<SessionStateStoreEvents>
 
   /**
    * Deletes expired and unreadable states and crash leftovers (temporary and staging files not in use), refreshes
-   * the size accounting, and evicts the oldest states above `maxBytes`. Runs periodically after start(); concurrent
-   * calls share one run. Returns the number of files removed.
+   * the size accounting, and evicts the least recently used states above `maxBytes`. Runs periodically after
+   * start(); concurrent calls share one run. Returns the number of files removed.
    *
    * @example
    * const removed = await store.sweep()
@@ -462,6 +510,7 @@ export class SessionStateStore extends TypedEventTarget<SessionStateStoreEvents>
   }
 
   private async saveLocked(
+    sessionId: string,
     fileId: string,
     key: Uint8Array,
     binding32: Buffer,
@@ -482,6 +531,8 @@ export class SessionStateStore extends TypedEventTarget<SessionStateStoreEvents>
         await write(plainPath, { signal });
       }
       signal?.throwIfAborted();
+      const bytes = HEADER_BYTES + tokenBytes.length + (await stat(plainPath)).size + TAG_BYTES;
+      if (bytes > this.maxStateBytes) throw new StateTooLargeError(sessionId, bytes, this.maxStateBytes);
       return await this.encryptInto(fileId, key, binding32, tokenCount, tokenBytes, plainPath, signal);
     } finally {
       await this.removeStaged(plainPath);
@@ -541,7 +592,7 @@ export class SessionStateStore extends TypedEventTarget<SessionStateStoreEvents>
       await rename(tmp, finalPath);
       renamed = true;
       await syncDir(this.dir);
-      this.index.set(fileId, { bytes, savedAt: header.savedAt, expiresAt: header.expiresAt });
+      this.touch(fileId, { bytes, savedAt: header.savedAt, expiresAt: header.expiresAt, lastUsed: this.now() });
       return { bytes };
     } finally {
       if (!renamed) await rm(tmp, { force: true });
@@ -564,7 +615,7 @@ export class SessionStateStore extends TypedEventTarget<SessionStateStoreEvents>
       fh = await open(path, "r");
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
-      this.index.delete(fileId);
+      this.forget(fileId);
       return undefined;
     }
     try {
@@ -582,7 +633,8 @@ export class SessionStateStore extends TypedEventTarget<SessionStateStoreEvents>
         await this.discard(fileId, sessionId, "binding-mismatch", size);
         return undefined;
       }
-      this.index.set(fileId, { bytes: size, savedAt: header.savedAt, expiresAt: header.expiresAt });
+      // Restoring is using: this state goes to the back of the eviction order.
+      this.touch(fileId, { bytes: size, savedAt: header.savedAt, expiresAt: header.expiresAt, lastUsed: this.now() });
       const aad = Buffer.concat([header.raw, Buffer.from(fileId, "hex")]);
       const stateBytes = size - HEADER_BYTES - TAG_BYTES - header.tokenCount * 4;
       const decrypt = async (plainPath: string): Promise<number[]> => {
@@ -634,6 +686,8 @@ export class SessionStateStore extends TypedEventTarget<SessionStateStoreEvents>
   private async sweepOnce({ signal }: AbortOptions): Promise<number> {
     let removed = 0;
     const seen = new Set<string>();
+    // States saved while readdir runs are not in its list but are real: only entries known before may be stale.
+    const known = new Set(this.index.keys());
     for (const name of await readdir(this.dir)) {
       signal?.throwIfAborted();
       const path = join(this.dir, name);
@@ -650,7 +704,11 @@ export class SessionStateStore extends TypedEventTarget<SessionStateStoreEvents>
       seen.add(fileId);
       if (await this.withLock(fileId, () => this.sweepState(fileId))) removed++;
     }
-    for (const fileId of [...this.index.keys()]) if (!seen.has(fileId)) this.index.delete(fileId);
+    for (const fileId of known) if (!seen.has(fileId)) this.forget(fileId);
+    // States found on disk were appended in readdir's order: put the whole index back in order of use.
+    const ordered = [...this.index.entries()].sort((a, b) => a[1].lastUsed - b[1].lastUsed);
+    this.index.clear();
+    for (const [fileId, entry] of ordered) this.index.set(fileId, entry);
     for (const folder of [this.diskStaging, this.ramStaging]) {
       if (folder === undefined) continue;
       for (const name of await readdir(folder).catch(() => [] as string[])) {
@@ -670,7 +728,7 @@ export class SessionStateStore extends TypedEventTarget<SessionStateStoreEvents>
       fh = await open(this.pathOf(fileId), "r");
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
-      this.index.delete(fileId);
+      this.forget(fileId);
       return false;
     }
     let size: number;
@@ -689,18 +747,29 @@ export class SessionStateStore extends TypedEventTarget<SessionStateStoreEvents>
       await this.discard(fileId, undefined, "expired", size);
       return true;
     }
-    this.index.set(fileId, { bytes: size, savedAt: header.savedAt, expiresAt: header.expiresAt });
+    // A sweep is not a use: a known state keeps its place; one found on disk (a restart) was last used when saved.
+    const lastUsed = this.index.get(fileId)?.lastUsed ?? header.savedAt;
+    this.setEntry(fileId, { bytes: size, savedAt: header.savedAt, expiresAt: header.expiresAt, lastUsed });
     return false;
   }
 
-  /** Evicts the oldest states while above maxBytes, the one just saved last; returns how many. */
+  /**
+   * Evicts the least recently used states while above maxBytes; returns how many. States a call is using or waiting
+   * for (a restore reading one) are skipped, and the state just saved (`keep`) goes last. When only states in use
+   * are left, the store stays above the limit until the next save or sweep: those calls end soon.
+   */
   private async enforceBudget(keep: string | undefined, keepSessionId: string | undefined): Promise<number> {
     let evicted = 0;
-    while (this.totalBytes > this.maxBytes) {
-      const victims = [...this.index.entries()].sort((a, b) => a[1].savedAt - b[1].savedAt);
-      const victim = victims.find(([id]) => id !== keep) ?? victims[0];
-      if (victim === undefined) break;
-      const [fileId] = victim;
+    while (this.indexedBytes > this.maxBytes) {
+      let fileId: string | undefined;
+      for (const id of this.index.keys()) {
+        if (id !== keep && !this.locks.has(id)) {
+          fileId = id;
+          break;
+        }
+      }
+      if (fileId === undefined && keep !== undefined && this.index.has(keep) && !this.locks.has(keep)) fileId = keep;
+      if (fileId === undefined) break;
       await this.withLock(fileId, async () => {
         const entry = this.index.get(fileId);
         if (entry === undefined) return;
@@ -711,13 +780,32 @@ export class SessionStateStore extends TypedEventTarget<SessionStateStoreEvents>
     return evicted;
   }
 
+  /** Records a state's size and times in place (its place in the eviction order is kept). */
+  private setEntry(fileId: string, entry: IndexEntry): void {
+    this.indexedBytes += entry.bytes - (this.index.get(fileId)?.bytes ?? 0);
+    this.index.set(fileId, entry);
+  }
+
+  /** Records a state as just used: it moves to the back of the eviction order. */
+  private touch(fileId: string, entry: IndexEntry): void {
+    this.forget(fileId);
+    this.setEntry(fileId, entry);
+  }
+
+  private forget(fileId: string): void {
+    const entry = this.index.get(fileId);
+    if (entry === undefined) return;
+    this.indexedBytes -= entry.bytes;
+    this.index.delete(fileId);
+  }
+
   private async discard(
     fileId: string,
     sessionId: string | undefined,
     reason: StateDiscardReason,
     bytes: number,
   ): Promise<void> {
-    this.index.delete(fileId);
+    this.forget(fileId);
     await rm(this.pathOf(fileId), { force: true });
     const detail: StateDiscardedDetail = { fileId, reason, bytes };
     if (sessionId !== undefined) detail.sessionId = sessionId;

@@ -381,9 +381,13 @@ export async function startProvider(config: ProviderConfig, options: StartProvid
     });
     await adapters.start(signal ? { signal } : {});
     undo.push(() => adapters.stop());
+    // Payers choose how many sessions they open and how long their contexts grow: the saved states are bounded
+    // (issue 14, attack 3), least recently used evicted first, and one state above its limit is simply not saved.
     const states = new SessionStateStore({
       dir: join(dataDir, "states"),
       ttlMs: config.stateTtlMs ?? deployment.parameters.maxVoucherLifetime * 1000,
+      maxBytes: 2 * 2 ** 30,
+      maxStateBytes: 256 * 2 ** 20,
     });
     await states.start(signal ? { signal } : {});
     undo.push(() => states.stop());
