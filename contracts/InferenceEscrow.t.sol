@@ -75,6 +75,25 @@ contract InferenceEscrowTest is SoulmeshFixture {
         return escrow.settle(v, sig);
     }
 
+    /// @dev An EIP-2612 permit from `owner` letting the escrow take `value` until `deadline`.
+    function _permit(address owner_, uint256 key, uint256 value, uint256 deadline)
+        internal
+        view
+        returns (uint8 v, bytes32 r, bytes32 s)
+    {
+        bytes32 structHash = keccak256(
+            abi.encode(
+                keccak256("Permit(address owner,address spender,uint256 value,uint256 nonce,uint256 deadline)"),
+                owner_,
+                address(escrow),
+                value,
+                token.nonces(owner_),
+                deadline
+            )
+        );
+        return vm.sign(key, keccak256(abi.encodePacked("\x19\x01", token.DOMAIN_SEPARATOR(), structHash)));
+    }
+
     function _lane(address payer, address to) internal view returns (uint256 amount) {
         (amount,) = escrow.laneOf(payer, to);
     }
@@ -136,18 +155,7 @@ contract InferenceEscrowTest is SoulmeshFixture {
         (address alice, uint256 aliceKey) = makeAddrAndKey("alice");
         token.mint(alice, 7 * USD);
         uint256 deadline = block.timestamp + 1 hours;
-        bytes32 structHash = keccak256(
-            abi.encode(
-                keccak256("Permit(address owner,address spender,uint256 value,uint256 nonce,uint256 deadline)"),
-                alice,
-                address(escrow),
-                7 * USD,
-                token.nonces(alice),
-                deadline
-            )
-        );
-        (uint8 v, bytes32 r, bytes32 s) =
-            vm.sign(aliceKey, keccak256(abi.encodePacked("\x19\x01", token.DOMAIN_SEPARATOR(), structHash)));
+        (uint8 v, bytes32 r, bytes32 s) = _permit(alice, aliceKey, 7 * USD, deadline);
         vm.prank(alice);
         escrow.depositWithPermit(7 * USD, deadline, v, r, s);
         assertEq(escrow.depositOf(alice), 7 * USD);
@@ -269,18 +277,7 @@ contract InferenceEscrowTest is SoulmeshFixture {
         (address alice, uint256 aliceKey) = makeAddrAndKey("alice");
         token.mint(alice, 7 * USD);
         uint256 deadline = block.timestamp + 1 hours;
-        bytes32 structHash = keccak256(
-            abi.encode(
-                keccak256("Permit(address owner,address spender,uint256 value,uint256 nonce,uint256 deadline)"),
-                alice,
-                address(escrow),
-                7 * USD,
-                token.nonces(alice),
-                deadline
-            )
-        );
-        (uint8 v, bytes32 r, bytes32 s) =
-            vm.sign(aliceKey, keccak256(abi.encodePacked("\x19\x01", token.DOMAIN_SEPARATOR(), structHash)));
+        (uint8 v, bytes32 r, bytes32 s) = _permit(alice, aliceKey, 7 * USD, deadline);
         vm.prank(alice);
         escrow.depositWithPermitAndCommit(provider, 7 * USD, deadline, v, r, s);
         assertEq(_lane(alice, provider), 7 * USD);
