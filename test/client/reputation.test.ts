@@ -86,6 +86,15 @@ function recordReads(cache: ReputationCache): LogsReadDetail[] {
   return reads;
 }
 
+/** The Sybil and the honest provider ranked on the reputation the escrow's logs give them now. */
+async function rankSybilAndHonest(): Promise<ReturnType<typeof rankProviders>> {
+  const reputation = await readReputation(f.contracts.inferenceEscrow, { fromBlock: f.deployment.startBlock });
+  return rankProviders(
+    [candidate(sybil.address, reputation.get(sybil.address) ?? EMPTY_REPUTATION), candidate(honest.address, reputation.get(honest.address) ?? EMPTY_REPUTATION)],
+    { modelSha256: MODEL },
+  );
+}
+
 describe("attack 7: bought reputation", () => {
   it("40 zero-value self-settlements from payer wallets the provider controls do not outrank real paid usage", async () => {
     // The Sybil's own persona (royalty 0) and 40 payer wallets it made up; each signs a voucher at price 0,
@@ -103,11 +112,7 @@ describe("attack 7: bought reputation", () => {
       });
       await (await f.as(sybil).inferenceEscrow.settle(voucher, signature)).wait();
     }
-    const reputation = await readReputation(f.contracts.inferenceEscrow, { fromBlock: f.deployment.startBlock });
-    const ranked = rankProviders(
-      [candidate(sybil.address, reputation.get(sybil.address) ?? EMPTY_REPUTATION), candidate(honest.address, reputation.get(honest.address) ?? EMPTY_REPUTATION)],
-      { modelSha256: MODEL },
-    );
+    const ranked = await rankSybilAndHonest();
     expect(ranked.map((r) => r.candidate.address)).toEqual([honest.address, sybil.address]);
     // Worth nothing, so counted as nothing: an identical candidate with no history scores the same.
     const blank = rankProviders([candidate(sybil.address, EMPTY_REPUTATION)], { modelSha256: MODEL })[0]!.score;
@@ -132,11 +137,7 @@ describe("attack 7: bought reputation", () => {
       });
       await (await f.as(sybil).inferenceEscrow.settle(voucher, signature)).wait();
     }
-    const reputation = await readReputation(f.contracts.inferenceEscrow, { fromBlock: f.deployment.startBlock });
-    const ranked = rankProviders(
-      [candidate(sybil.address, reputation.get(sybil.address) ?? EMPTY_REPUTATION), candidate(honest.address, reputation.get(honest.address) ?? EMPTY_REPUTATION)],
-      { modelSha256: MODEL },
-    );
+    const ranked = await rankSybilAndHonest();
     expect(ranked.map((r) => r.candidate.address)).toEqual([honest.address, sybil.address]);
   }, 120_000);
 });
